@@ -1,0 +1,1 @@
+//! pond-client (being built).

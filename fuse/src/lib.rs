@@ -1,0 +1,1 @@
+//! pond-fuse (being built).

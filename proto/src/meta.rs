@@ -1,0 +1,202 @@
+//! Namespace requests and replies of the metadata service.
+
+use crate::cluster::{ChainTable, Heartbeat, HeartbeatReply, RoutingInfo};
+use crate::error::PondError;
+use crate::ids::*;
+use crate::layout::{DirLayout, Layout, PlacementHint};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub enum FileType {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// Nanoseconds since the Unix epoch, stamped by the Raft leader so that apply is deterministic.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize)]
+pub struct Timestamp {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct InodeAttr {
+    pub inode: InodeId,
+    pub kind: FileType,
+    /// Permission bits including suid/sgid/sticky (no file-type bits).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    /// Files only.
+    pub layout: Option<Layout>,
+    /// Bumped by every truncate, so length reports that raced one can be refused.
+    pub truncate_version: u64,
+}
+
+/// Which attributes a setattr changes; `None` leaves one unchanged.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Truncate or extend.
+    pub size: Option<u64>,
+    pub atime: Option<Timestamp>,
+    pub mtime: Option<Timestamp>,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub name: String,
+    pub inode: InodeId,
+    pub kind: FileType,
+}
+
+/// The caller, for ownership of new inodes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum RenameMode {
+    /// POSIX rename: replace a compatible target.
+    Replace,
+    /// RENAME_NOREPLACE: fail with EEXIST if the target exists.
+    NoReplace,
+    /// RENAME_EXCHANGE: atomically swap the two entries.
+    Exchange,
+}
+
+/// A namespace request. Reads are served linearizably through the leader; writes are applied
+/// as Raft log entries (many requests may share one entry).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum MetaRequest {
+    // --- reads ---
+    Lookup { parent: InodeId, name: String },
+    GetAttr { inode: InodeId },
+    /// Entries with names strictly after `after`, in name order, at most `limit`.
+    ReadDir { dir: InodeId, after: Option<String>, limit: u32 },
+    ReadLink { inode: InodeId },
+    /// Resolve an absolute path (no symlink following in the last component unless
+    /// `follow` is set).
+    Resolve { path: String, follow: bool },
+    StatFs,
+    GetDirLayout { dir: InodeId },
+    // --- writes ---
+    Mkdir { parent: InodeId, name: String, mode: u32, caller: Caller },
+    /// Create a file; with `exclusive` an existing entry is EEXIST, otherwise an existing
+    /// file is returned as is. Opens a write session when `session` is given.
+    Create {
+        parent: InodeId,
+        name: String,
+        mode: u32,
+        caller: Caller,
+        exclusive: bool,
+        hint: PlacementHint,
+        session: Option<(ClientId, SessionId)>,
+    },
+    Symlink { parent: InodeId, name: String, target: String, caller: Caller },
+    Link { inode: InodeId, new_parent: InodeId, new_name: String },
+    Unlink { parent: InodeId, name: String },
+    Rmdir { parent: InodeId, name: String },
+    Rename {
+        src_parent: InodeId,
+        src_name: String,
+        dst_parent: InodeId,
+        dst_name: String,
+        mode: RenameMode,
+    },
+    SetAttr { inode: InodeId, set: SetAttr },
+    /// Open an existing file for writing.
+    OpenWrite { inode: InodeId, client: ClientId, session: SessionId },
+    /// Report the highest written offset (at fsync and periodically); adopted when larger
+    /// and no truncate raced it.
+    ReportLength { inode: InodeId, length: u64, truncate_version: u64 },
+    /// Close a write session, reporting the final length.
+    CloseWrite {
+        inode: InodeId,
+        client: ClientId,
+        session: SessionId,
+        length: u64,
+        truncate_version: u64,
+    },
+    SetDirLayout { dir: InodeId, layout: DirLayout },
+    /// Detach a whole tree in one request; the collector deletes it in the background.
+    RemoveTree { parent: InodeId, name: String },
+}
+
+impl MetaRequest {
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            MetaRequest::Lookup { .. }
+                | MetaRequest::GetAttr { .. }
+                | MetaRequest::ReadDir { .. }
+                | MetaRequest::ReadLink { .. }
+                | MetaRequest::Resolve { .. }
+                | MetaRequest::StatFs
+                | MetaRequest::GetDirLayout { .. }
+        )
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct StatFs {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub inodes: u64,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum MetaReply {
+    Attr(InodeAttr),
+    Dir { entries: Vec<DirEntry>, more: bool },
+    Link(String),
+    StatFs(StatFs),
+    DirLayout(DirLayout),
+    Done,
+}
+
+pub type MetaResult = Result<MetaReply, PondError>;
+
+/// Cluster-manager requests (storage nodes, admin tools).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum ClusterRequest {
+    Heartbeat(Heartbeat),
+    /// The current routing table if newer than `have`.
+    GetRouting { have: RoutingVersion },
+    /// Build chains of `replicas` targets each from the registered targets (each chain's
+    /// replicas on distinct nodes) and a chain table over them. Refused if chains exist.
+    BootstrapChains { replicas: u32 },
+    /// Raft membership and leadership of the meta group.
+    MetaStatus,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct MetaMember {
+    pub id: u64,
+    pub addr: String,
+    pub is_leader: bool,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum ClusterReply {
+    Heartbeat(HeartbeatReply),
+    Routing(Option<RoutingInfo>),
+    Bootstrapped(ChainTable),
+    MetaStatus { leader: Option<u64>, members: Vec<MetaMember>, last_applied: u64 },
+}
+
+/// An opaque Raft message (postcard-encoded openraft request/response, owned by `meta`).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RaftMessage {
+    pub payload: Vec<u8>,
+}

@@ -1,0 +1,1 @@
+//! pond-tests (being built).
