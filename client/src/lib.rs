@@ -1,1 +1,10 @@
-//! pond-client (being built).
+//! `pond-client`: how programs reach a pond cluster. It owns the cluster file format, the
+//! metadata client (leader failover, deadlines, retry budget), the data-plane transport
+//! (`net`: the `Transport` trait, TCP, and RDMA behind the `rdma` feature), the routing cache
+//! and the file API.
+//!
+//! **Invariant:** this crate never links DuckDB; training hosts build it without a C++ toolchain.
+
+pub mod config;
+pub mod meta_client;
+pub mod net;

@@ -1,0 +1,1 @@
+//! Data-plane transport (being built).
