@@ -7,6 +7,7 @@
 //! derive `Serialize`: each one is a compatibility promise.
 
 pub mod cluster;
+pub mod data;
 pub mod error;
 pub mod ids;
 pub mod layout;
