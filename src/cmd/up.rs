@@ -107,8 +107,8 @@ fn prepare(args: &UpArgs) -> Result<(Topology, ClusterFile)> {
     if ![1, 3, 5].contains(&args.meta) {
         bail!("--meta must be 1, 3 or 5 (got {})", args.meta);
     }
-    if args.storage == 0 || args.targets_per_node == 0 || args.replicas == 0 {
-        bail!("--storage, --targets-per-node and --replicas must be at least 1");
+    if args.targets_per_node == 0 || args.replicas == 0 {
+        bail!("--targets-per-node and --replicas must be at least 1");
     }
     let topo = Topology {
         meta: args.meta,
@@ -377,6 +377,10 @@ async fn health_step(
     let st = client.cluster(ClusterRequest::MetaStatus).await.map_err(|e| e.to_string())?;
     if let ClusterReply::MetaStatus { leader: None, .. } = st {
         return Ok(Some("no meta leader yet".into()));
+    }
+    if storage_nodes == 0 {
+        // A metadata-only cluster (tests, or storage to be added by hand later).
+        return Ok(None);
     }
     let routing = match client
         .cluster(ClusterRequest::GetRouting { have: RoutingVersion(0) })
