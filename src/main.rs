@@ -44,6 +44,8 @@ enum Command {
     /// Administration of a hand-made deployment.
     #[command(subcommand)]
     Admin(cmd::admin::AdminCmd),
+    /// Benchmarks with same-run baselines: `pond bench meta|all [--quick]`.
+    Bench(cmd::bench::BenchArgs),
     /// Internal: the supervisor process of `pond up --detach`.
     #[command(hide = true)]
     Supervise {
@@ -62,6 +64,7 @@ fn main() -> Result<()> {
         Command::Supervise { dir } => cmd::up::supervise(&dir),
         Command::Down { dir } => cmd::up::down(&dir),
         Command::Status { json } => cmd::status::status(cli.cluster.as_deref(), json),
+        Command::Bench(b) => cmd::bench::bench(cli.cluster.as_deref(), b),
         Command::Admin(a) => cmd::admin::admin(cli.cluster.as_deref(), a),
     }
 }
