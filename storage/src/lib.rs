@@ -1,1 +1,3 @@
-//! pond-storage (being built).
+//! `pond-storage`: the storage server.
+pub mod limits;
+pub mod store;

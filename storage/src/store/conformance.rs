@@ -1,0 +1,559 @@
+//! One conformance suite for the `ChunkStore` contract, run against both backends, plus the
+//! crash-point tests (reopen after an injected crash in every window of an update).
+
+use super::engine::{Backend, Engine};
+use super::file::FileBackend;
+use super::mem::MemBackend;
+use super::*;
+use crate::limits::BLOCK_BYTES;
+use pond_proto::InodeId;
+use std::sync::Arc;
+
+trait Harness {
+    type B: Backend;
+    fn open(&self) -> Engine<Self::B>;
+    /// Damages one byte of `slot`.
+    fn corrupt(&self, e: &Engine<Self::B>, slot: u32);
+}
+
+struct FileH(tempfile::TempDir, Option<u64>);
+impl Harness for FileH {
+    type B = FileBackend;
+    fn open(&self) -> Engine<FileBackend> {
+        Engine::open(FileBackend::open(self.0.path(), self.1).unwrap()).unwrap()
+    }
+    fn corrupt(&self, e: &Engine<FileBackend>, slot: u32) {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(e.backend().data_path())
+            .unwrap();
+        f.write_all_at(b"\xde\xad", FileBackend::slot_offset(slot) + 10)
+            .unwrap();
+    }
+}
+
+struct MemH(MemBackend);
+impl Harness for MemH {
+    type B = MemBackend;
+    fn open(&self) -> Engine<MemBackend> {
+        Engine::open(self.0.clone()).unwrap()
+    }
+    fn corrupt(&self, _e: &Engine<MemBackend>, slot: u32) {
+        assert!(self.0.corrupt(slot, 10));
+    }
+}
+
+fn file(cap: Option<u64>) -> FileH {
+    FileH(tempfile::tempdir().unwrap(), cap)
+}
+fn mem(cap: u64) -> MemH {
+    MemH(MemBackend::new(cap))
+}
+
+const CV: ChainVersion = ChainVersion(1);
+
+fn cid(i: u64) -> ChunkId {
+    ChunkId::new(InodeId(7), i)
+}
+
+fn pattern(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Stage + commit at `committed + 1`.
+fn write(s: &dyn ChunkStore, c: ChunkId, m: Mutation<'_>) -> VersionInfo {
+    let v = s.info(c).unwrap_or_default().committed_version().next();
+    s.stage(c, v, CV, m, None).unwrap();
+    s.commit(c, v).unwrap()
+}
+
+fn read_all(s: &dyn ChunkStore, c: ChunkId) -> Vec<u8> {
+    match s.info(c).and_then(|i| i.committed) {
+        Some(v) => s.read(c, v.version, 0, u32::MAX).unwrap().to_vec(),
+        None => Vec::new(),
+    }
+}
+
+fn apply_model(model: &mut Vec<u8>, m: Mutation<'_>) {
+    match m {
+        Mutation::Write { offset, data } => {
+            let end = offset as usize + data.len();
+            if model.len() < end {
+                model.resize(end, 0);
+            }
+            model[offset as usize..end].copy_from_slice(data);
+        }
+        Mutation::Replace { data } => *model = data.to_vec(),
+        Mutation::Truncate { length } => model.resize(length as usize, 0),
+    }
+}
+
+fn roundtrip_and_ranges(s: &dyn ChunkStore) {
+    let c = cid(1);
+    let data = pattern(1, 300_000);
+    let v = write(
+        s,
+        c,
+        Mutation::Write {
+            offset: 0,
+            data: &data,
+        },
+    );
+    assert_eq!(v.version, ChunkVersion(1));
+    assert_eq!(v.length, 300_000);
+    assert_eq!(
+        v.crc,
+        crc32c::crc32c(&data),
+        "chunk CRC is the CRC of the content"
+    );
+    for (off, len) in [
+        (0u32, 10u32),
+        (65_530, 20),
+        (1, 299_999),
+        (299_990, 100),
+        (400_000, 5),
+    ] {
+        let got = s.read(c, v.version, off, len).unwrap();
+        let end = (off as usize + len as usize).min(data.len());
+        let want = if (off as usize) < data.len() {
+            &data[off as usize..end]
+        } else {
+            &[][..]
+        };
+        assert_eq!(&got[..], want, "range {off}+{len}");
+    }
+}
+
+fn pending_is_invisible_until_commit(s: &dyn ChunkStore) {
+    let c = cid(2);
+    write(
+        s,
+        c,
+        Mutation::Write {
+            offset: 0,
+            data: b"hello world",
+        },
+    );
+    let p = s
+        .stage(
+            c,
+            ChunkVersion(2),
+            CV,
+            Mutation::Write {
+                offset: 0,
+                data: b"HELLO",
+            },
+            None,
+        )
+        .unwrap();
+    let info = s.info(c).unwrap();
+    assert_eq!(info.committed_version(), ChunkVersion(1));
+    assert_eq!(info.pending.unwrap().version, ChunkVersion(2));
+    assert_eq!(read_all(s, c), b"hello world");
+    assert_eq!(&s.read(c, p.version, 0, 100).unwrap()[..], b"HELLO world");
+    // A newer stage replaces the pending version (same version after a head change).
+    s.stage(
+        c,
+        ChunkVersion(2),
+        CV,
+        Mutation::Write {
+            offset: 6,
+            data: b"WORLD",
+        },
+        None,
+    )
+    .unwrap();
+    s.commit(c, ChunkVersion(2)).unwrap();
+    assert_eq!(read_all(s, c), b"hello WORLD");
+    assert!(s.info(c).unwrap().pending.is_none());
+    // Committing again is a no-op; an unknown version is an error.
+    s.commit(c, ChunkVersion(2)).unwrap();
+    assert!(matches!(
+        s.commit(c, ChunkVersion(9)),
+        Err(StoreError::NoSuchVersion { .. })
+    ));
+    assert!(matches!(
+        s.read(c, ChunkVersion(1), 0, 1),
+        Err(StoreError::NoSuchVersion { .. })
+    ));
+}
+
+fn random_ops_match_a_model(s: &dyn ChunkStore) {
+    let c = cid(3);
+    let mut model = Vec::new();
+    let mut rng = 42u64;
+    let mut next = |m: u64| {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (rng >> 33) % m
+    };
+    for step in 0..120 {
+        let data = pattern(step, next(70_000) as usize + 1);
+        let op = next(10);
+        let m = if op < 6 {
+            Mutation::Write {
+                offset: next(600_000) as u32,
+                data: &data,
+            }
+        } else if op < 8 {
+            Mutation::Truncate {
+                length: next(700_000) as u32,
+            }
+        } else {
+            Mutation::Replace { data: &data }
+        };
+        apply_model(&mut model, m);
+        let v = write(s, c, m);
+        assert_eq!(v.length as usize, model.len(), "step {step}");
+        assert_eq!(v.crc, crc32c::crc32c(&model), "step {step}");
+        if step % 10 == 0 {
+            assert_eq!(read_all(s, c), model, "step {step}");
+        }
+    }
+    assert_eq!(read_all(s, c), model);
+}
+
+fn appends_do_not_copy_the_chunk(s: &dyn ChunkStore) {
+    let c = cid(4);
+    let piece = pattern(4, 16 << 10);
+    let base = s.space().used_bytes;
+    for i in 0..64u32 {
+        write(
+            s,
+            c,
+            Mutation::Write {
+                offset: i * (16 << 10),
+                data: &piece,
+            },
+        );
+    }
+    // 1 MiB in 16 blocks; no leaked old versions.
+    assert_eq!(s.space().used_bytes - base, 16 * BLOCK_BYTES as u64);
+    assert_eq!(read_all(s, c).len(), 1 << 20);
+}
+
+fn holes_cost_nothing(s: &dyn ChunkStore) {
+    let c = cid(5);
+    let base = s.space().used_bytes;
+    write(
+        s,
+        c,
+        Mutation::Write {
+            offset: 3 << 20,
+            data: b"tail",
+        },
+    );
+    assert_eq!(s.space().used_bytes - base, BLOCK_BYTES as u64);
+    let all = read_all(s, c);
+    assert_eq!(all.len(), (3 << 20) + 4);
+    assert!(all[..3 << 20].iter().all(|b| *b == 0));
+}
+
+fn install_remove_list(s: &dyn ChunkStore) {
+    for i in 10..20 {
+        s.install(cid(i), ChunkVersion(5), ChainVersion(3), &pattern(i, 1000))
+            .unwrap();
+    }
+    let info = s.info(cid(12)).unwrap().committed.unwrap();
+    assert_eq!(
+        (info.version, info.chain_version),
+        (ChunkVersion(5), ChainVersion(3))
+    );
+    assert!(s.remove(cid(12)).unwrap());
+    assert!(!s.remove(cid(12)).unwrap());
+    let l = s.list(Bound::Included(cid(10)), Bound::Excluded(cid(20)), 100);
+    let ids: Vec<u64> = l.iter().map(|(c, _)| c.index()).collect();
+    assert_eq!(ids, vec![10, 11, 13, 14, 15, 16, 17, 18, 19]);
+    let l = s.list(Bound::Excluded(cid(14)), Bound::Unbounded, 2);
+    assert_eq!(
+        l.iter().map(|(c, _)| c.index()).collect::<Vec<_>>(),
+        vec![15, 16]
+    );
+}
+
+fn suite<H: Harness>(h: &H) {
+    let e = h.open();
+    roundtrip_and_ranges(&e);
+    pending_is_invisible_until_commit(&e);
+    random_ops_match_a_model(&e);
+    appends_do_not_copy_the_chunk(&e);
+    holes_cost_nothing(&e);
+    install_remove_list(&e);
+    // Reopen: every committed chunk is back, byte for byte, and space accounting agrees.
+    let before: Vec<(ChunkId, Vec<u8>)> = e
+        .list(Bound::Unbounded, Bound::Unbounded, usize::MAX)
+        .into_iter()
+        .map(|(c, _)| (c, read_all(&e, c)))
+        .collect();
+    let used = e.space().used_bytes;
+    drop(e);
+    let e = h.open();
+    for (c, data) in before {
+        assert_eq!(read_all(&e, c), data, "chunk {c:?} after reopen");
+    }
+    assert_eq!(e.space().used_bytes, used);
+}
+
+#[test]
+fn conformance_file() {
+    suite(&file(None));
+}
+
+#[test]
+fn conformance_mem() {
+    suite(&mem(1 << 30));
+}
+
+fn checksum_detected<H: Harness>(h: &H) {
+    let e = h.open();
+    let c = cid(1);
+    let data = pattern(9, 200_000);
+    write(
+        &e,
+        c,
+        Mutation::Write {
+            offset: 0,
+            data: &data,
+        },
+    );
+    let slots = e.committed_slots(c);
+    h.corrupt(&e, slots[1]);
+    // Block 0 is fine, block 1 is not.
+    assert_eq!(
+        &e.read(c, ChunkVersion(1), 0, 100).unwrap()[..],
+        &data[..100]
+    );
+    let err = e.read(c, ChunkVersion(1), 70_000, 10).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Checksum { block: 1, .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.code(), ErrorCode::Checksum);
+    // Reinstalling a good copy repairs it.
+    e.install(c, ChunkVersion(1), CV, &data).unwrap();
+    assert_eq!(read_all(&e, c), data);
+}
+
+#[test]
+fn checksum_mismatch_is_detected_file() {
+    checksum_detected(&file(None));
+}
+
+#[test]
+fn checksum_mismatch_is_detected_mem() {
+    checksum_detected(&mem(1 << 30));
+}
+
+fn no_space<H: Harness>(h: &H) {
+    let e = h.open();
+    let keep = pattern(1, 200_000); // 4 blocks
+    write(
+        &e,
+        cid(1),
+        Mutation::Write {
+            offset: 0,
+            data: &keep,
+        },
+    );
+    let big = pattern(2, 400_000); // 7 blocks: does not fit in the 4 left
+    let err = e.stage(
+        cid(2),
+        ChunkVersion(1),
+        CV,
+        Mutation::Write {
+            offset: 0,
+            data: &big,
+        },
+        None,
+    );
+    assert!(matches!(err, Err(StoreError::NoSpace)), "{err:?}");
+    assert_eq!(err.unwrap_err().code(), ErrorCode::NoSpace);
+    // Overwriting the existing chunk needs fresh blocks too (copy-on-write): refused the same
+    // way, and the committed bytes stay intact.
+    let err = e.stage(
+        cid(1),
+        ChunkVersion(2),
+        CV,
+        Mutation::Replace { data: &big },
+        None,
+    );
+    assert!(matches!(err, Err(StoreError::NoSpace)));
+    assert_eq!(read_all(&e, cid(1)), keep);
+    assert!(e.info(cid(2)).is_none());
+    assert_eq!(e.space().used_bytes, 4 * BLOCK_BYTES as u64);
+    // Small writes still fit; freeing space makes room again.
+    write(
+        &e,
+        cid(3),
+        Mutation::Write {
+            offset: 0,
+            data: b"small",
+        },
+    );
+    e.remove(cid(1)).unwrap();
+    write(
+        &e,
+        cid(2),
+        Mutation::Write {
+            offset: 0,
+            data: &big,
+        },
+    );
+    assert_eq!(read_all(&e, cid(2)), big);
+}
+
+#[test]
+fn full_target_is_no_space_file() {
+    no_space(&file(Some(8 * BLOCK_BYTES as u64)));
+}
+
+#[test]
+fn full_target_is_no_space_mem() {
+    no_space(&mem(8 * BLOCK_BYTES as u64));
+}
+
+/// For every crash point and kind of update: reopen gives the state before the update (crash
+/// before the metadata commit) or after it (crash after), never a mix, and no leaked space.
+fn crash_points<H: Harness>(make: impl Fn() -> H) {
+    let old = pattern(1, 300_000);
+    let new = pattern(2, 150_000);
+    type Op = fn(&dyn ChunkStore, &[u8]) -> Result<(), StoreError>;
+    let ops: [(&str, Op); 4] = [
+        ("stage-overwrite", |s, d| {
+            s.stage(
+                cid(1),
+                ChunkVersion(2),
+                CV,
+                Mutation::Write {
+                    offset: 100_000,
+                    data: d,
+                },
+                None,
+            )
+            .map(|_| ())
+        }),
+        ("stage-new-chunk", |s, d| {
+            s.stage(
+                cid(2),
+                ChunkVersion(1),
+                CV,
+                Mutation::Replace { data: d },
+                None,
+            )
+            .map(|_| ())
+        }),
+        ("install", |s, d| {
+            s.install(cid(1), ChunkVersion(7), CV, d).map(|_| ())
+        }),
+        ("truncate", |s, _| {
+            s.stage(
+                cid(1),
+                ChunkVersion(2),
+                CV,
+                Mutation::Truncate { length: 70_000 },
+                None,
+            )
+            .map(|_| ())
+        }),
+    ];
+    for (name, op) in ops {
+        for point in CrashPoint::ALL {
+            let h = make();
+            let e = h.open();
+            write(
+                &e,
+                cid(1),
+                Mutation::Write {
+                    offset: 0,
+                    data: &old,
+                },
+            );
+            let used_before = e.space().used_bytes;
+            e.set_failpoint(Some(Arc::new(move |p| p == point)));
+            let r = op(&e, &new);
+            let crashed = matches!(r, Err(StoreError::Crashed(p)) if p == point);
+            drop(e);
+            let e = h.open();
+            let info = e.info(cid(1)).unwrap();
+            // The committed version of chunk 1 is either untouched or (install after the
+            // metadata commit) the new one; a stage only ever adds a pending version.
+            let committed = read_all(&e, cid(1));
+            if name == "install" && (point == CrashPoint::AfterMetaCommit || !crashed) {
+                assert_eq!(committed, new, "{name} at {point:?}");
+            } else {
+                assert_eq!(committed, old, "{name} at {point:?}");
+            }
+            // A pending version, if it survived, is complete.
+            if let Some(p) = info.pending {
+                let mut want = old.clone();
+                match name {
+                    "stage-overwrite" => apply_model(
+                        &mut want,
+                        Mutation::Write {
+                            offset: 100_000,
+                            data: &new,
+                        },
+                    ),
+                    "truncate" => want.truncate(70_000),
+                    _ => unreachable!("only stages leave a pending version"),
+                }
+                assert_eq!(
+                    e.read(cid(1), p.version, 0, u32::MAX).unwrap().to_vec(),
+                    want
+                );
+            }
+            if let Some(i2) = e.info(cid(2)) {
+                let v = i2.pending.unwrap().version;
+                assert_eq!(e.read(cid(2), v, 0, u32::MAX).unwrap().to_vec(), new);
+            }
+            // Space: exactly what the surviving versions reference (orphans reclaimed).
+            let mut expect = used_before;
+            let blocks = |n: usize| n.div_ceil(BLOCK_BYTES as usize) as u64 * BLOCK_BYTES as u64;
+            if let Some(p) = info.pending {
+                expect += match name {
+                    "stage-overwrite" => 3 * BLOCK_BYTES as u64, // blocks 1..=3 touched
+                    "truncate" => BLOCK_BYTES as u64,            // the cut last block
+                    _ => 0,
+                };
+                let _ = p;
+            }
+            if e.info(cid(2)).is_some() {
+                expect += blocks(new.len());
+            }
+            if name == "install" && committed == new {
+                expect = blocks(new.len());
+            }
+            assert_eq!(e.space().used_bytes, expect, "{name} at {point:?}: space");
+            // The store keeps working after recovery.
+            write(
+                &e,
+                cid(3),
+                Mutation::Write {
+                    offset: 0,
+                    data: b"after",
+                },
+            );
+            assert_eq!(read_all(&e, cid(3)), b"after");
+        }
+    }
+}
+
+#[test]
+fn crash_points_file() {
+    crash_points(|| file(None));
+}
+
+#[test]
+fn crash_points_mem() {
+    crash_points(|| mem(1 << 30));
+}

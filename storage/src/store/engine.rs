@@ -1,0 +1,694 @@
+//! The block engine: chunks as lists of copy-on-write 64 KiB blocks (`BLOCK_BYTES`) in a slot
+//! space, with the chunk records (committed + pending version, each a block list with per-block
+//! CRC32C) in a metadata store. A `Backend` supplies the slot I/O and the metadata store.
+//!
+//! Update protocol (every window is covered by `CrashPoint` tests):
+//! 1. plan the new block list from the committed one: untouched blocks are shared, touched
+//!    blocks get fresh slots (never overwriting a slot a version points at);
+//! 2. write the new blocks (read-modify-write for partially covered ones), then sync them;
+//! 3. commit the new chunk record in one metadata batch;
+//! 4. update the in-memory index and hand slots no version references any more to the
+//!    allocator, deferred until no reader that might still use them is in flight.
+//!
+//! On open the allocator is rebuilt from the records alone, so slots written by an update that
+//! never reached step 3 are free again: orphaned space is reclaimed without a log.
+//!
+//! **Precondition:** calls that change one chunk are serialised by the caller (the replica's
+//! chunk lock); calls for different chunks may run concurrently.
+
+use super::*;
+use crate::limits::*;
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+/// A hole: a block of zeros with no slot.
+pub const HOLE: u32 = u32::MAX;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct BlockRef {
+    pub slot: u32,
+    pub len: u32,
+    pub crc: u32,
+}
+
+/// One version of a chunk on disk.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct VersionRec {
+    pub version: u32,
+    pub chain_version: u32,
+    pub length: u32,
+    pub crc: u32,
+    pub origin: Option<(u64, u64)>,
+    pub blocks: Vec<BlockRef>,
+}
+
+impl VersionRec {
+    fn info(&self) -> VersionInfo {
+        VersionInfo {
+            version: ChunkVersion(self.version),
+            chain_version: ChainVersion(self.chain_version),
+            length: self.length,
+            crc: self.crc,
+            origin: self.origin.map(|(c, r)| (ClientId(c), RequestId(r))),
+        }
+    }
+
+    fn slots(&self) -> impl Iterator<Item = u32> + '_ {
+        self.blocks.iter().map(|b| b.slot).filter(|s| *s != HOLE)
+    }
+}
+
+/// The persisted record of a chunk (value of the metadata table, after a format byte).
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct ChunkRec {
+    pub committed: Option<VersionRec>,
+    pub pending: Option<VersionRec>,
+}
+
+#[derive(Clone, Default)]
+struct Entry {
+    committed: Option<Arc<VersionRec>>,
+    pending: Option<Arc<VersionRec>>,
+}
+
+impl Entry {
+    fn info(&self) -> ChunkInfo {
+        ChunkInfo {
+            committed: self.committed.as_ref().map(|v| v.info()),
+            pending: self.pending.as_ref().map(|v| v.info()),
+        }
+    }
+
+    fn rec(&self) -> ChunkRec {
+        ChunkRec {
+            committed: self.committed.as_deref().cloned(),
+            pending: self.pending.as_deref().cloned(),
+        }
+    }
+
+    fn slots(&self) -> HashSet<u32> {
+        let mut s = HashSet::new();
+        for v in self.committed.iter().chain(self.pending.iter()) {
+            s.extend(v.slots());
+        }
+        s
+    }
+
+    fn is_empty(&self) -> bool {
+        self.committed.is_none() && self.pending.is_none()
+    }
+}
+
+/// Slot I/O and the metadata store under an `Engine`.
+pub trait Backend: Send + Sync + 'static {
+    fn blocking(&self) -> bool;
+    fn write_block(&self, slot: u32, data: &[u8]) -> std::io::Result<()>;
+    fn read_block(&self, slot: u32, len: u32) -> std::io::Result<Bytes>;
+    /// Makes every written block durable.
+    fn sync_data(&self) -> std::io::Result<()>;
+    /// Applies all puts (`Some`) and deletes (`None`) atomically; durably if `durable`
+    /// (a non-durable commit becomes durable with the next durable one, or is lost whole).
+    fn commit_meta(
+        &self,
+        batch: &[(ChunkId, Option<ChunkRec>)],
+        durable: bool,
+    ) -> Result<(), StoreError>;
+    fn load_meta(&self) -> Result<Vec<(ChunkId, ChunkRec)>, StoreError>;
+    /// Slots the target may use, given `used` slots in use now.
+    fn capacity_slots(&self, used: u64) -> u64;
+    /// Slots from `first` on are unused: the backend may release their space.
+    fn release_from(&self, first: u32) -> std::io::Result<()>;
+}
+
+type Failpoint = Arc<dyn Fn(CrashPoint) -> bool + Send + Sync>;
+
+struct Allocator {
+    /// Slots `>= next` were never handed out since open.
+    next: u32,
+    free: Vec<u32>,
+    /// Freed slots waiting until no reader that started before their release is in flight;
+    /// released in FIFO order (see `Engine::reader`).
+    deferred: VecDeque<(Arc<()>, Vec<u32>)>,
+    epoch: Arc<()>,
+    /// Slots referenced by some version, or deferred.
+    in_use: u64,
+    capacity: u64,
+}
+
+impl Allocator {
+    fn reclaim(&mut self) {
+        while let Some((e, _)) = self.deferred.front() {
+            if Arc::strong_count(e) > 1 {
+                break;
+            }
+            let (_, slots) = self.deferred.pop_front().expect("front exists");
+            self.in_use -= slots.len() as u64;
+            self.free.extend(slots);
+        }
+    }
+
+    fn alloc(&mut self, n: usize) -> Result<Vec<u32>, StoreError> {
+        self.reclaim();
+        let fresh_room = self.capacity.saturating_sub(self.next as u64);
+        let free_now = self.free.len() as u64;
+        // Deferred slots count as used; they come back once readers drain.
+        if free_now + fresh_room < n as u64 || self.in_use + n as u64 > self.capacity {
+            return Err(StoreError::NoSpace);
+        }
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            match self.free.pop() {
+                Some(s) => out.push(s),
+                None => {
+                    out.push(self.next);
+                    self.next += 1;
+                }
+            }
+        }
+        self.in_use += n as u64;
+        Ok(out)
+    }
+
+    /// Slots nothing references any more; reusable once current readers finish.
+    fn release(&mut self, slots: Vec<u32>) {
+        if slots.is_empty() {
+            return;
+        }
+        let old = std::mem::replace(&mut self.epoch, Arc::new(()));
+        self.deferred.push_back((old, slots));
+        self.reclaim();
+    }
+
+    /// Undo an `alloc` whose slots were never referenced.
+    fn unalloc(&mut self, slots: Vec<u32>) {
+        self.in_use -= slots.len() as u64;
+        self.free.extend(slots);
+    }
+}
+
+struct State {
+    index: BTreeMap<ChunkId, Entry>,
+    alloc: Allocator,
+}
+
+pub struct Engine<B: Backend> {
+    backend: B,
+    state: Mutex<State>,
+    failpoint: Mutex<Option<Failpoint>>,
+}
+
+static ZEROS: [u8; BLOCK_BYTES as usize] = [0; BLOCK_BYTES as usize];
+
+fn zero_crc(len: u32) -> u32 {
+    crc32c::crc32c(&ZEROS[..len as usize])
+}
+
+fn chunk_crc(blocks: &[BlockRef]) -> u32 {
+    blocks.iter().fold(0, |acc, b| {
+        crc32c::crc32c_combine(acc, b.crc, b.len as usize)
+    })
+}
+
+/// How one block of the new version is produced.
+enum Plan<'a> {
+    Keep(BlockRef),
+    Hole(u32),
+    /// New block of `len` bytes: the old block `base` (if any) truncated/zero-extended, with
+    /// `data` laid over it at `at`.
+    Fresh {
+        base: Option<BlockRef>,
+        len: u32,
+        at: u32,
+        data: &'a [u8],
+    },
+}
+
+impl<B: Backend> Engine<B> {
+    /// Opens a target: loads every chunk record and rebuilds the allocator from them, which
+    /// reclaims the slots of updates interrupted before their metadata commit.
+    pub fn open(backend: B) -> Result<Engine<B>, StoreError> {
+        let recs = backend.load_meta()?;
+        let mut index = BTreeMap::new();
+        let mut used = HashSet::new();
+        for (id, rec) in recs {
+            let e = Entry {
+                committed: rec.committed.map(Arc::new),
+                pending: rec.pending.map(Arc::new),
+            };
+            for s in e.slots() {
+                // A slot shared by two chunks would mean a lost update or a bug; refuse to
+                // open rather than serve one chunk's bytes as another's.
+                if !used.insert(s) {
+                    return Err(StoreError::Internal(anyhow::anyhow!(
+                        "slot {s} referenced by more than one chunk (at {id})"
+                    )));
+                }
+            }
+            if !e.is_empty() {
+                index.insert(id, e);
+            }
+        }
+        let next = used.iter().max().map(|m| m + 1).unwrap_or(0);
+        let free: Vec<u32> = (0..next).filter(|s| !used.contains(s)).collect();
+        backend.release_from(next)?;
+        let in_use = used.len() as u64;
+        let capacity = backend.capacity_slots(in_use).min(SLOTS_PER_TARGET_MAX);
+        let alloc = Allocator {
+            next,
+            free,
+            deferred: VecDeque::new(),
+            epoch: Arc::new(()),
+            in_use,
+            capacity,
+        };
+        Ok(Engine {
+            backend,
+            state: Mutex::new(State { index, alloc }),
+            failpoint: Mutex::new(None),
+        })
+    }
+
+    /// Slots of the committed version's blocks (holes excluded), for tools and tests that
+    /// need to find a chunk's bytes on disk.
+    pub fn committed_slots(&self, chunk: ChunkId) -> Vec<u32> {
+        let st = self.state.lock();
+        st.index
+            .get(&chunk)
+            .and_then(|e| e.committed.as_ref())
+            .map(|c| c.slots().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Test hook: `f` returning true at a point makes the operation stop there with
+    /// `StoreError::Crashed`, as if the process was killed (nothing after it runs).
+    pub fn set_failpoint(&self, f: Option<Arc<dyn Fn(CrashPoint) -> bool + Send + Sync>>) {
+        *self.failpoint.lock() = f;
+    }
+
+    fn crash(&self, p: CrashPoint) -> Result<(), StoreError> {
+        let fp = self.failpoint.lock().clone();
+        match fp {
+            Some(f) if f(p) => Err(StoreError::Crashed(p)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Snapshot of an entry plus a reader guard that keeps its slots from being reused.
+    fn reader(&self, chunk: ChunkId) -> (Entry, Arc<()>) {
+        let st = self.state.lock();
+        (
+            st.index.get(&chunk).cloned().unwrap_or_default(),
+            st.alloc.epoch.clone(),
+        )
+    }
+
+    fn read_block_checked(
+        &self,
+        chunk: ChunkId,
+        i: usize,
+        b: &BlockRef,
+    ) -> Result<Bytes, StoreError> {
+        if b.slot == HOLE {
+            return Ok(Bytes::from_static(&ZEROS[..b.len as usize]));
+        }
+        let data = match self.backend.read_block(b.slot, b.len) {
+            Ok(d) => d,
+            // A block cut off by a truncated data file is damage like a bad CRC.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(StoreError::Checksum {
+                    chunk,
+                    block: i as u32,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if data.len() != b.len as usize || crc32c::crc32c(&data) != b.crc {
+            return Err(StoreError::Checksum {
+                chunk,
+                block: i as u32,
+            });
+        }
+        Ok(data)
+    }
+
+    /// Writes the planned blocks, syncs them, returns the new block list. On error the
+    /// allocated slots are returned to the allocator (except after an injected crash, where
+    /// nothing runs any more, as in a killed process).
+    fn materialize(
+        &self,
+        chunk: ChunkId,
+        plans: Vec<Plan<'_>>,
+    ) -> Result<(Vec<BlockRef>, Vec<u32>), StoreError> {
+        let fresh = plans
+            .iter()
+            .filter(|p| matches!(p, Plan::Fresh { .. }))
+            .count();
+        let slots = self.state.lock().alloc.alloc(fresh)?;
+        let res = self.write_plans(chunk, plans, &slots);
+        match res {
+            Ok(blocks) => Ok((blocks, slots)),
+            Err(e) => {
+                if !matches!(e, StoreError::Crashed(_)) {
+                    self.state.lock().alloc.unalloc(slots);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn write_plans(
+        &self,
+        chunk: ChunkId,
+        plans: Vec<Plan<'_>>,
+        slots: &[u32],
+    ) -> Result<Vec<BlockRef>, StoreError> {
+        self.crash(CrashPoint::BeforeDataWrite)?;
+        let mut out = Vec::with_capacity(plans.len());
+        let mut next_slot = slots.iter();
+        let half = slots.len() / 2;
+        let mut written = 0;
+        for (i, p) in plans.into_iter().enumerate() {
+            match p {
+                Plan::Keep(b) => out.push(b),
+                Plan::Hole(len) => out.push(BlockRef {
+                    slot: HOLE,
+                    len,
+                    crc: zero_crc(len),
+                }),
+                Plan::Fresh {
+                    base,
+                    len,
+                    at,
+                    data,
+                } => {
+                    let mut buf = vec![0u8; len as usize];
+                    if let Some(b) = base {
+                        let old = self.read_block_checked(chunk, i, &b)?;
+                        let n = old.len().min(len as usize);
+                        buf[..n].copy_from_slice(&old[..n]);
+                    }
+                    buf[at as usize..at as usize + data.len()].copy_from_slice(data);
+                    let slot = *next_slot.next().expect("one slot per fresh block");
+                    if written == half && written > 0 {
+                        self.crash(CrashPoint::MidDataWrite)?;
+                    }
+                    self.backend.write_block(slot, &buf)?;
+                    written += 1;
+                    out.push(BlockRef {
+                        slot,
+                        len,
+                        crc: crc32c::crc32c(&buf),
+                    });
+                }
+            }
+        }
+        self.crash(CrashPoint::AfterDataWrite)?;
+        if !slots.is_empty() {
+            self.backend.sync_data()?;
+        }
+        self.crash(CrashPoint::AfterDataSync)?;
+        Ok(out)
+    }
+
+    /// Plans `m` over `base` (the committed block list).
+    fn plan<'a>(
+        base: &[BlockRef],
+        base_len: u32,
+        m: Mutation<'a>,
+    ) -> Result<(Vec<Plan<'a>>, u32), StoreError> {
+        let bb = BLOCK_BYTES as u64;
+        let (new_len, w_off, data): (u64, u64, &[u8]) = match m {
+            Mutation::Write { offset, data } => (
+                (base_len as u64).max(offset as u64 + data.len() as u64),
+                offset as u64,
+                data,
+            ),
+            Mutation::Replace { data } => (data.len() as u64, 0, data),
+            Mutation::Truncate { length } => (length as u64, 0, &[][..]),
+        };
+        if new_len > pond_proto::limits::CHUNK_BYTES_MAX as u64 {
+            return Err(StoreError::OutOfRange(format!("chunk length {new_len}")));
+        }
+        let replace = matches!(m, Mutation::Replace { .. });
+        let w_end = w_off + data.len() as u64;
+        let nblocks = new_len.div_ceil(bb);
+        let mut plans = Vec::with_capacity(nblocks as usize);
+        for i in 0..nblocks {
+            let (b_start, b_end) = (i * bb, ((i + 1) * bb).min(new_len));
+            let len = (b_end - b_start) as u32;
+            let old = if replace {
+                None
+            } else {
+                base.get(i as usize).copied()
+            };
+            let touched = !data.is_empty() && w_off < b_end && w_end > b_start;
+            if touched {
+                let from = w_off.max(b_start);
+                let to = w_end.min(b_end);
+                plans.push(Plan::Fresh {
+                    base: old.filter(|b| b.slot != HOLE),
+                    len,
+                    at: (from - b_start) as u32,
+                    data: &data[(from - w_off) as usize..(to - w_off) as usize],
+                });
+                continue;
+            }
+            match old {
+                Some(b) if b.len == len => plans.push(Plan::Keep(b)),
+                // Length changed (truncate cut it, or it was the short last block and the
+                // chunk grew): rewrite it, unless it is a hole.
+                Some(b) if b.slot == HOLE => plans.push(Plan::Hole(len)),
+                Some(b) => plans.push(Plan::Fresh {
+                    base: Some(b),
+                    len,
+                    at: 0,
+                    data: &[],
+                }),
+                None => plans.push(Plan::Hole(len)),
+            }
+        }
+        Ok((plans, new_len as u32))
+    }
+
+    /// Persists `new` for `chunk` and swaps it into the index; frees what `old` referenced and
+    /// `new` does not. `fresh` are the slots allocated for this update (freed on failure).
+    fn publish(
+        &self,
+        chunk: ChunkId,
+        old: &Entry,
+        new: Entry,
+        fresh: Vec<u32>,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let rec = if new.is_empty() {
+            None
+        } else {
+            Some(new.rec())
+        };
+        if let Err(e) = self.backend.commit_meta(&[(chunk, rec)], durable) {
+            self.state.lock().alloc.unalloc(fresh);
+            return Err(e);
+        }
+        self.crash(CrashPoint::AfterMetaCommit)?;
+        let keep = new.slots();
+        let dead: Vec<u32> = old
+            .slots()
+            .into_iter()
+            .filter(|s| !keep.contains(s))
+            .collect();
+        let mut st = self.state.lock();
+        if new.is_empty() {
+            st.index.remove(&chunk);
+        } else {
+            st.index.insert(chunk, new);
+        }
+        st.alloc.release(dead);
+        Ok(())
+    }
+
+    fn version_rec(
+        version: ChunkVersion,
+        chain_version: ChainVersion,
+        blocks: Vec<BlockRef>,
+        length: u32,
+        origin: Option<(ClientId, RequestId)>,
+    ) -> VersionRec {
+        VersionRec {
+            version: version.0,
+            chain_version: chain_version.0,
+            length,
+            crc: chunk_crc(&blocks),
+            origin: origin.map(|(c, r)| (c.0, r.0)),
+            blocks,
+        }
+    }
+}
+
+impl<B: Backend> ChunkStore for Engine<B> {
+    fn blocking(&self) -> bool {
+        self.backend.blocking()
+    }
+
+    fn info(&self, chunk: ChunkId) -> Option<ChunkInfo> {
+        self.state.lock().index.get(&chunk).map(|e| e.info())
+    }
+
+    fn read(
+        &self,
+        chunk: ChunkId,
+        version: ChunkVersion,
+        offset: u32,
+        length: u32,
+    ) -> Result<Bytes, StoreError> {
+        let (entry, _guard) = self.reader(chunk);
+        let v = [entry.committed.as_ref(), entry.pending.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|v| v.version == version.0)
+            .ok_or(StoreError::NoSuchVersion { chunk, version })?;
+        let start = (offset as u64).min(v.length as u64);
+        let end = (offset as u64 + length as u64).min(v.length as u64);
+        if start == end {
+            return Ok(Bytes::new());
+        }
+        let bb = BLOCK_BYTES as u64;
+        let (first, last) = (start / bb, (end - 1) / bb);
+        if first == last {
+            let blk = self.read_block_checked(chunk, first as usize, &v.blocks[first as usize])?;
+            let s = (start - first * bb) as usize;
+            return Ok(blk.slice(s..s + (end - start) as usize));
+        }
+        let mut out = BytesMut::with_capacity((end - start) as usize);
+        for i in first..=last {
+            let blk = self.read_block_checked(chunk, i as usize, &v.blocks[i as usize])?;
+            let b_start = i * bb;
+            let s = start.max(b_start) - b_start;
+            let e = end.min(b_start + blk.len() as u64) - b_start;
+            out.extend_from_slice(&blk[s as usize..e as usize]);
+        }
+        Ok(out.freeze())
+    }
+
+    fn stage(
+        &self,
+        chunk: ChunkId,
+        version: ChunkVersion,
+        chain_version: ChainVersion,
+        m: Mutation<'_>,
+        origin: Option<(ClientId, RequestId)>,
+    ) -> Result<VersionInfo, StoreError> {
+        // 1. plan against the committed version (holding a reader guard: we read its blocks).
+        let (old, _guard) = self.reader(chunk);
+        let (base, base_len) = match &old.committed {
+            Some(c) => (c.blocks.as_slice(), c.length),
+            None => (&[][..], 0),
+        };
+        if let Mutation::Write { offset, data } = m
+            && offset as u64 + data.len() as u64 > pond_proto::limits::CHUNK_BYTES_MAX as u64
+        {
+            return Err(StoreError::OutOfRange(format!(
+                "write end {}",
+                offset as u64 + data.len() as u64
+            )));
+        }
+        let (plans, new_len) = Self::plan(base, base_len, m)?;
+        // 2. write + sync the new blocks.
+        let (blocks, fresh) = self.materialize(chunk, plans)?;
+        let rec = Self::version_rec(version, chain_version, blocks, new_len, origin);
+        let info = rec.info();
+        // 3.+4. the pending version replaces any previous pending one.
+        let new = Entry {
+            committed: old.committed.clone(),
+            pending: Some(Arc::new(rec)),
+        };
+        // Not durable yet: a pending version lost in a crash is allowed; `commit` is durable
+        // and makes this record durable with it.
+        self.publish(chunk, &old, new, fresh, false)?;
+        Ok(info)
+    }
+
+    fn commit(&self, chunk: ChunkId, version: ChunkVersion) -> Result<VersionInfo, StoreError> {
+        let (old, _guard) = self.reader(chunk);
+        if let Some(c) = &old.committed
+            && c.version == version.0
+        {
+            return Ok(c.info());
+        }
+        let p = old
+            .pending
+            .clone()
+            .filter(|p| p.version == version.0)
+            .ok_or(StoreError::NoSuchVersion { chunk, version })?;
+        let info = p.info();
+        let new = Entry {
+            committed: Some(p),
+            pending: None,
+        };
+        self.publish(chunk, &old, new, Vec::new(), true)?;
+        Ok(info)
+    }
+
+    fn install(
+        &self,
+        chunk: ChunkId,
+        version: ChunkVersion,
+        chain_version: ChainVersion,
+        data: &[u8],
+    ) -> Result<VersionInfo, StoreError> {
+        let (old, _guard) = self.reader(chunk);
+        let (plans, len) = Self::plan(&[], 0, Mutation::Replace { data })?;
+        let (blocks, fresh) = self.materialize(chunk, plans)?;
+        let rec = Self::version_rec(version, chain_version, blocks, len, None);
+        let info = rec.info();
+        self.publish(
+            chunk,
+            &old,
+            Entry {
+                committed: Some(Arc::new(rec)),
+                pending: None,
+            },
+            fresh,
+            true,
+        )?;
+        Ok(info)
+    }
+
+    fn remove(&self, chunk: ChunkId) -> Result<bool, StoreError> {
+        let (old, _guard) = self.reader(chunk);
+        if old.is_empty() {
+            return Ok(false);
+        }
+        self.publish(chunk, &old, Entry::default(), Vec::new(), true)?;
+        Ok(true)
+    }
+
+    fn list(
+        &self,
+        from: Bound<ChunkId>,
+        to: Bound<ChunkId>,
+        limit: usize,
+    ) -> Vec<(ChunkId, ChunkInfo)> {
+        let st = self.state.lock();
+        st.index
+            .range((from, to))
+            .take(limit)
+            .map(|(k, e)| (*k, e.info()))
+            .collect()
+    }
+
+    fn space(&self) -> Space {
+        let mut st = self.state.lock();
+        st.alloc.reclaim();
+        Space {
+            used_bytes: st.alloc.in_use * BLOCK_BYTES as u64,
+            capacity_bytes: st.alloc.capacity * BLOCK_BYTES as u64,
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! The chunk store seam (`ChunkStore`) and its implementation, the block engine
+//! (`engine::Engine`) over two backends: files + redb (`file::FileBackend`, production) and
+//! memory (`mem::MemBackend`, benchmarks and simulation). One conformance suite runs against
+//! both (`conformance`).
+
+pub mod engine;
+pub mod file;
+pub mod mem;
+
+#[cfg(test)]
+mod conformance;
+
+use bytes::Bytes;
+use pond_proto::data::ChunkSummary;
+use pond_proto::{ChainVersion, ChunkId, ChunkVersion, ClientId, ErrorCode, PondError, RequestId};
+use std::ops::Bound;
+
+/// One version of a chunk, as the store describes it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct VersionInfo {
+    pub version: ChunkVersion,
+    /// Chain version the update was made under.
+    pub chain_version: ChainVersion,
+    pub length: u32,
+    /// CRC32C of the whole content.
+    pub crc: u32,
+    /// The client request that produced it, for exactly-once retries across head changes.
+    pub origin: Option<(ClientId, RequestId)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct ChunkInfo {
+    pub committed: Option<VersionInfo>,
+    pub pending: Option<VersionInfo>,
+}
+
+impl ChunkInfo {
+    pub fn committed_version(&self) -> ChunkVersion {
+        self.committed.map(|v| v.version).unwrap_or_default()
+    }
+
+    pub fn summary(&self, chunk: ChunkId) -> Option<ChunkSummary> {
+        self.committed.map(|c| ChunkSummary {
+            chunk,
+            version: c.version,
+            chain_version: c.chain_version,
+            length: c.length,
+            crc: c.crc,
+        })
+    }
+}
+
+/// A change staged as the pending version, always relative to the committed content.
+#[derive(Clone, Copy, Debug)]
+pub enum Mutation<'a> {
+    Write { offset: u32, data: &'a [u8] },
+    Replace { data: &'a [u8] },
+    Truncate { length: u32 },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Space {
+    pub used_bytes: u64,
+    pub capacity_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no space left on target")]
+    NoSpace,
+    #[error("checksum mismatch in chunk {chunk} block {block}")]
+    Checksum { chunk: ChunkId, block: u32 },
+    #[error("chunk {chunk} has no version {version}")]
+    NoSuchVersion {
+        chunk: ChunkId,
+        version: ChunkVersion,
+    },
+    #[error("out of range: {0}")]
+    OutOfRange(String),
+    /// A failpoint fired (tests only): the engine must be dropped and reopened.
+    #[error("injected crash at {0:?}")]
+    Crashed(CrashPoint),
+    #[error("chunk store I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl StoreError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            StoreError::NoSpace => ErrorCode::NoSpace,
+            StoreError::Checksum { .. } => ErrorCode::Checksum,
+            StoreError::NoSuchVersion { .. } => ErrorCode::Unavailable,
+            StoreError::OutOfRange(_) => ErrorCode::InvalidArgument,
+            StoreError::Io(e) if e.raw_os_error() == Some(libc::ENOSPC) => ErrorCode::NoSpace,
+            StoreError::Crashed(_) | StoreError::Io(_) => ErrorCode::Io,
+            StoreError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    pub fn to_pond(&self) -> PondError {
+        PondError::new(self.code(), self.to_string())
+    }
+}
+
+/// Where the engine can be told to "crash" (return `Crashed` and do nothing more), to test that
+/// reopening recovers a consistent state from every window of an update.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CrashPoint {
+    /// Blocks allocated, nothing written.
+    BeforeDataWrite,
+    /// Half of the new blocks written (a torn write), not synced.
+    MidDataWrite,
+    /// All new blocks written, not synced.
+    AfterDataWrite,
+    /// Blocks synced, metadata not committed.
+    AfterDataSync,
+    /// Metadata committed, in-memory index not updated yet.
+    AfterMetaCommit,
+}
+
+impl CrashPoint {
+    pub const ALL: [CrashPoint; 5] = [
+        CrashPoint::BeforeDataWrite,
+        CrashPoint::MidDataWrite,
+        CrashPoint::AfterDataWrite,
+        CrashPoint::AfterDataSync,
+        CrashPoint::AfterMetaCommit,
+    ];
+}
+
+/// Chunks of one target. Methods are blocking when `blocking()` says so (call them from a
+/// blocking thread). Invariants every implementation keeps:
+/// - the committed version is never modified in place: `stage` builds a new pending version
+///   next to it, `commit` switches atomically;
+/// - every byte returned by `read` was checked against the CRC32C it was stored with;
+/// - after a crash, each chunk is exactly as of its last completed `stage`/`commit`/`install`/
+///   `remove` (a pending version may be lost, never half applied).
+pub trait ChunkStore: Send + Sync + 'static {
+    /// Whether calls block on disk I/O.
+    fn blocking(&self) -> bool;
+
+    fn info(&self, chunk: ChunkId) -> Option<ChunkInfo>;
+
+    /// Bytes `offset..offset+length` (clamped to the version's length) of `version`, which
+    /// must be the committed or the pending version.
+    fn read(
+        &self,
+        chunk: ChunkId,
+        version: ChunkVersion,
+        offset: u32,
+        length: u32,
+    ) -> Result<Bytes, StoreError>;
+
+    /// Stores `m` applied to the committed content as the pending version `version`,
+    /// replacing any pending version. Durable data before it returns (metadata may become
+    /// durable only with the next `commit`).
+    fn stage(
+        &self,
+        chunk: ChunkId,
+        version: ChunkVersion,
+        chain_version: ChainVersion,
+        m: Mutation<'_>,
+        origin: Option<(ClientId, RequestId)>,
+    ) -> Result<VersionInfo, StoreError>;
+
+    /// Makes pending `version` the committed one, durably. Committing the already committed
+    /// version is a no-op.
+    fn commit(&self, chunk: ChunkId, version: ChunkVersion) -> Result<VersionInfo, StoreError>;
+
+    /// Sets the committed content directly (resync and repair), dropping any pending version.
+    fn install(
+        &self,
+        chunk: ChunkId,
+        version: ChunkVersion,
+        chain_version: ChainVersion,
+        data: &[u8],
+    ) -> Result<VersionInfo, StoreError>;
+
+    /// Deletes a chunk (both versions). Returns whether it existed.
+    fn remove(&self, chunk: ChunkId) -> Result<bool, StoreError>;
+
+    /// Chunks in key order within the bounds, at most `limit`.
+    fn list(
+        &self,
+        from: Bound<ChunkId>,
+        to: Bound<ChunkId>,
+        limit: usize,
+    ) -> Vec<(ChunkId, ChunkInfo)>;
+
+    fn space(&self) -> Space;
+}
