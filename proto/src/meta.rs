@@ -75,6 +75,13 @@ pub enum RenameMode {
     Exchange,
 }
 
+/// gRPC metadata key carrying the caller's `ClientId` (decimal) on write requests. Together
+/// with `REQUEST_ID_HEADER` it lets the state machine answer a retried write from its dedupe
+/// table instead of applying it twice.
+pub const CLIENT_ID_HEADER: &str = "x-pond-client";
+/// gRPC metadata key carrying the `RequestId` (decimal), unique per client.
+pub const REQUEST_ID_HEADER: &str = "x-pond-request";
+
 /// A namespace request. Reads are served linearizably through the leader; writes are applied
 /// as Raft log entries (many requests may share one entry).
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -84,6 +91,8 @@ pub enum MetaRequest {
     GetAttr { inode: InodeId },
     /// Entries with names strictly after `after`, in name order, at most `limit`.
     ReadDir { dir: InodeId, after: Option<String>, limit: u32 },
+    /// Like `ReadDir`, with each entry's attributes (FUSE `readdirplus`).
+    ReadDirPlus { dir: InodeId, after: Option<String>, limit: u32 },
     ReadLink { inode: InodeId },
     /// Resolve an absolute path (no symlink following in the last component unless
     /// `follow` is set).
@@ -140,6 +149,7 @@ impl MetaRequest {
             MetaRequest::Lookup { .. }
                 | MetaRequest::GetAttr { .. }
                 | MetaRequest::ReadDir { .. }
+                | MetaRequest::ReadDirPlus { .. }
                 | MetaRequest::ReadLink { .. }
                 | MetaRequest::Resolve { .. }
                 | MetaRequest::StatFs
@@ -159,6 +169,8 @@ pub struct StatFs {
 pub enum MetaReply {
     Attr(InodeAttr),
     Dir { entries: Vec<DirEntry>, more: bool },
+    /// Reply to `ReadDirPlus`.
+    DirPlus { entries: Vec<(DirEntry, InodeAttr)>, more: bool },
     Link(String),
     StatFs(StatFs),
     DirLayout(DirLayout),

@@ -1,0 +1,57 @@
+//! Every bound of the metadata service, with where its number comes from.
+
+use std::time::Duration;
+
+/// Write requests waiting for the proposer. A full queue pushes back on gRPC handlers (they
+/// await a slot) instead of growing memory without bound; 4096 is 64 clients x 64 in flight.
+pub const PROPOSE_QUEUE_MAX: usize = 4096;
+/// Operations in one Raft entry. One entry is one fsync on every replica, so bigger batches
+/// amortise more; 512 small ops stay well below `ENTRY_BYTES_SOFT_MAX` and keep one apply
+/// transaction short (a few ms) so reads are not starved.
+pub const BATCH_OPS_MAX: usize = 512;
+/// A batch stops growing once its encoded requests pass this size (a snapshot chunk and an
+/// AppendEntries message must fit in `CONTROL_MESSAGE_BYTES_MAX` = 16 MiB with room to spare).
+pub const ENTRY_BYTES_SOFT_MAX: usize = 1 << 20;
+/// Raft entries the proposer keeps in flight at once. Openraft pipelines them; more than a
+/// few only adds queueing latency on a 2-core machine.
+pub const PROPOSALS_IN_FLIGHT_MAX: usize = 4;
+/// Reads waiting for a read-index round. Same reasoning as `PROPOSE_QUEUE_MAX`.
+pub const READ_QUEUE_MAX: usize = 8192;
+/// Reads answered behind one `ensure_linearizable` round.
+pub const READ_BATCH_MAX: usize = 1024;
+/// Remembered (client, request) replies for retried writes. A client retries within its
+/// ~10 s budget; at 20k writes/s that is 200k ops, so 262k entries cover a full budget.
+pub const DEDUP_ENTRIES_MAX: u64 = 1 << 18;
+/// Entries of a removed tree the collector detaches per Raft entry: bounds one apply.
+pub const TRASH_STEP_ENTRIES_MAX: usize = 1024;
+/// How often the leader's collector looks for trash and stale nodes.
+pub const COLLECTOR_INTERVAL: Duration = Duration::from_millis(200);
+/// GC tasks handed to one node per heartbeat; a node deletes a few hundred files' chunks per
+/// second, more only queues on the node.
+pub const GC_TASKS_PER_HEARTBEAT_MAX: usize = 256;
+/// A GC task handed out but not reported done is handed out again after this long.
+pub const GC_TASK_REISSUE: Duration = Duration::from_secs(30);
+/// Used/capacity figures are proposed at most this often per node (they only feed statfs).
+pub const USAGE_UPDATE_INTERVAL: Duration = Duration::from_secs(10);
+/// Deadline of one Raft RPC (append, vote). Openraft passes its own TTL; this caps it.
+pub const RAFT_RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline of one snapshot chunk (up to `SNAPSHOT_CHUNK_BYTES`).
+pub const RAFT_SNAPSHOT_RPC_TIMEOUT: Duration = Duration::from_secs(30);
+/// Snapshot chunk: 4 MiB is well below the 16 MiB control-message cap.
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 << 20;
+/// Deadline of a client request inside the server (proposal or read-index wait).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
+/// Default chunk size and stripe for directories without a layout.
+pub const DEFAULT_STRIPE_MAX: u32 = 8;
+/// Raft timing: heartbeat 100 ms, election 800..1600 ms (loopback and LAN; fsync is ~3 ms).
+pub const RAFT_HEARTBEAT_MS: u64 = 100;
+pub const RAFT_ELECTION_MIN_MS: u64 = 800;
+pub const RAFT_ELECTION_MAX_MS: u64 = 1600;
+/// Log entries kept after a snapshot so a briefly lagging follower catches up from the log
+/// instead of receiving a whole snapshot.
+pub const LOG_KEEP_AFTER_SNAPSHOT: u64 = 1000;
+
+const _: () = assert!(BATCH_OPS_MAX <= PROPOSE_QUEUE_MAX);
+const _: () = assert!(READ_BATCH_MAX <= READ_QUEUE_MAX);
+const _: () = assert!(RAFT_HEARTBEAT_MS * 4 < RAFT_ELECTION_MIN_MS);
+const _: () = assert!((SNAPSHOT_CHUNK_BYTES as usize) < pond_proto::limits::CONTROL_MESSAGE_BYTES_MAX / 2);

@@ -1,0 +1,353 @@
+//! The `pond.Meta` gRPC service: token check, write batching (proposer), read batching behind
+//! one read-index round (reader), cluster requests and the Raft RPC endpoints.
+
+use crate::limits::*;
+use crate::manager::Manager;
+use crate::namespace::{self, ApplyError};
+use crate::store::{self, Shared};
+use crate::tables::{DIRENTS, INODES};
+use crate::types::{Batch, Op, OpReply, Origin, Raft, TypeConfig};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use pond_proto::meta::*;
+use pond_proto::rpc::TOKEN_HEADER;
+use pond_proto::rpc::meta_service::meta_server::Meta;
+use pond_proto::{ClientId, ErrorCode, PondError, RequestId, error::to_status};
+use redb::ReadableDatabase;
+use std::sync::Arc;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+pub type Reply = Result<OpReply, PondError>;
+
+pub struct Proposal {
+    pub op: Op,
+    pub tx: oneshot::Sender<Reply>,
+}
+
+pub struct ReadReq {
+    pub req: MetaRequest,
+    pub tx: oneshot::Sender<Result<MetaReply, PondError>>,
+}
+
+pub fn not_leader(leader: Option<u64>) -> PondError {
+    let mut e = PondError::new(ErrorCode::NotLeader, match leader {
+        Some(l) => format!("leader is node {l}"),
+        None => "no leader elected".to_string(),
+    });
+    e.leader_hint = leader;
+    e
+}
+
+fn write_error(e: RaftError<u64, ClientWriteError<u64, crate::types::PeerNode>>) -> PondError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(f.leader_id),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            PondError::new(ErrorCode::Unavailable, e.to_string())
+        }
+        RaftError::Fatal(f) => PondError::new(ErrorCode::Unavailable, format!("raft stopped: {f}")),
+    }
+}
+
+/// Cuts batches from the write queue and proposes each as one Raft entry.
+pub async fn proposer_loop(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
+    let slots = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
+    while let Some(first) = rx.recv().await {
+        // Waiting for a slot lets more requests queue up: the batch grows with the load.
+        let Ok(permit) = slots.clone().acquire_owned().await else { break };
+        let mut ops = Vec::new();
+        let mut txs = Vec::new();
+        let mut bytes = 0usize;
+        let push = |p: Proposal, ops: &mut Vec<Op>, txs: &mut Vec<oneshot::Sender<Reply>>| {
+            let n = postcard::experimental::serialized_size(&p.op).unwrap_or(0);
+            ops.push(p.op);
+            txs.push(p.tx);
+            n
+        };
+        bytes += push(first, &mut ops, &mut txs);
+        while ops.len() < BATCH_OPS_MAX && bytes < ENTRY_BYTES_SOFT_MAX {
+            match rx.try_recv() {
+                Ok(p) => bytes += push(p, &mut ops, &mut txs),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        let n = ops.len();
+        tokio::spawn(
+            async move {
+                let batch = Batch { now: store::now(), ops };
+                let res = tokio::time::timeout(REQUEST_TIMEOUT, raft.client_write(batch)).await;
+                match res {
+                    Ok(Ok(resp)) => {
+                        let replies = resp.data.0;
+                        assert_eq!(replies.len(), txs.len(), "one reply per op");
+                        for (tx, r) in txs.into_iter().zip(replies) {
+                            let _ = tx.send(r);
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        let e = write_error(e);
+                        for tx in txs {
+                            let _ = tx.send(Err(e.clone()));
+                        }
+                    }
+                    Err(_) => {
+                        let e = PondError::new(ErrorCode::Timeout, "raft proposal deadline");
+                        for tx in txs {
+                            let _ = tx.send(Err(e.clone()));
+                        }
+                    }
+                }
+                drop(permit);
+            }
+            .instrument(tracing::debug_span!("propose", ops = n)),
+        );
+    }
+}
+
+/// Answers queued reads in batches: one read-index round (`ensure_linearizable`) per batch,
+/// then one redb read transaction for all of them.
+pub async fn reader_loop(raft: Raft, shared: Arc<Shared>, mut rx: mpsc::Receiver<ReadReq>) {
+    let slots = Arc::new(Semaphore::new(2));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else { break };
+        let mut batch = vec![first];
+        while batch.len() < READ_BATCH_MAX {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let res = tokio::time::timeout(REQUEST_TIMEOUT, raft.ensure_linearizable()).await;
+            let err = match res {
+                Ok(Ok(_)) => None,
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                    Some(not_leader(f.leader_id))
+                }
+                Ok(Err(e)) => Some(PondError::new(ErrorCode::Unavailable, e.to_string())),
+                Err(_) => Some(PondError::new(ErrorCode::Timeout, "read-index deadline")),
+            };
+            if let Some(e) = err {
+                for r in batch {
+                    let _ = r.tx.send(Err(e.clone()));
+                }
+                drop(permit);
+                return;
+            }
+            let _ = tokio::task::spawn_blocking(move || answer_reads(&shared, batch)).await;
+            drop(permit);
+        });
+    }
+}
+
+fn answer_reads(shared: &Shared, batch: Vec<ReadReq>) {
+    let routing = shared.routing();
+    let view = (|| -> Result<_, redb::Error> {
+        let txn = shared.db.begin_read()?;
+        let inodes = txn.open_table(INODES)?;
+        let dirents = txn.open_table(DIRENTS)?;
+        Ok((txn, inodes, dirents))
+    })();
+    let (_txn, inodes, dirents) = match view {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, "open read transaction");
+            for r in batch {
+                let _ = r.tx.send(Err(PondError::new(ErrorCode::Internal, e.to_string())));
+            }
+            return;
+        }
+    };
+    for r in batch {
+        let res = match namespace::read(&inodes, &dirents, &routing, &r.req) {
+            Ok(v) => Ok(v),
+            Err(ApplyError::Op(e)) => Err(e),
+            Err(ApplyError::Store(e)) => {
+                tracing::error!(error = %e, "read from state machine");
+                Err(PondError::new(ErrorCode::Internal, e.to_string()))
+            }
+        };
+        let _ = r.tx.send(res);
+    }
+}
+
+pub struct MetaService {
+    pub id: u64,
+    pub token: String,
+    pub raft: Raft,
+    pub shared: Arc<Shared>,
+    pub proposer: mpsc::Sender<Proposal>,
+    pub reader: mpsc::Sender<ReadReq>,
+    pub manager: Arc<Manager>,
+}
+
+impl MetaService {
+    fn check_token<T>(&self, req: &Request<T>, method: &str) -> Result<(), Status> {
+        let ok = req
+            .metadata()
+            .get(TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| constant_time_eq(v.as_bytes(), self.token.as_bytes()));
+        if ok {
+            return Ok(());
+        }
+        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
+        tracing::warn!(%peer, method, "refused request without a valid cluster token");
+        Err(to_status(&PondError::new(ErrorCode::Unauthenticated, "missing or wrong cluster token")))
+    }
+
+    /// Queue a write and wait for its Raft entry to apply.
+    pub async fn propose(&self, op: Op) -> Result<OpReply, PondError> {
+        let (tx, rx) = oneshot::channel();
+        self.proposer
+            .send(Proposal { op, tx })
+            .await
+            .map_err(|_| PondError::new(ErrorCode::Unavailable, "shutting down"))?;
+        rx.await.map_err(|_| PondError::new(ErrorCode::Unavailable, "proposal dropped"))?
+    }
+
+    async fn read(&self, req: MetaRequest) -> Result<MetaReply, PondError> {
+        let (tx, rx) = oneshot::channel();
+        self.reader
+            .send(ReadReq { req, tx })
+            .await
+            .map_err(|_| PondError::new(ErrorCode::Unavailable, "shutting down"))?;
+        rx.await.map_err(|_| PondError::new(ErrorCode::Unavailable, "read dropped"))?
+    }
+
+    fn status(&self) -> ClusterReply {
+        let m = self.raft.metrics().borrow().clone();
+        let members = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| MetaMember { id: *id, addr: n.addr.clone(), is_leader: m.current_leader == Some(*id) })
+            .collect();
+        ClusterReply::MetaStatus {
+            leader: m.current_leader,
+            members,
+            last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn origin_of<T>(req: &Request<T>) -> Option<Origin> {
+    let get = |k: &str| req.metadata().get(k)?.to_str().ok()?.parse::<u64>().ok();
+    Some(Origin { client: ClientId(get(CLIENT_ID_HEADER)?), request: RequestId(get(REQUEST_ID_HEADER)?) })
+}
+
+fn decode<T: serde::de::DeserializeOwned>(m: &RaftMessage) -> Result<T, Status> {
+    postcard::from_bytes(&m.payload)
+        .map_err(|e| to_status(&PondError::new(ErrorCode::Malformed, format!("raft message: {e}"))))
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
+    let payload = postcard::to_stdvec(v)
+        .map_err(|e| to_status(&PondError::new(ErrorCode::Internal, format!("encode raft reply: {e}"))))?;
+    Ok(Response::new(RaftMessage { payload }))
+}
+
+#[tonic::async_trait]
+impl Meta for MetaService {
+    async fn op(&self, request: Request<MetaRequest>) -> Result<Response<MetaReply>, Status> {
+        self.check_token(&request, "op")?;
+        let origin = origin_of(&request);
+        let req = request.into_inner();
+        let span = tracing::debug_span!("meta_op", op = op_name(&req), client = origin.map(|o| o.client.0), req = origin.map(|o| o.request.0));
+        async move {
+            let res = if req.is_read() {
+                self.read(req).await
+            } else {
+                match self.propose(Op::Meta { origin, req }).await {
+                    Ok(OpReply::Meta(r)) => Ok(r),
+                    Ok(other) => Err(PondError::new(ErrorCode::Internal, format!("unexpected reply {other:?}"))),
+                    Err(e) => Err(e),
+                }
+            };
+            res.map(Response::new).map_err(|e| to_status(&e))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn cluster(&self, request: Request<ClusterRequest>) -> Result<Response<ClusterReply>, Status> {
+        self.check_token(&request, "cluster")?;
+        let req = request.into_inner();
+        let res = match req {
+            ClusterRequest::Heartbeat(hb) => {
+                let span = tracing::debug_span!("heartbeat", node = %hb.node);
+                self.manager.heartbeat(hb).instrument(span).await.map(ClusterReply::Heartbeat)
+            }
+            ClusterRequest::GetRouting { have } => match self.manager.leader_check() {
+                Ok(()) => {
+                    let r = self.shared.routing();
+                    Ok(ClusterReply::Routing(if r.version > have { Some(r) } else { None }))
+                }
+                Err(e) => Err(e),
+            },
+            ClusterRequest::BootstrapChains { replicas } => {
+                match self.propose(Op::Cluster(crate::types::ClusterCmd::BootstrapChains { replicas })).await {
+                    Ok(OpReply::Cluster(r)) => Ok(r),
+                    Ok(other) => Err(PondError::new(ErrorCode::Internal, format!("unexpected reply {other:?}"))),
+                    Err(e) => Err(e),
+                }
+            }
+            ClusterRequest::MetaStatus => Ok(self.status()),
+        };
+        res.map(Response::new).map_err(|e| to_status(&e))
+    }
+
+    async fn raft_append(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_token(&request, "raft_append")?;
+        let req: openraft::raft::AppendEntriesRequest<TypeConfig> = decode(request.get_ref())?;
+        encode(&self.raft.append_entries(req).await)
+    }
+
+    async fn raft_vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_token(&request, "raft_vote")?;
+        let req: openraft::raft::VoteRequest<u64> = decode(request.get_ref())?;
+        encode(&self.raft.vote(req).await)
+    }
+
+    async fn raft_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_token(&request, "raft_snapshot")?;
+        let req: openraft::raft::InstallSnapshotRequest<TypeConfig> = decode(request.get_ref())?;
+        encode(&self.raft.install_snapshot(req).await)
+    }
+}
+
+fn op_name(r: &MetaRequest) -> &'static str {
+    match r {
+        MetaRequest::Lookup { .. } => "lookup",
+        MetaRequest::GetAttr { .. } => "getattr",
+        MetaRequest::ReadDir { .. } => "readdir",
+        MetaRequest::ReadDirPlus { .. } => "readdirplus",
+        MetaRequest::ReadLink { .. } => "readlink",
+        MetaRequest::Resolve { .. } => "resolve",
+        MetaRequest::StatFs => "statfs",
+        MetaRequest::GetDirLayout { .. } => "getdirlayout",
+        MetaRequest::Mkdir { .. } => "mkdir",
+        MetaRequest::Create { .. } => "create",
+        MetaRequest::Symlink { .. } => "symlink",
+        MetaRequest::Link { .. } => "link",
+        MetaRequest::Unlink { .. } => "unlink",
+        MetaRequest::Rmdir { .. } => "rmdir",
+        MetaRequest::Rename { .. } => "rename",
+        MetaRequest::SetAttr { .. } => "setattr",
+        MetaRequest::OpenWrite { .. } => "openwrite",
+        MetaRequest::ReportLength { .. } => "reportlength",
+        MetaRequest::CloseWrite { .. } => "closewrite",
+        MetaRequest::SetDirLayout { .. } => "setdirlayout",
+        MetaRequest::RemoveTree { .. } => "removetree",
+    }
+}
