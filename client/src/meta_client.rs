@@ -1,1 +1,178 @@
-//! Metadata client (being built).
+//! Metadata client: deadlines on every RPC, failover across meta replicas following
+//! `NotLeader` hints, and a bounded retry budget.
+//!
+//! Retried writes: every namespace write carries (`ClientId`, `RequestId`) in gRPC metadata
+//! (`CLIENT_ID_HEADER` / `REQUEST_ID_HEADER`); the state machine remembers the reply of the
+//! last ~262k writes and answers a retry from that table, so a create, mkdir, rename or unlink
+//! retried after a timeout is applied once and the retry gets the original answer. Not
+//! covered: `cluster()` requests (heartbeats are idempotent by nature; a retried
+//! `BootstrapChains` may answer `Exists` after it succeeded), and a write retried after its
+//! dedupe record was evicted (older than the table's window, far beyond the retry budget).
+
+use pond_proto::meta::{
+    CLIENT_ID_HEADER, ClusterReply, ClusterRequest, MetaReply, MetaRequest, REQUEST_ID_HEADER,
+};
+use pond_proto::rpc::TOKEN_HEADER;
+use pond_proto::rpc::meta_service::meta_client::MetaClient as GrpcClient;
+use pond_proto::{ClientId, ErrorCode, PondError, error::from_status};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+
+/// Deadline of one RPC attempt. Writes wait for a Raft commit (a few fsyncs); 5 s is far
+/// above that and below the server's own 8 s proposal deadline... plus a margin.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Total time one call may spend retrying (leader elections take ~1-2 s).
+pub const RETRY_BUDGET: Duration = Duration::from_secs(10);
+/// Backoff between attempts: starts small, doubles, capped.
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// A cheap-to-clone handle to the metadata service.
+#[derive(Clone)]
+pub struct MetaClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    addrs: Vec<String>,
+    clients: Vec<GrpcClient<Channel>>,
+    token: AsciiMetadataValue,
+    /// Index of the replica believed to be leader.
+    leader: AtomicUsize,
+    /// Raft node id -> index in `addrs`, learned from `MetaStatus`.
+    ids: parking_lot::Mutex<HashMap<u64, usize>>,
+    client_id: ClientId,
+    next_request: AtomicU64,
+}
+
+impl std::fmt::Debug for MetaClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaClient").field("addrs", &self.inner.addrs).finish()
+    }
+}
+
+impl MetaClient {
+    /// Channels connect lazily: this fails only on malformed addresses or token.
+    pub fn connect(addrs: Vec<String>, token: String) -> Result<MetaClient, PondError> {
+        if addrs.is_empty() {
+            return Err(PondError::new(ErrorCode::InvalidArgument, "no meta addresses"));
+        }
+        let token: AsciiMetadataValue = token
+            .parse()
+            .map_err(|_| PondError::new(ErrorCode::InvalidArgument, "token is not valid ASCII"))?;
+        let mut clients = Vec::with_capacity(addrs.len());
+        for a in &addrs {
+            let uri = if a.contains("://") { a.clone() } else { format!("http://{a}") };
+            let ep = Endpoint::from_shared(uri).map_err(|e| {
+                PondError::new(ErrorCode::InvalidArgument, format!("meta address {a:?}: {e}"))
+            })?;
+            let ch = ep
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .connect_lazy();
+            let max = pond_proto::limits::CONTROL_MESSAGE_BYTES_MAX;
+            clients.push(GrpcClient::new(ch).max_decoding_message_size(max).max_encoding_message_size(max));
+        }
+        Ok(MetaClient {
+            inner: Arc::new(Inner {
+                addrs,
+                clients,
+                token,
+                leader: AtomicUsize::new(0),
+                ids: parking_lot::Mutex::new(HashMap::new()),
+                client_id: ClientId(rand::random()),
+                next_request: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// This client's id (sent with writes for exactly-once retries).
+    pub fn client_id(&self) -> ClientId {
+        self.inner.client_id
+    }
+
+    /// A namespace request. Writes carry a fresh request id that retries reuse.
+    pub async fn op(&self, req: MetaRequest) -> Result<MetaReply, PondError> {
+        let origin = (!req.is_read()).then(|| self.inner.next_request.fetch_add(1, Ordering::Relaxed));
+        self.call(req, origin, |mut c, r| async move { c.op(r).await }).await
+    }
+
+    /// A cluster-manager request (heartbeat, routing, bootstrap, status).
+    pub async fn cluster(&self, req: ClusterRequest) -> Result<ClusterReply, PondError> {
+        self.call(req, None, |mut c, r| async move { c.cluster(r).await }).await
+    }
+
+    async fn call<Req, Resp, F, Fut>(&self, req: Req, origin: Option<u64>, f: F) -> Result<Resp, PondError>
+    where
+        Req: Clone,
+        F: Fn(GrpcClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let inner = &self.inner;
+        let n = inner.addrs.len();
+        let deadline = Instant::now() + RETRY_BUDGET;
+        let mut backoff = BACKOFF_MIN;
+        let mut idx = inner.leader.load(Ordering::Relaxed) % n;
+        loop {
+            let mut r = tonic::Request::new(req.clone());
+            r.set_timeout(RPC_TIMEOUT);
+            r.metadata_mut().insert(TOKEN_HEADER, inner.token.clone());
+            if let Some(id) = origin {
+                r.metadata_mut().insert(CLIENT_ID_HEADER, MetadataValue::from(inner.client_id.0));
+                r.metadata_mut().insert(REQUEST_ID_HEADER, MetadataValue::from(id));
+            }
+            let e = match tokio::time::timeout(RPC_TIMEOUT, f(inner.clients[idx].clone(), r)).await {
+                Ok(Ok(resp)) => {
+                    inner.leader.store(idx, Ordering::Relaxed);
+                    return Ok(resp.into_inner());
+                }
+                Ok(Err(status)) => from_status(&status),
+                Err(_) => PondError::new(ErrorCode::Timeout, format!("meta {} did not answer", inner.addrs[idx])),
+            };
+            let retry = matches!(e.code, ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::Timeout);
+            if !retry || Instant::now() + backoff >= deadline {
+                return Err(e);
+            }
+            // Next replica: the hinted leader if we know its address, else the next one.
+            let hinted = match (e.code, e.leader_hint) {
+                (ErrorCode::NotLeader, Some(id)) => self.index_of(id, idx).await,
+                _ => None,
+            };
+            match hinted {
+                Some(i) if i != idx => idx = i, // follow the hint at once
+                _ => {
+                    idx = (idx + 1) % n;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+            tracing::debug!(error = %e, next = %inner.addrs[idx], "retrying meta request");
+        }
+    }
+
+    /// Map a Raft node id to an address index, asking `MetaStatus` of replica `via` once.
+    async fn index_of(&self, id: u64, via: usize) -> Option<usize> {
+        if let Some(i) = self.inner.ids.lock().get(&id) {
+            return Some(*i);
+        }
+        let mut r = tonic::Request::new(ClusterRequest::MetaStatus);
+        r.set_timeout(RPC_TIMEOUT);
+        r.metadata_mut().insert(TOKEN_HEADER, self.inner.token.clone());
+        let mut c = self.inner.clients[via].clone();
+        let resp = tokio::time::timeout(RPC_TIMEOUT, c.cluster(r)).await.ok()?.ok()?.into_inner();
+        if let ClusterReply::MetaStatus { members, .. } = resp {
+            let mut ids = self.inner.ids.lock();
+            for m in members {
+                if let Some(i) = self.inner.addrs.iter().position(|a| a.ends_with(&m.addr) || *a == m.addr) {
+                    ids.insert(m.id, i);
+                }
+            }
+            return ids.get(&id).copied();
+        }
+        None
+    }
+}

@@ -34,12 +34,14 @@ pub enum MetaError {
 }
 
 /// Open the store under `cfg.data_dir`, start Raft and the gRPC server on `cfg.listen`, and
-/// return after `shutdown` resolves and everything stopped.
-pub async fn run(cfg: MetaConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), MetaError> {
+/// return after `shutdown` resolves and everything stopped. (The error is a `MetaError`
+/// inside the `anyhow::Error`, for callers that want to match on it.)
+pub async fn run(cfg: MetaConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&cfg.listen)
         .await
         .map_err(|source| MetaError::Bind { addr: cfg.listen.clone(), source })?;
-    serve(cfg, listener, shutdown).await
+    serve(cfg, listener, shutdown).await?;
+    Ok(())
 }
 
 /// Like `run`, on an already bound listener (tests bind port 0 first to learn the port).
