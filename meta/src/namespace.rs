@@ -1059,3 +1059,6 @@ pub fn shuffled(chains: &[ChainId], seed: ChainTableId) -> Vec<ChainId> {
     }
     v
 }
+
+#[cfg(test)]
+mod tests;
