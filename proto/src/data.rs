@@ -344,13 +344,15 @@ pub enum DataRequest {
         at: ChainRef,
         chunk: ChunkId,
     },
-    /// Remove chunks `from_index..` of `inode`, through the chain (GC and truncate).
+    /// Remove chunks `from_index..` of `inode`, through the chain (GC and truncate). Clients
+    /// send it to the head with `forwarded = false`; replicas pass it on with `true`.
     RemoveRange {
         at: ChainRef,
         inode: InodeId,
         from_index: u64,
         client: ClientId,
         request: RequestId,
+        forwarded: bool,
     },
     /// Highest chunk index of `inode` on this chain and its committed length.
     QueryLength {
@@ -492,6 +494,7 @@ mod tests {
                     from_index: f,
                     client: ClientId(1),
                     request: RequestId(2),
+                    forwarded: f % 2 == 0,
                 }
             }),
         ]

@@ -14,8 +14,6 @@
 //! Wire format: `pond_proto::data`.
 
 pub mod limits;
-#[cfg(feature = "rdma")]
-pub mod rdma;
 pub mod tcp;
 
 use bytes::Bytes;
@@ -30,7 +28,10 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     #[error("connect to {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("connection I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error("bad frame: {0}")]
@@ -135,7 +136,11 @@ impl DataClient {
         req: DataRequest,
         payload: Bytes,
     ) -> Result<(DataResponse, Bytes), NetError> {
-        match self.transport.call(addr, req, payload, self.deadline).await? {
+        match self
+            .transport
+            .call(addr, req, payload, self.deadline)
+            .await?
+        {
             (DataResponse::Error(e), _) => Err(NetError::Remote(e)),
             ok => Ok(ok),
         }
@@ -215,7 +220,9 @@ impl DataClient {
             return Err(NetError::TooLarge(format!("{} read items", items.len())));
         }
         let n = items.len();
-        let (resp, mut payload) = self.call(addr, DataRequest::Read { items }, Bytes::new()).await?;
+        let (resp, mut payload) = self
+            .call(addr, DataRequest::Read { items }, Bytes::new())
+            .await?;
         let DataResponse::Read { items } = resp else {
             return Err(NetError::Unexpected("read"));
         };
@@ -251,8 +258,14 @@ impl DataClient {
         from_index: u64,
         request: RequestId,
     ) -> Result<u64, NetError> {
-        let req =
-            DataRequest::RemoveRange { at, inode, from_index, client: self.client, request };
+        let req = DataRequest::RemoveRange {
+            at,
+            inode,
+            from_index,
+            client: self.client,
+            request,
+            forwarded: false,
+        };
         match self.call(addr, req, Bytes::new()).await? {
             (DataResponse::Removed { chunks }, _) => Ok(chunks),
             _ => Err(NetError::Unexpected("remove_range")),
@@ -267,7 +280,10 @@ impl DataClient {
         at: ChainRef,
         inode: InodeId,
     ) -> Result<Option<(u64, u32)>, NetError> {
-        match self.call(addr, DataRequest::QueryLength { at, inode }, Bytes::new()).await? {
+        match self
+            .call(addr, DataRequest::QueryLength { at, inode }, Bytes::new())
+            .await?
+        {
             (DataResponse::Length { last }, _) => Ok(last),
             _ => Err(NetError::Unexpected("query_length")),
         }

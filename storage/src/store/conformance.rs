@@ -160,6 +160,22 @@ fn pending_is_invisible_until_commit(s: &dyn ChunkStore) {
     assert_eq!(info.pending.unwrap().version, ChunkVersion(2));
     assert_eq!(read_all(s, c), b"hello world");
     assert_eq!(&s.read(c, p.version, 0, 100).unwrap()[..], b"HELLO world");
+    // Abort drops the pending version only.
+    s.abort(c, ChunkVersion(2)).unwrap();
+    assert!(s.info(c).unwrap().pending.is_none());
+    assert_eq!(read_all(s, c), b"hello world");
+    s.abort(c, ChunkVersion(2)).unwrap();
+    s.stage(
+        c,
+        ChunkVersion(2),
+        CV,
+        Mutation::Write {
+            offset: 0,
+            data: b"HELLO",
+        },
+        None,
+    )
+    .unwrap();
     // A newer stage replaces the pending version (same version after a head change).
     s.stage(
         c,

@@ -635,6 +635,18 @@ impl<B: Backend> ChunkStore for Engine<B> {
         Ok(info)
     }
 
+    fn abort(&self, chunk: ChunkId, version: ChunkVersion) -> Result<(), StoreError> {
+        let (old, _guard) = self.reader(chunk);
+        if old.pending.as_ref().is_none_or(|p| p.version != version.0) {
+            return Ok(());
+        }
+        let new = Entry {
+            committed: old.committed.clone(),
+            pending: None,
+        };
+        self.publish(chunk, &old, new, Vec::new(), false)
+    }
+
     fn install(
         &self,
         chunk: ChunkId,

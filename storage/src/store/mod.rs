@@ -169,6 +169,10 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// version is a no-op.
     fn commit(&self, chunk: ChunkId, version: ChunkVersion) -> Result<VersionInfo, StoreError>;
 
+    /// Drops pending `version` (an update the chain refused), keeping the committed one.
+    /// Dropping a version that is not pending is a no-op.
+    fn abort(&self, chunk: ChunkId, version: ChunkVersion) -> Result<(), StoreError>;
+
     /// Sets the committed content directly (resync and repair), dropping any pending version.
     fn install(
         &self,

@@ -1,0 +1,1458 @@
+//! One storage node: its targets, its view of the routing table, and the CRAQ protocol
+//! (DESIGN.md §4) that every data-plane request runs through.
+//!
+//! Roles come only from the routing table (`RoutingInfo`, fed by heartbeats or injected by
+//! tests): a target reads when it is publicly `serving` and locally up to date, and receives
+//! writes when publicly `serving` (and up to date) or `syncing`. Its successor is the next
+//! write-receiving target of its chain; the "tail" asked in version queries is the last
+//! serving target.
+
+use crate::limits::*;
+use crate::store::{ChunkInfo, ChunkStore, Mutation, StoreError, VersionInfo};
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use pond_client::net::{DataClient, NetError};
+use pond_proto::cluster::{GcTask, LocalState, PublicState, RoutingInfo, TargetInfo};
+use pond_proto::data::*;
+use pond_proto::limits::CHUNK_BYTES_MAX;
+use pond_proto::*;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+/// Runs a store call, on a blocking thread when the store does disk I/O.
+pub async fn on_store<T: Send + 'static>(
+    store: &Arc<dyn ChunkStore>,
+    f: impl FnOnce(&dyn ChunkStore) -> T + Send + 'static,
+) -> T {
+    if store.blocking() {
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || f(&*s))
+            .await
+            .expect("chunk store call panicked")
+    } else {
+        f(&**store)
+    }
+}
+
+fn err(code: ErrorCode, msg: impl Into<String>) -> PondError {
+    PondError::new(code, msg)
+}
+
+fn store_err(e: StoreError) -> PondError {
+    e.to_pond()
+}
+
+/// Bounded (client, request) → reply memory for exactly-once retries.
+#[derive(Default)]
+struct Dedupe {
+    map: HashMap<(ClientId, RequestId), UpdateReply>,
+    order: VecDeque<(ClientId, RequestId)>,
+}
+
+impl Dedupe {
+    fn get(&self, k: (ClientId, RequestId)) -> Option<UpdateReply> {
+        self.map.get(&k).copied()
+    }
+    fn put(&mut self, k: (ClientId, RequestId), r: UpdateReply) {
+        if self.map.insert(k, r).is_none() {
+            self.order.push_back(k);
+            while self.order.len() > DEDUPE_ENTRIES_MAX {
+                let old = self.order.pop_front().expect("nonempty");
+                self.map.remove(&old);
+            }
+        }
+    }
+}
+
+/// A target as its node runs it.
+pub struct Target {
+    pub id: TargetId,
+    pub store: Arc<dyn ChunkStore>,
+    local: Mutex<LocalState>,
+    /// Written once the target served in a chain: a restart then begins `online` (it may have
+    /// missed writes) instead of `uptodate`.
+    member_marker: Option<PathBuf>,
+    locks: Box<[tokio::sync::Mutex<()>]>,
+    dedupe: Mutex<Dedupe>,
+    /// (chain, chain version) whose syncing successor this target finished filling.
+    resynced: Mutex<Option<(ChainId, ChainVersion)>>,
+    resync_running: AtomicBool,
+    repairing: Mutex<std::collections::HashSet<ChunkId>>,
+    /// Corrupt chunk copies found (reads + scrubber) and repaired.
+    pub corrupt_found: AtomicU64,
+    pub repaired: AtomicU64,
+}
+
+/// How a node gets a target.
+pub struct TargetSetup {
+    pub id: TargetId,
+    pub store: Arc<dyn ChunkStore>,
+    /// File whose existence means "this target has served in a chain before".
+    pub member_marker: Option<PathBuf>,
+}
+
+impl Target {
+    fn new(s: TargetSetup) -> Target {
+        let was_member = s.member_marker.as_ref().is_some_and(|p| p.exists());
+        let local = if was_member {
+            LocalState::Online
+        } else {
+            LocalState::UpToDate
+        };
+        Target {
+            id: s.id,
+            store: s.store,
+            local: Mutex::new(local),
+            member_marker: s.member_marker,
+            locks: (0..CHUNK_LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            dedupe: Mutex::default(),
+            resynced: Mutex::new(None),
+            resync_running: AtomicBool::new(false),
+            repairing: Mutex::default(),
+            corrupt_found: AtomicU64::new(0),
+            repaired: AtomicU64::new(0),
+        }
+    }
+
+    pub fn local_state(&self) -> LocalState {
+        *self.local.lock()
+    }
+
+    async fn lock(&self, chunk: ChunkId) -> tokio::sync::MutexGuard<'_, ()> {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in chunk.0 {
+            h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+        self.locks[(h % self.locks.len() as u64) as usize]
+            .lock()
+            .await
+    }
+}
+
+/// A target's place in its chain, from one routing table.
+#[derive(Clone, Debug)]
+pub struct View {
+    pub chain: ChainId,
+    pub chain_version: ChainVersion,
+    pub me: TargetInfo,
+    /// Targets receiving writes, head first.
+    pub writers: Vec<TargetInfo>,
+    pub pos: Option<usize>,
+    /// Last serving target (answers version queries).
+    pub tail: Option<TargetInfo>,
+}
+
+impl View {
+    pub fn successor(&self) -> Option<&TargetInfo> {
+        self.pos.and_then(|p| self.writers.get(p + 1))
+    }
+    pub fn is_head(&self) -> bool {
+        self.pos == Some(0)
+    }
+    pub fn at(&self, t: &TargetInfo) -> ChainRef {
+        ChainRef {
+            chain: self.chain,
+            chain_version: self.chain_version,
+            target: t.id,
+        }
+    }
+}
+
+pub struct Node {
+    pub id: NodeId,
+    token: String,
+    routing: watch::Sender<Arc<RoutingInfo>>,
+    targets: BTreeMap<TargetId, Arc<Target>>,
+    peers: DataClient,
+    gc_done: Mutex<Vec<GcTask>>,
+    gc_running: Mutex<std::collections::HashSet<(InodeId, ChainId, u64)>>,
+    request_seq: AtomicU64,
+}
+
+impl Node {
+    pub fn new(id: NodeId, token: String, targets: Vec<TargetSetup>) -> Arc<Node> {
+        // Servers forward with their node id as client id; request ids are fresh per call.
+        let client = ClientId((1 << 63) | id.0 as u64);
+        let peers = DataClient::tcp(token.clone(), client)
+            .with_deadline(Duration::from_millis(FORWARD_DEADLINE_MS));
+        Arc::new(Node {
+            id,
+            token,
+            routing: watch::Sender::new(Arc::new(RoutingInfo::default())),
+            targets: targets
+                .into_iter()
+                .map(|s| (s.id, Arc::new(Target::new(s))))
+                .collect(),
+            peers,
+            gc_done: Mutex::default(),
+            gc_running: Mutex::default(),
+            request_seq: AtomicU64::new(1),
+        })
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    pub fn targets(&self) -> impl Iterator<Item = &Arc<Target>> {
+        self.targets.values()
+    }
+
+    pub fn target(&self, id: TargetId) -> Option<&Arc<Target>> {
+        self.targets.get(&id)
+    }
+
+    pub fn routing(&self) -> Arc<RoutingInfo> {
+        self.routing.borrow().clone()
+    }
+
+    pub fn subscribe_routing(&self) -> watch::Receiver<Arc<RoutingInfo>> {
+        self.routing.subscribe()
+    }
+
+    /// Installs a routing table (from a heartbeat reply, or a test acting as meta). Older
+    /// tables are ignored. Applies the role rules to local states.
+    pub fn set_routing(&self, r: RoutingInfo) {
+        let r = Arc::new(r);
+        let newer = self.routing.send_if_modified(|cur| {
+            if r.version >= cur.version && **cur != *r {
+                *cur = r.clone();
+                true
+            } else {
+                false
+            }
+        });
+        if newer {
+            self.apply_roles(&r);
+        }
+    }
+
+    fn apply_roles(&self, r: &RoutingInfo) {
+        for t in self.targets.values() {
+            let Some(info) = r.targets.get(&t.id) else {
+                continue;
+            };
+            let mut local = t.local.lock();
+            match (info.public_state, *local) {
+                // DESIGN §3: publicly offline while we think we serve: we may be partitioned
+                // away and writes may have gone on without us. Stop serving until resynced.
+                (PublicState::Offline | PublicState::LastSrv, LocalState::UpToDate) => {
+                    tracing::warn!(target = %t.id, state = info.public_state.as_str(),
+                        "target declared down while serving; stops serving until resynced");
+                    *local = LocalState::Online;
+                }
+                (PublicState::Serving, LocalState::UpToDate) => {
+                    if let Some(m) = &t.member_marker
+                        && !m.exists()
+                        && let Err(e) = std::fs::write(m, b"member\n")
+                    {
+                        tracing::warn!(target = %t.id, error = %e, "cannot write member marker");
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Local states of all targets.
+    pub fn local_states(&self) -> Vec<(TargetId, LocalState)> {
+        self.targets
+            .values()
+            .map(|t| (t.id, t.local_state()))
+            .collect()
+    }
+
+    pub fn take_gc_done(&self) -> Vec<GcTask> {
+        std::mem::take(&mut *self.gc_done.lock())
+    }
+
+    pub(crate) fn requeue_gc_done(&self, tasks: Vec<GcTask>) {
+        self.gc_done.lock().extend(tasks);
+    }
+
+    fn next_request(&self) -> RequestId {
+        RequestId(self.request_seq.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn target_or_err(&self, id: TargetId) -> Result<&Arc<Target>, PondError> {
+        self.targets.get(&id).ok_or_else(|| {
+            err(
+                ErrorCode::TargetNotServing,
+                format!("no target {id} on node {}", self.id),
+            )
+        })
+    }
+
+    /// The target's place in its chain according to `r`.
+    pub fn view(&self, r: &RoutingInfo, target: TargetId) -> Result<View, PondError> {
+        let me = r
+            .targets
+            .get(&target)
+            .ok_or_else(|| {
+                err(
+                    ErrorCode::StaleChainVersion,
+                    format!("target {target} not in routing"),
+                )
+            })?
+            .clone();
+        let chain = r.chains.get(&me.chain).ok_or_else(|| {
+            err(
+                ErrorCode::StaleChainVersion,
+                format!("chain {} not in routing", me.chain),
+            )
+        })?;
+        let writers: Vec<TargetInfo> = r.write_targets(chain.id).into_iter().cloned().collect();
+        let pos = writers.iter().position(|t| t.id == target);
+        let tail = r.serving_targets(chain.id).last().map(|t| (*t).clone());
+        Ok(View {
+            chain: chain.id,
+            chain_version: chain.version,
+            me,
+            writers,
+            pos,
+            tail,
+        })
+    }
+
+    /// Step 1 of every hop: the request's chain version must be ours.
+    fn checked_view(&self, at: &ChainRef) -> Result<(Arc<RoutingInfo>, View), PondError> {
+        let r = self.routing();
+        let v = self.view(&r, at.target)?;
+        if v.chain != at.chain {
+            return Err(err(
+                ErrorCode::StaleChainVersion,
+                format!(
+                    "target {} is in chain {}, not {}",
+                    at.target, v.chain, at.chain
+                ),
+            ));
+        }
+        if v.chain_version != at.chain_version {
+            return Err(err(
+                ErrorCode::StaleChainVersion,
+                format!(
+                    "chain {}: have version {}, got {}",
+                    v.chain, v.chain_version, at.chain_version
+                ),
+            ));
+        }
+        Ok((r, v))
+    }
+
+    fn readable(t: &Target, v: &View) -> bool {
+        v.me.public_state == PublicState::Serving && t.local_state() == LocalState::UpToDate
+    }
+
+    fn writable(t: &Target, v: &View) -> bool {
+        match v.me.public_state {
+            PublicState::Serving => t.local_state() == LocalState::UpToDate,
+            PublicState::Syncing => true,
+            _ => false,
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Dispatch.
+    // -----------------------------------------------------------------------------------------
+
+    /// Serves one authenticated request.
+    pub async fn handle(
+        self: &Arc<Self>,
+        req: DataRequest,
+        payload: Bytes,
+    ) -> (DataResponse, Bytes) {
+        let span = tracing::debug_span!("data_req", node = %self.id, req = req.name());
+        let res = async {
+            match req {
+                DataRequest::Hello { .. } => Err(err(ErrorCode::Malformed, "hello after hello")),
+                DataRequest::Update(u) => self
+                    .handle_update(u, payload)
+                    .await
+                    .map(|r| (DataResponse::Update(r), Bytes::new())),
+                DataRequest::Read { items } => self.handle_read(items).await,
+                DataRequest::QueryVersion { at, chunk } => self.handle_query_version(at, chunk),
+                DataRequest::RemoveRange {
+                    at,
+                    inode,
+                    from_index,
+                    client,
+                    request,
+                    forwarded,
+                } => self
+                    .handle_remove_range(at, inode, from_index, client, request, forwarded)
+                    .await
+                    .map(|n| (DataResponse::Removed { chunks: n }, Bytes::new())),
+                DataRequest::QueryLength { at, inode } => self.handle_query_length(at, inode),
+                DataRequest::ListChunks { at, after, limit } => self.handle_list(at, after, limit),
+                DataRequest::SyncInstall {
+                    at,
+                    chunk,
+                    version,
+                    committed_under,
+                    crc,
+                } => {
+                    self.handle_sync_install(at, chunk, version, committed_under, crc, payload)
+                        .await
+                }
+                DataRequest::SyncRemove { at, chunk } => self.handle_sync_remove(at, chunk).await,
+                DataRequest::SyncDone { at } => self.handle_sync_done(at),
+                DataRequest::TargetStates => Ok((
+                    DataResponse::TargetStates {
+                        targets: self.local_states(),
+                    },
+                    Bytes::new(),
+                )),
+            }
+        }
+        .instrument(span)
+        .await;
+        match res {
+            Ok(ok) => ok,
+            Err(e) => (DataResponse::Error(e), Bytes::new()),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Write path.
+    // -----------------------------------------------------------------------------------------
+
+    #[tracing::instrument(skip_all, fields(chain = %req.at.chain, target = %req.at.target, chunk = %req.chunk, client = %req.client, req = %req.request))]
+    async fn handle_update(
+        self: &Arc<Self>,
+        req: UpdateReq,
+        data: Bytes,
+    ) -> Result<UpdateReply, PondError> {
+        // 0. The payload must be what the sender checksummed, and fit the chunk.
+        if crc32c::crc32c(&data) != req.crc {
+            return Err(err(ErrorCode::Checksum, "update payload CRC mismatch"));
+        }
+        if req.chunk_bytes == 0 || req.chunk_bytes > CHUNK_BYTES_MAX {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                format!("chunk size {}", req.chunk_bytes),
+            ));
+        }
+        let fits = match req.op {
+            UpdateOp::Write { offset } => {
+                offset as u64 + data.len() as u64 <= req.chunk_bytes as u64
+            }
+            UpdateOp::Replace => data.len() as u64 <= req.chunk_bytes as u64,
+            UpdateOp::Truncate { length } => length <= req.chunk_bytes && data.is_empty(),
+            UpdateOp::Remove => data.is_empty(),
+        };
+        if !fits {
+            return Err(err(ErrorCode::InvalidArgument, "update outside the chunk"));
+        }
+        let t = self.target_or_err(req.at.target)?.clone();
+        // 1. Chain version and role.
+        let (_, view) = self.checked_view(&req.at)?;
+        if !Self::writable(&t, &view) {
+            return Err(err(
+                ErrorCode::TargetNotServing,
+                format!("target {} does not take writes", t.id),
+            ));
+        }
+        if req.version.is_none() && !view.is_head() {
+            return Err(err(
+                ErrorCode::TargetNotServing,
+                format!("target {} is not the head", t.id),
+            ));
+        }
+        // 2. Updates of one chunk are serialised (at the head this orders the chain).
+        let _guard = t.lock(req.chunk).await;
+        if req.op == UpdateOp::Remove {
+            self.forward_remove_chunk(&t, &req).await?;
+            on_store(&t.store, move |s| s.remove(req.chunk))
+                .await
+                .map_err(store_err)?;
+            return Ok(UpdateReply {
+                version: ChunkVersion(0),
+                length: 0,
+            });
+        }
+        let origin = (req.client, req.request);
+        if let Some(r) = t.dedupe.lock().get(origin) {
+            return Ok(r);
+        }
+        let chunk = req.chunk;
+        let info = on_store(&t.store, move |s| s.info(chunk))
+            .await
+            .unwrap_or_default();
+        let u = match req.version {
+            None => {
+                // Head. A retry whose first attempt committed (possibly through an earlier
+                // head that has since failed) is found by its origin.
+                if let Some(c) = info.committed
+                    && c.origin == Some(origin)
+                {
+                    return Ok(UpdateReply {
+                        version: c.version,
+                        length: c.length,
+                    });
+                }
+                let mut committed = info.committed;
+                if let Some(p) = info.pending {
+                    // A leftover pending version (an update whose chain write did not finish,
+                    // maybe under a previous head): finish it first, so the successors that
+                    // may already have committed it stay consistent with us.
+                    let c = self.redrive_pending(&t, &req, p).await?;
+                    if p.origin == Some(origin) {
+                        let r = UpdateReply {
+                            version: c.version,
+                            length: c.length,
+                        };
+                        t.dedupe.lock().put(origin, r);
+                        return Ok(r);
+                    }
+                    committed = Some(c);
+                }
+                committed.map(|c| c.version).unwrap_or_default().next()
+            }
+            Some(u) => {
+                // 3. Middle/tail: check u against our committed version.
+                let committed = info.committed_version();
+                if u <= committed {
+                    let len = info.committed.map(|c| c.length).unwrap_or(0);
+                    return Ok(UpdateReply {
+                        version: u,
+                        length: len,
+                    });
+                }
+                if req.op != UpdateOp::Replace && u != committed.next() {
+                    return Err(err(
+                        ErrorCode::VersionGap,
+                        format!("chunk {chunk}: got version {u}, committed {committed}"),
+                    ));
+                }
+                u
+            }
+        };
+        // 4. Store it as the pending version.
+        let staged = self
+            .stage(&t, &req, u, view.chain_version, data.clone(), Some(origin))
+            .await?;
+        // 5. Forward down the chain; 6. commit when the successor replied.
+        if let Err(e) = self.forward_update(&t, &req, u, data).await {
+            let _ = on_store(&t.store, move |s| s.abort(chunk, u)).await;
+            return Err(e);
+        }
+        let c = on_store(&t.store, move |s| s.commit(chunk, u))
+            .await
+            .map_err(store_err)?;
+        debug_assert_eq!(c.version, staged.version);
+        let r = UpdateReply {
+            version: u,
+            length: c.length,
+        };
+        t.dedupe.lock().put(origin, r);
+        Ok(r)
+    }
+
+    async fn stage(
+        self: &Arc<Self>,
+        t: &Arc<Target>,
+        req: &UpdateReq,
+        u: ChunkVersion,
+        cv: ChainVersion,
+        data: Bytes,
+        origin: Option<(ClientId, RequestId)>,
+    ) -> Result<VersionInfo, PondError> {
+        let (chunk, op) = (req.chunk, req.op);
+        let res = on_store(&t.store, move |s| {
+            let m = match op {
+                UpdateOp::Write { offset } => Mutation::Write {
+                    offset,
+                    data: &data,
+                },
+                UpdateOp::Replace => Mutation::Replace { data: &data },
+                UpdateOp::Truncate { length } => Mutation::Truncate { length },
+                UpdateOp::Remove => unreachable!("remove is not staged"),
+            };
+            s.stage(chunk, u, cv, m, origin)
+        })
+        .await;
+        res.map_err(|e| {
+            if let StoreError::Checksum { .. } = e {
+                // The committed copy we build on is damaged: repair it in the background; the
+                // sender retries (Checksum is retryable).
+                self.spawn_repair(t.clone(), chunk);
+            }
+            store_err(e)
+        })
+    }
+
+    async fn redrive_pending(
+        self: &Arc<Self>,
+        t: &Arc<Target>,
+        req: &UpdateReq,
+        p: VersionInfo,
+    ) -> Result<VersionInfo, PondError> {
+        tracing::info!(chunk = %req.chunk, version = %p.version, "re-driving a leftover pending version");
+        let replace = UpdateReq {
+            op: UpdateOp::Replace,
+            ..req.clone()
+        };
+        let chunk = req.chunk;
+        let data = on_store(&t.store, move |s| s.read(chunk, p.version, 0, u32::MAX))
+            .await
+            .map_err(store_err)?;
+        self.forward_update(t, &replace, p.version, data).await?;
+        on_store(&t.store, move |s| s.commit(chunk, p.version))
+            .await
+            .map_err(store_err)
+    }
+
+    fn forward_retryable(code: ErrorCode) -> bool {
+        matches!(
+            code,
+            ErrorCode::StaleChainVersion
+                | ErrorCode::TargetNotServing
+                | ErrorCode::Timeout
+                | ErrorCode::Unavailable
+                | ErrorCode::Checksum
+                | ErrorCode::VersionGap
+        )
+    }
+
+    /// Waits for a routing change or the backoff, whichever comes first.
+    async fn backoff(rx: &mut watch::Receiver<Arc<RoutingInfo>>) {
+        let _ = tokio::time::timeout(
+            Duration::from_millis(FORWARD_RETRY_BACKOFF_MS),
+            rx.changed(),
+        )
+        .await;
+    }
+
+    /// Sends pending `u` to the successor the current routing names, retrying (within
+    /// budget) across successor failures and chain changes. Returns when the successor has
+    /// committed it, or at once when this target is the last writer (the tail).
+    async fn forward_update(
+        self: &Arc<Self>,
+        t: &Arc<Target>,
+        req: &UpdateReq,
+        u: ChunkVersion,
+        data: Bytes,
+    ) -> Result<(), PondError> {
+        let mut rx = self.routing.subscribe();
+        let mut full: Option<Bytes> = None;
+        let mut force_full = false;
+        let mut last = err(ErrorCode::Unavailable, "no attempt");
+        for _attempt in 0..FORWARD_ATTEMPTS_MAX {
+            let r = rx.borrow_and_update().clone();
+            let view = self.view(&r, t.id)?;
+            if !Self::writable(t, &view) {
+                return Err(err(
+                    ErrorCode::TargetNotServing,
+                    format!("target {} lost its write role", t.id),
+                ));
+            }
+            let Some(succ) = view.successor().cloned() else {
+                return Ok(());
+            };
+            let Some(addr) = r.node_addr(succ.node).map(str::to_string) else {
+                last = err(
+                    ErrorCode::Unavailable,
+                    format!("no address for node {}", succ.node),
+                );
+                Self::backoff(&mut rx).await;
+                continue;
+            };
+            // A syncing successor gets the whole chunk (DESIGN §4 recovery step 1).
+            let whole = force_full
+                || req.op == UpdateOp::Replace
+                || succ.public_state == PublicState::Syncing;
+            let (op, payload) = if whole {
+                if full.is_none() {
+                    let chunk = req.chunk;
+                    let b = on_store(&t.store, move |s| s.read(chunk, u, 0, u32::MAX))
+                        .await
+                        .map_err(store_err)?;
+                    full = Some(b);
+                }
+                (UpdateOp::Replace, full.clone().expect("just set"))
+            } else {
+                (req.op, data.clone())
+            };
+            let fwd = UpdateReq {
+                at: view.at(&succ),
+                chunk: req.chunk,
+                op,
+                chunk_bytes: req.chunk_bytes,
+                crc: 0,
+                version: Some(u),
+                client: req.client,
+                request: req.request,
+            };
+            match self.peers.update(&addr, fwd, payload).await {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    let code = e.code();
+                    if !Self::forward_retryable(code) {
+                        return Err(e.into_pond());
+                    }
+                    if code == ErrorCode::VersionGap {
+                        // The successor missed an update: send it the whole chunk instead.
+                        force_full = true;
+                    }
+                    tracing::debug!(succ = %succ.id, error = %e, "forward failed; retrying");
+                    last = e.into_pond();
+                    Self::backoff(&mut rx).await;
+                }
+            }
+        }
+        tracing::warn!(target = %t.id, error = %last, "giving up forwarding after {FORWARD_ATTEMPTS_MAX} attempts");
+        Err(err(
+            ErrorCode::Unavailable,
+            format!("successor unreachable: {last}"),
+        ))
+    }
+
+    async fn forward_remove_chunk(
+        self: &Arc<Self>,
+        t: &Arc<Target>,
+        req: &UpdateReq,
+    ) -> Result<(), PondError> {
+        let mut rx = self.routing.subscribe();
+        let mut last = err(ErrorCode::Unavailable, "no attempt");
+        for _ in 0..FORWARD_ATTEMPTS_MAX {
+            let r = rx.borrow_and_update().clone();
+            let view = self.view(&r, t.id)?;
+            let Some(succ) = view.successor().cloned() else {
+                return Ok(());
+            };
+            let Some(addr) = r.node_addr(succ.node).map(str::to_string) else {
+                Self::backoff(&mut rx).await;
+                continue;
+            };
+            let fwd = UpdateReq {
+                at: view.at(&succ),
+                version: Some(ChunkVersion(0)),
+                ..req.clone()
+            };
+            match self.peers.update(&addr, fwd, Bytes::new()).await {
+                Ok(_) => return Ok(()),
+                Err(e) if Self::forward_retryable(e.code()) => {
+                    last = e.into_pond();
+                    Self::backoff(&mut rx).await;
+                }
+                Err(e) => return Err(e.into_pond()),
+            }
+        }
+        Err(err(
+            ErrorCode::Unavailable,
+            format!("successor unreachable: {last}"),
+        ))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Remove ranges (GC, truncate) and length queries.
+    // -----------------------------------------------------------------------------------------
+
+    #[tracing::instrument(skip(self), fields(node = %self.id))]
+    async fn handle_remove_range(
+        self: &Arc<Self>,
+        at: ChainRef,
+        inode: InodeId,
+        from_index: u64,
+        client: ClientId,
+        request: RequestId,
+        forwarded: bool,
+    ) -> Result<u64, PondError> {
+        let t = self.target_or_err(at.target)?.clone();
+        let (_, view) = self.checked_view(&at)?;
+        if !Self::writable(&t, &view) {
+            return Err(err(
+                ErrorCode::TargetNotServing,
+                format!("target {} does not take writes", t.id),
+            ));
+        }
+        if !forwarded && !view.is_head() {
+            return Err(err(
+                ErrorCode::TargetNotServing,
+                format!("target {} is not the head", t.id),
+            ));
+        }
+        // Successors first, so that a chunk is gone from the tail before the head: a reader
+        // never sees a chunk come back.
+        let mut rx = self.routing.subscribe();
+        let mut done = false;
+        let mut last = err(ErrorCode::Unavailable, "no attempt");
+        for _ in 0..FORWARD_ATTEMPTS_MAX {
+            let r = rx.borrow_and_update().clone();
+            let view = self.view(&r, t.id)?;
+            let Some(succ) = view.successor().cloned() else {
+                done = true;
+                break;
+            };
+            let Some(addr) = r.node_addr(succ.node).map(str::to_string) else {
+                Self::backoff(&mut rx).await;
+                continue;
+            };
+            let fwd = DataRequest::RemoveRange {
+                at: view.at(&succ),
+                inode,
+                from_index,
+                client,
+                request,
+                forwarded: true,
+            };
+            match self.peers.call(&addr, fwd, Bytes::new()).await {
+                Ok(_) => {
+                    done = true;
+                    break;
+                }
+                Err(e) if Self::forward_retryable(e.code()) => {
+                    last = e.into_pond();
+                    Self::backoff(&mut rx).await;
+                }
+                Err(e) => return Err(e.into_pond()),
+            }
+        }
+        if !done {
+            return Err(err(
+                ErrorCode::Unavailable,
+                format!("successor unreachable: {last}"),
+            ));
+        }
+        let from = ChunkId::new(inode, from_index);
+        let to = ChunkId::last_of(inode);
+        let mut removed = 0;
+        loop {
+            let page = t
+                .store
+                .list(Bound::Included(from), Bound::Included(to), 1024);
+            if page.is_empty() {
+                break;
+            }
+            for (c, _) in page {
+                let _g = t.lock(c).await;
+                if on_store(&t.store, move |s| s.remove(c))
+                    .await
+                    .map_err(store_err)?
+                {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    fn handle_query_length(
+        &self,
+        at: ChainRef,
+        inode: InodeId,
+    ) -> Result<(DataResponse, Bytes), PondError> {
+        let t = self.target_or_err(at.target)?;
+        let (_, view) = self.checked_view(&at)?;
+        if !Self::readable(t, &view) {
+            return Err(err(
+                ErrorCode::TargetNotServing,
+                format!("target {} does not serve reads", t.id),
+            ));
+        }
+        let mut last = None;
+        let mut from = Bound::Included(ChunkId::first_of(inode));
+        loop {
+            let page = t
+                .store
+                .list(from, Bound::Included(ChunkId::last_of(inode)), 4096);
+            let Some((c, _)) = page.last() else { break };
+            from = Bound::Excluded(*c);
+            for (c, info) in page.iter().rev() {
+                if let Some(v) = info.committed {
+                    last = Some((c.index(), v.length));
+                    break;
+                }
+            }
+        }
+        Ok((DataResponse::Length { last }, Bytes::new()))
+    }
+
+    fn handle_query_version(
+        &self,
+        at: ChainRef,
+        chunk: ChunkId,
+    ) -> Result<(DataResponse, Bytes), PondError> {
+        let t = self.target_or_err(at.target)?;
+        self.checked_view(&at)?;
+        let v = t.store.info(chunk).unwrap_or_default().committed_version();
+        Ok((DataResponse::Version(v), Bytes::new()))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Read path.
+    // -----------------------------------------------------------------------------------------
+
+    /// Which version of `chunk` a read on `t` returns (CRAQ apportioned query).
+    async fn read_version(
+        self: &Arc<Self>,
+        r: &RoutingInfo,
+        view: &View,
+        info: &ChunkInfo,
+        chunk: ChunkId,
+    ) -> Result<Option<VersionInfo>, PondError> {
+        let Some(p) = info.pending else {
+            return Ok(info.committed);
+        };
+        let tail = view
+            .tail
+            .as_ref()
+            .ok_or_else(|| err(ErrorCode::TargetNotServing, "chain has no serving tail"))?;
+        if tail.id == view.me.id {
+            // The tail commits as soon as it stores: its committed version is the truth.
+            return Ok(info.committed);
+        }
+        let addr = r.node_addr(tail.node).ok_or_else(|| {
+            err(
+                ErrorCode::Unavailable,
+                format!("no address for node {}", tail.node),
+            )
+        })?;
+        let q = DataRequest::QueryVersion {
+            at: view.at(tail),
+            chunk,
+        };
+        match self
+            .peers
+            .call(addr, q, Bytes::new())
+            .await
+            .map_err(NetError::into_pond)?
+        {
+            (DataResponse::Version(v), _) if v == p.version => Ok(Some(p)),
+            (DataResponse::Version(v), _) if v == info.committed_version() => Ok(info.committed),
+            (DataResponse::Version(v), _) => Err(err(
+                ErrorCode::Unavailable,
+                format!(
+                    "tail has version {v} of {chunk}, we have {} / pending {}",
+                    info.committed_version(),
+                    p.version
+                ),
+            )),
+            _ => Err(err(ErrorCode::Malformed, "unexpected version query reply")),
+        }
+    }
+
+    async fn handle_read(
+        self: &Arc<Self>,
+        items: Vec<ReadItem>,
+    ) -> Result<(DataResponse, Bytes), PondError> {
+        if items.len() > READ_BATCH_ITEMS_MAX {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                format!("{} read items", items.len()),
+            ));
+        }
+        let r = self.routing();
+        // 1. Resolve, role-check and pick a version per item.
+        type Job = (
+            Arc<Target>,
+            ChunkId,
+            ChunkVersion,
+            u32,
+            u32,
+            ChainVersion,
+            u32,
+        );
+        let mut jobs: Vec<Result<Option<Job>, PondError>> = Vec::with_capacity(items.len());
+        let mut budget = READ_BATCH_BYTES_MAX;
+        for it in &items {
+            let job = async {
+                let t = self.target_or_err(it.at.target)?.clone();
+                let (_, view) = self.checked_view(&it.at)?;
+                if !Self::readable(&t, &view) {
+                    return Err(err(
+                        ErrorCode::TargetNotServing,
+                        format!("target {} does not serve reads", t.id),
+                    ));
+                }
+                let info = t.store.info(it.chunk).unwrap_or_default();
+                let Some(v) = self.read_version(&r, &view, &info, it.chunk).await? else {
+                    return Ok(None);
+                };
+                let n = (v.length.saturating_sub(it.offset)).min(it.length) as u64;
+                if n > budget {
+                    return Err(err(
+                        ErrorCode::InvalidArgument,
+                        "read batch exceeds the reply size limit",
+                    ));
+                }
+                budget -= n;
+                Ok(Some((
+                    t,
+                    it.chunk,
+                    v.version,
+                    it.offset,
+                    it.length,
+                    v.chain_version,
+                    v.length,
+                )))
+            }
+            .await;
+            jobs.push(job);
+        }
+        // 2. Read (one blocking task for the whole batch) and verify.
+        let any_blocking = jobs
+            .iter()
+            .any(|j| matches!(j, Ok(Some((t, ..))) if t.store.blocking()));
+        let run = move || {
+            jobs.into_iter()
+                .map(|j| {
+                    j.map(|o| {
+                        o.map(|(t, c, v, off, len, cv, clen)| {
+                            let res = t.store.read(c, v, off, len);
+                            (t, c, v, cv, clen, res)
+                        })
+                    })
+                })
+                .collect::<Vec<_>>()
+        };
+        let done = if any_blocking {
+            tokio::task::spawn_blocking(run)
+                .await
+                .expect("read task panicked")
+        } else {
+            run()
+        };
+        // 3. Assemble the reply; damaged copies are reported and repaired in the background.
+        let mut out = Vec::with_capacity(done.len());
+        let mut bufs = Vec::with_capacity(done.len());
+        for d in done {
+            match d {
+                Err(e) => out.push(Err(e)),
+                Ok(None) => out.push(Ok(ReadOk {
+                    version: ChunkVersion(0),
+                    chain_version: ChainVersion(0),
+                    chunk_length: 0,
+                    bytes: 0,
+                    crc: crc32c::crc32c(&[]),
+                })),
+                Ok(Some((t, c, v, cv, clen, res))) => match res {
+                    Ok(b) => {
+                        out.push(Ok(ReadOk {
+                            version: v,
+                            chain_version: cv,
+                            chunk_length: clen,
+                            bytes: b.len() as u32,
+                            crc: crc32c::crc32c(&b),
+                        }));
+                        bufs.push(b);
+                    }
+                    Err(e) => {
+                        if let StoreError::Checksum { .. } = e {
+                            tracing::warn!(target = %t.id, chunk = %c, error = %e, "corrupt chunk copy; repairing");
+                            t.corrupt_found.fetch_add(1, Ordering::Relaxed);
+                            self.spawn_repair(t.clone(), c);
+                        }
+                        out.push(Err(store_err(e)));
+                    }
+                },
+            }
+        }
+        let payload = match bufs.len() {
+            0 => Bytes::new(),
+            1 => bufs.pop().expect("one"),
+            _ => {
+                let mut all = BytesMut::with_capacity(bufs.iter().map(|b| b.len()).sum());
+                for b in bufs {
+                    all.extend_from_slice(&b);
+                }
+                all.freeze()
+            }
+        };
+        Ok((DataResponse::Read { items: out }, payload))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Repair.
+    // -----------------------------------------------------------------------------------------
+
+    pub(crate) fn spawn_repair(self: &Arc<Self>, t: Arc<Target>, chunk: ChunkId) {
+        if !t.repairing.lock().insert(chunk) {
+            return;
+        }
+        let node = self.clone();
+        let span = tracing::info_span!("repair", target = %t.id, chunk = %chunk);
+        tokio::spawn(
+            async move {
+                let res = node.repair(&t, chunk).await;
+                t.repairing.lock().remove(&chunk);
+                match res {
+                    Ok(true) => {
+                        t.repaired.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!("repaired from a good replica");
+                    }
+                    Ok(false) => tracing::info!("no repair needed (chunk changed meanwhile)"),
+                    Err(e) => tracing::warn!(error = %e, "repair failed; the scrubber will retry"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Rewrites the committed copy of `chunk` on `t` from another serving replica.
+    pub async fn repair(
+        self: &Arc<Self>,
+        t: &Arc<Target>,
+        chunk: ChunkId,
+    ) -> Result<bool, PondError> {
+        let _g = t.lock(chunk).await;
+        let info = t.store.info(chunk).unwrap_or_default();
+        let Some(mine) = info.committed else {
+            return Ok(false);
+        };
+        let r = self.routing();
+        let view = self.view(&r, t.id)?;
+        let mut last = err(ErrorCode::Unavailable, "no other serving replica");
+        for other in r.serving_targets(view.chain) {
+            if other.id == t.id {
+                continue;
+            }
+            let Some(addr) = r.node_addr(other.node) else {
+                continue;
+            };
+            let item = ReadItem {
+                at: view.at(other),
+                chunk,
+                offset: 0,
+                length: u32::MAX,
+            };
+            match self.peers.read_chunks(addr, vec![item]).await {
+                Ok(mut v) => match v.pop() {
+                    Some(Ok((ok, data))) if ok.version == mine.version => {
+                        let (ver, cv) = (ok.version, ok.chain_version);
+                        on_store(&t.store, move |s| s.install(chunk, ver, cv, &data))
+                            .await
+                            .map_err(store_err)?;
+                        return Ok(true);
+                    }
+                    Some(Ok((ok, _))) => {
+                        last = err(
+                            ErrorCode::Unavailable,
+                            format!("replica {} has version {}", other.id, ok.version),
+                        );
+                    }
+                    Some(Err(e)) => last = e,
+                    None => last = err(ErrorCode::Malformed, "empty read reply"),
+                },
+                Err(e) => last = e.into_pond(),
+            }
+        }
+        Err(last)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Resync (receiving side).
+    // -----------------------------------------------------------------------------------------
+
+    fn syncing_target(&self, at: &ChainRef) -> Result<Arc<Target>, PondError> {
+        let t = self.target_or_err(at.target)?.clone();
+        let (_, view) = self.checked_view(at)?;
+        if view.me.public_state != PublicState::Syncing {
+            return Err(err(
+                ErrorCode::TargetNotServing,
+                format!("target {} is not syncing", t.id),
+            ));
+        }
+        Ok(t)
+    }
+
+    fn handle_list(
+        &self,
+        at: ChainRef,
+        after: Option<ChunkId>,
+        limit: u32,
+    ) -> Result<(DataResponse, Bytes), PondError> {
+        let t = self.target_or_err(at.target)?;
+        self.checked_view(&at)?;
+        let limit = limit.clamp(1, CHUNK_LIST_PAGE_MAX) as usize;
+        let from = after.map(Bound::Excluded).unwrap_or(Bound::Unbounded);
+        let page = t.store.list(from, Bound::Unbounded, limit + 1);
+        let more = page.len() > limit;
+        let chunks = page
+            .iter()
+            .take(limit)
+            .filter_map(|(c, i)| i.summary(*c))
+            .collect();
+        // A page of only pending chunks still advances: report `more` with what we have.
+        Ok((DataResponse::ChunkList { chunks, more }, Bytes::new()))
+    }
+
+    async fn handle_sync_install(
+        self: &Arc<Self>,
+        at: ChainRef,
+        chunk: ChunkId,
+        version: ChunkVersion,
+        committed_under: ChainVersion,
+        crc: u32,
+        data: Bytes,
+    ) -> Result<(DataResponse, Bytes), PondError> {
+        if crc32c::crc32c(&data) != crc {
+            return Err(err(ErrorCode::Checksum, "sync payload CRC mismatch"));
+        }
+        if data.len() > CHUNK_BYTES_MAX as usize {
+            return Err(err(ErrorCode::InvalidArgument, "sync payload too large"));
+        }
+        let t = self.syncing_target(&at)?;
+        let _g = t.lock(chunk).await;
+        on_store(&t.store, move |s| {
+            s.install(chunk, version, committed_under, &data)
+        })
+        .await
+        .map_err(store_err)?;
+        Ok((DataResponse::Done, Bytes::new()))
+    }
+
+    async fn handle_sync_remove(
+        self: &Arc<Self>,
+        at: ChainRef,
+        chunk: ChunkId,
+    ) -> Result<(DataResponse, Bytes), PondError> {
+        let t = self.syncing_target(&at)?;
+        let _g = t.lock(chunk).await;
+        on_store(&t.store, move |s| s.remove(chunk))
+            .await
+            .map_err(store_err)?;
+        Ok((DataResponse::Done, Bytes::new()))
+    }
+
+    fn handle_sync_done(&self, at: ChainRef) -> Result<(DataResponse, Bytes), PondError> {
+        let t = self.syncing_target(&at)?;
+        *t.local.lock() = LocalState::UpToDate;
+        tracing::info!(target = %t.id, chain = %at.chain, "resync done; target is up to date");
+        Ok((DataResponse::Done, Bytes::new()))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Resync (sending side) and GC, driven by background loops.
+    // -----------------------------------------------------------------------------------------
+
+    /// If `t` is the predecessor of a syncing target that it has not filled yet under the
+    /// current chain version, fills it (DESIGN §4 recovery, steps 2–4).
+    pub async fn maybe_resync(self: &Arc<Self>, t: &Arc<Target>) {
+        let r = self.routing();
+        let Ok(view) = self.view(&r, t.id) else {
+            return;
+        };
+        if !Self::readable(t, &view) {
+            return;
+        }
+        let Some(succ) = view.successor().cloned() else {
+            return;
+        };
+        if succ.public_state != PublicState::Syncing {
+            return;
+        }
+        if *t.resynced.lock() == Some((view.chain, view.chain_version)) {
+            return;
+        }
+        if t.resync_running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let span = tracing::info_span!("resync", from = %t.id, to = %succ.id, chain = %view.chain, version = %view.chain_version);
+        let res = self
+            .resync(t, &r, &view, &succ)
+            .instrument(span.clone())
+            .await;
+        t.resync_running.store(false, Ordering::Release);
+        let _e = span.enter();
+        match res {
+            Ok((sent, removed)) => {
+                tracing::info!(sent, removed, "resync complete");
+                *t.resynced.lock() = Some((view.chain, view.chain_version));
+            }
+            Err(e) => tracing::warn!(error = %e, "resync interrupted; will retry"),
+        }
+    }
+
+    async fn resync(
+        self: &Arc<Self>,
+        t: &Arc<Target>,
+        r: &RoutingInfo,
+        view: &View,
+        succ: &TargetInfo,
+    ) -> Result<(u64, u64), PondError> {
+        let addr = r
+            .node_addr(succ.node)
+            .ok_or_else(|| {
+                err(
+                    ErrorCode::Unavailable,
+                    format!("no address for node {}", succ.node),
+                )
+            })?
+            .to_string();
+        let at = view.at(succ);
+        let still_current = |node: &Node| {
+            node.routing().chains.get(&view.chain).map(|c| c.version) == Some(view.chain_version)
+        };
+        // 2. The returning target's chunk list.
+        let mut theirs: BTreeMap<ChunkId, ChunkSummary> = BTreeMap::new();
+        let mut after = None;
+        loop {
+            let req = DataRequest::ListChunks {
+                at,
+                after,
+                limit: RESYNC_PAGE,
+            };
+            let (resp, _) = self
+                .peers
+                .call(&addr, req, Bytes::new())
+                .await
+                .map_err(NetError::into_pond)?;
+            let DataResponse::ChunkList { chunks, more } = resp else {
+                return Err(err(ErrorCode::Malformed, "unexpected list reply"));
+            };
+            after = chunks.last().map(|c| c.chunk).or(after);
+            for c in chunks {
+                theirs.insert(c.chunk, c);
+            }
+            if !more {
+                break;
+            }
+        }
+        // 3. Send what is missing or different; delete what only they have.
+        let (mut sent, mut removed) = (0u64, 0u64);
+        let mut from = Bound::Unbounded;
+        loop {
+            if !still_current(self) {
+                return Err(err(
+                    ErrorCode::StaleChainVersion,
+                    "chain changed during resync",
+                ));
+            }
+            let page = t.store.list(from, Bound::Unbounded, 256);
+            let Some((lastc, _)) = page.last() else { break };
+            from = Bound::Excluded(*lastc);
+            for (c, _) in page {
+                let _g = t.lock(c).await;
+                let info = t.store.info(c).unwrap_or_default();
+                let other = theirs.remove(&c);
+                let Some(mine) = info.summary(c) else {
+                    continue;
+                };
+                if other.is_some_and(|o| {
+                    o.version == mine.version && o.crc == mine.crc && o.length == mine.length
+                }) {
+                    continue;
+                }
+                let v = mine.version;
+                let data = on_store(&t.store, move |s| s.read(c, v, 0, u32::MAX))
+                    .await
+                    .map_err(store_err)?;
+                let req = DataRequest::SyncInstall {
+                    at,
+                    chunk: c,
+                    version: mine.version,
+                    committed_under: mine.chain_version,
+                    crc: crc32c::crc32c(&data),
+                };
+                self.peers
+                    .call(&addr, req, data)
+                    .await
+                    .map_err(NetError::into_pond)?;
+                sent += 1;
+            }
+        }
+        for (c, _) in theirs {
+            let _g = t.lock(c).await;
+            if t.store.info(c).and_then(|i| i.committed).is_some() {
+                continue; // created meanwhile: it was forwarded to them as a full replace
+            }
+            self.peers
+                .call(
+                    &addr,
+                    DataRequest::SyncRemove { at, chunk: c },
+                    Bytes::new(),
+                )
+                .await
+                .map_err(NetError::into_pond)?;
+            removed += 1;
+        }
+        // 4. Done.
+        if !still_current(self) {
+            return Err(err(
+                ErrorCode::StaleChainVersion,
+                "chain changed during resync",
+            ));
+        }
+        self.peers
+            .call(&addr, DataRequest::SyncDone { at }, Bytes::new())
+            .await
+            .map_err(NetError::into_pond)?;
+        Ok((sent, removed))
+    }
+
+    /// Applies GC tasks from meta for chains this node heads; finished ones are reported in
+    /// the next heartbeat.
+    pub fn accept_gc(self: &Arc<Self>, tasks: Vec<GcTask>) {
+        for task in tasks.into_iter().take(GC_TASKS_MAX) {
+            let key = (task.inode, task.chain, task.from_index);
+            if !self.gc_running.lock().insert(key) {
+                continue;
+            }
+            let node = self.clone();
+            let span = tracing::info_span!("gc", inode = %task.inode, chain = %task.chain, from = task.from_index);
+            tokio::spawn(
+                async move {
+                    let res = node.run_gc(&task).await;
+                    node.gc_running.lock().remove(&key);
+                    match res {
+                        Ok(n) => {
+                            tracing::info!(removed = n, "gc task done");
+                            node.gc_done.lock().push(task);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "gc task failed; meta will hand it out again"),
+                    }
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    async fn run_gc(self: &Arc<Self>, task: &GcTask) -> Result<u64, PondError> {
+        let r = self.routing();
+        let head = r
+            .write_targets(task.chain)
+            .first()
+            .map(|t| (*t).clone())
+            .ok_or_else(|| {
+                err(
+                    ErrorCode::Unavailable,
+                    format!("chain {} has no head", task.chain),
+                )
+            })?;
+        if head.node != self.id {
+            return Err(err(
+                ErrorCode::TargetNotServing,
+                format!("node {} does not head chain {}", self.id, task.chain),
+            ));
+        }
+        let version = r
+            .chains
+            .get(&task.chain)
+            .map(|c| c.version)
+            .unwrap_or_default();
+        let at = ChainRef {
+            chain: task.chain,
+            chain_version: version,
+            target: head.id,
+        };
+        let client = ClientId((1 << 63) | self.id.0 as u64);
+        self.handle_remove_range(
+            at,
+            task.inode,
+            task.from_index,
+            client,
+            self.next_request(),
+            false,
+        )
+        .await
+    }
+}
