@@ -8,3 +8,21 @@
 pub mod config;
 pub mod meta_client;
 pub mod net;
+pub mod client;
+pub mod error;
+pub mod file;
+pub mod io;
+pub mod limits;
+pub mod routing;
+pub mod service;
+pub mod stripe;
+pub mod wbuf;
+
+pub use client::{Client, ClientOptions, OpenOptions};
+pub use error::{ClientError, Result};
+pub use file::{File, OpenMode};
+
+#[cfg(test)]
+mod file_tests;
+#[cfg(test)]
+mod testkit;
