@@ -51,7 +51,9 @@ struct Inner {
 
 impl std::fmt::Debug for MetaClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MetaClient").field("addrs", &self.inner.addrs).finish()
+        f.debug_struct("MetaClient")
+            .field("addrs", &self.inner.addrs)
+            .finish()
     }
 }
 
@@ -59,23 +61,37 @@ impl MetaClient {
     /// Channels connect lazily: this fails only on malformed addresses or token.
     pub fn connect(addrs: Vec<String>, token: String) -> Result<MetaClient, PondError> {
         if addrs.is_empty() {
-            return Err(PondError::new(ErrorCode::InvalidArgument, "no meta addresses"));
+            return Err(PondError::new(
+                ErrorCode::InvalidArgument,
+                "no meta addresses",
+            ));
         }
         let token: AsciiMetadataValue = token
             .parse()
             .map_err(|_| PondError::new(ErrorCode::InvalidArgument, "token is not valid ASCII"))?;
         let mut clients = Vec::with_capacity(addrs.len());
         for a in &addrs {
-            let uri = if a.contains("://") { a.clone() } else { format!("http://{a}") };
+            let uri = if a.contains("://") {
+                a.clone()
+            } else {
+                format!("http://{a}")
+            };
             let ep = Endpoint::from_shared(uri).map_err(|e| {
-                PondError::new(ErrorCode::InvalidArgument, format!("meta address {a:?}: {e}"))
+                PondError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("meta address {a:?}: {e}"),
+                )
             })?;
             let ch = ep
                 .connect_timeout(Duration::from_secs(1))
                 .tcp_nodelay(true)
                 .connect_lazy();
             let max = pond_proto::limits::CONTROL_MESSAGE_BYTES_MAX;
-            clients.push(GrpcClient::new(ch).max_decoding_message_size(max).max_encoding_message_size(max));
+            clients.push(
+                GrpcClient::new(ch)
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+            );
         }
         Ok(MetaClient {
             inner: Arc::new(Inner {
@@ -97,16 +113,24 @@ impl MetaClient {
 
     /// A namespace request. Writes carry a fresh request id that retries reuse.
     pub async fn op(&self, req: MetaRequest) -> Result<MetaReply, PondError> {
-        let origin = (!req.is_read()).then(|| self.inner.next_request.fetch_add(1, Ordering::Relaxed));
-        self.call(req, origin, |mut c, r| async move { c.op(r).await }).await
+        let origin =
+            (!req.is_read()).then(|| self.inner.next_request.fetch_add(1, Ordering::Relaxed));
+        self.call(req, origin, |mut c, r| async move { c.op(r).await })
+            .await
     }
 
     /// A cluster-manager request (heartbeat, routing, bootstrap, status).
     pub async fn cluster(&self, req: ClusterRequest) -> Result<ClusterReply, PondError> {
-        self.call(req, None, |mut c, r| async move { c.cluster(r).await }).await
+        self.call(req, None, |mut c, r| async move { c.cluster(r).await })
+            .await
     }
 
-    async fn call<Req, Resp, F, Fut>(&self, req: Req, origin: Option<u64>, f: F) -> Result<Resp, PondError>
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        req: Req,
+        origin: Option<u64>,
+        f: F,
+    ) -> Result<Resp, PondError>
     where
         Req: Clone,
         F: Fn(GrpcClient<Channel>, tonic::Request<Req>) -> Fut,
@@ -122,18 +146,27 @@ impl MetaClient {
             r.set_timeout(RPC_TIMEOUT);
             r.metadata_mut().insert(TOKEN_HEADER, inner.token.clone());
             if let Some(id) = origin {
-                r.metadata_mut().insert(CLIENT_ID_HEADER, MetadataValue::from(inner.client_id.0));
-                r.metadata_mut().insert(REQUEST_ID_HEADER, MetadataValue::from(id));
+                r.metadata_mut()
+                    .insert(CLIENT_ID_HEADER, MetadataValue::from(inner.client_id.0));
+                r.metadata_mut()
+                    .insert(REQUEST_ID_HEADER, MetadataValue::from(id));
             }
-            let e = match tokio::time::timeout(RPC_TIMEOUT, f(inner.clients[idx].clone(), r)).await {
+            let e = match tokio::time::timeout(RPC_TIMEOUT, f(inner.clients[idx].clone(), r)).await
+            {
                 Ok(Ok(resp)) => {
                     inner.leader.store(idx, Ordering::Relaxed);
                     return Ok(resp.into_inner());
                 }
                 Ok(Err(status)) => from_status(&status),
-                Err(_) => PondError::new(ErrorCode::Timeout, format!("meta {} did not answer", inner.addrs[idx])),
+                Err(_) => PondError::new(
+                    ErrorCode::Timeout,
+                    format!("meta {} did not answer", inner.addrs[idx]),
+                ),
             };
-            let retry = matches!(e.code, ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::Timeout);
+            let retry = matches!(
+                e.code,
+                ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::Timeout
+            );
             if !retry || Instant::now() + backoff >= deadline {
                 return Err(e);
             }
@@ -161,13 +194,23 @@ impl MetaClient {
         }
         let mut r = tonic::Request::new(ClusterRequest::MetaStatus);
         r.set_timeout(RPC_TIMEOUT);
-        r.metadata_mut().insert(TOKEN_HEADER, self.inner.token.clone());
+        r.metadata_mut()
+            .insert(TOKEN_HEADER, self.inner.token.clone());
         let mut c = self.inner.clients[via].clone();
-        let resp = tokio::time::timeout(RPC_TIMEOUT, c.cluster(r)).await.ok()?.ok()?.into_inner();
+        let resp = tokio::time::timeout(RPC_TIMEOUT, c.cluster(r))
+            .await
+            .ok()?
+            .ok()?
+            .into_inner();
         if let ClusterReply::MetaStatus { members, .. } = resp {
             let mut ids = self.inner.ids.lock();
             for m in members {
-                if let Some(i) = self.inner.addrs.iter().position(|a| a.ends_with(&m.addr) || *a == m.addr) {
+                if let Some(i) = self
+                    .inner
+                    .addrs
+                    .iter()
+                    .position(|a| a.ends_with(&m.addr) || *a == m.addr)
+                {
                     ids.insert(m.id, i);
                 }
             }

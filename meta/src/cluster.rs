@@ -40,8 +40,12 @@ pub fn next_chain(members: &[ChainMember]) -> Vec<(TargetId, PublicState)> {
             .enumerate()
             .any(|(i, (_, p, l))| i != except && *p == P::Serving && *l == L::UpToDate)
     };
-    let lastsrv_returns = members.iter().any(|(_, p, l)| *p == P::LastSrv && *l != L::Offline);
-    let lastsrv_kept = members.iter().any(|(_, p, l)| *p == P::LastSrv && *l == L::Offline);
+    let lastsrv_returns = members
+        .iter()
+        .any(|(_, p, l)| *p == P::LastSrv && *l != L::Offline);
+    let lastsrv_kept = members
+        .iter()
+        .any(|(_, p, l)| *p == P::LastSrv && *l == L::Offline);
     let mut lastsrv_given = lastsrv_kept || lastsrv_returns;
     // (rank, position, target, state); rank orders the chain.
     let mut out: Vec<(u8, usize, TargetId, PublicState)> = Vec::with_capacity(members.len());
@@ -90,7 +94,10 @@ pub fn next_chain(members: &[ChainMember]) -> Vec<(TargetId, PublicState)> {
     let has_syncing = out.iter().any(|o| o.3 == P::Syncing);
     if has_serving
         && !has_syncing
-        && let Some(o) = out.iter_mut().filter(|o| o.3 == P::Waiting).min_by_key(|o| o.1)
+        && let Some(o) = out
+            .iter_mut()
+            .filter(|o| o.3 == P::Waiting)
+            .min_by_key(|o| o.1)
     {
         o.3 = P::Syncing;
         o.0 = 1;
@@ -108,17 +115,26 @@ pub fn next_chain(members: &[ChainMember]) -> Vec<(TargetId, PublicState)> {
 
 impl ClusterState {
     pub fn from_routing(routing: RoutingInfo) -> ClusterState {
-        ClusterState { routing, dirty: false }
+        ClusterState {
+            routing,
+            dirty: false,
+        }
     }
 
     /// Re-run the state table on one chain; bumps its version if anything changed.
     fn refresh_chain(&mut self, chain: ChainId) -> bool {
         let r = &mut self.routing;
-        let Some(info) = r.chains.get(&chain) else { return false };
+        let Some(info) = r.chains.get(&chain) else {
+            return false;
+        };
         let members: Vec<ChainMember> = info
             .targets
             .iter()
-            .filter_map(|t| r.targets.get(t).map(|ti| (*t, ti.public_state, ti.local_state)))
+            .filter_map(|t| {
+                r.targets
+                    .get(t)
+                    .map(|ti| (*t, ti.public_state, ti.local_state))
+            })
             .collect();
         let next = next_chain(&members);
         let before: Vec<(TargetId, PublicState)> = members.iter().map(|m| (m.0, m.1)).collect();
@@ -151,13 +167,25 @@ impl ClusterState {
     }
 
     fn chains_of_node(&self, node: NodeId) -> Vec<ChainId> {
-        self.routing.targets.values().filter(|t| t.node == node).map(|t| t.chain).collect()
+        self.routing
+            .targets
+            .values()
+            .filter(|t| t.node == node)
+            .map(|t| t.chain)
+            .collect()
     }
 
     /// First heartbeat of a node, or its address or targets changed.
     pub fn register(&mut self, node: NodeId, data_addr: &str, targets: &[TargetReport]) {
         let before = self.routing.clone();
-        self.routing.nodes.insert(node, NodeInfo { id: node, data_addr: data_addr.to_string(), alive: true });
+        self.routing.nodes.insert(
+            node,
+            NodeInfo {
+                id: node,
+                data_addr: data_addr.to_string(),
+                alive: true,
+            },
+        );
         for r in targets {
             let e = self.routing.targets.entry(r.id).or_insert(TargetInfo {
                 id: r.id,
@@ -233,7 +261,10 @@ impl ClusterState {
         if free.len() < replicas {
             return Err(PondError::new(
                 ErrorCode::InvalidArgument,
-                format!("{replicas} replicas need targets on {replicas} nodes, have {}", free.len()),
+                format!(
+                    "{replicas} replicas need targets on {replicas} nodes, have {}",
+                    free.len()
+                ),
             ));
         }
         let before = self.routing.clone();
@@ -241,8 +272,11 @@ impl ClusterState {
         loop {
             // The `replicas` nodes with the most free targets (ties: lower node id) give one
             // target each, so targets spread evenly and every chain spans distinct nodes.
-            let mut nodes: Vec<(usize, NodeId)> =
-                free.iter().filter(|(_, v)| !v.is_empty()).map(|(n, v)| (v.len(), *n)).collect();
+            let mut nodes: Vec<(usize, NodeId)> = free
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(n, v)| (v.len(), *n))
+                .collect();
             if nodes.len() < replicas {
                 break;
             }
@@ -261,10 +295,20 @@ impl ClusterState {
                 ti.chain = id;
                 ti.public_state = PublicState::Serving;
             }
-            self.routing.chains.insert(id, ChainInfo { id, version: pond_proto::ChainVersion(1), targets });
+            self.routing.chains.insert(
+                id,
+                ChainInfo {
+                    id,
+                    version: pond_proto::ChainVersion(1),
+                    targets,
+                },
+            );
             chains.push(id);
         }
-        let table = ChainTable { id: ChainTableId(1), chains };
+        let table = ChainTable {
+            id: ChainTableId(1),
+            chains,
+        };
         self.routing.chain_tables.insert(table.id, table.clone());
         self.finish_change(&before, Vec::new());
         Ok(table)

@@ -42,6 +42,9 @@ fn default_snapshot_logs() -> u64 {
 impl MetaConfig {
     /// The address of peer `id`, if it is a member.
     pub fn peer_addr(&self, id: u64) -> Option<&str> {
-        self.peers.iter().find(|p| p.id == id).map(|p| p.addr.as_str())
+        self.peers
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| p.addr.as_str())
     }
 }

@@ -54,4 +54,5 @@ pub const LOG_KEEP_AFTER_SNAPSHOT: u64 = 1000;
 const _: () = assert!(BATCH_OPS_MAX <= PROPOSE_QUEUE_MAX);
 const _: () = assert!(READ_BATCH_MAX <= READ_QUEUE_MAX);
 const _: () = assert!(RAFT_HEARTBEAT_MS * 4 < RAFT_ELECTION_MIN_MS);
-const _: () = assert!((SNAPSHOT_CHUNK_BYTES as usize) < pond_proto::limits::CONTROL_MESSAGE_BYTES_MAX / 2);
+const _: () =
+    assert!((SNAPSHOT_CHUNK_BYTES as usize) < pond_proto::limits::CONTROL_MESSAGE_BYTES_MAX / 2);

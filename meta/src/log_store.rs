@@ -1,6 +1,10 @@
 //! Durable Raft log and vote in `log.redb`. Every append commits with
 //! `Durability::Immediate` (one fsync) before openraft is told the entries are flushed.
 
+// `openraft::StorageError` is the error type the storage traits require; it is large, and
+// boxing it here would only unbox it again at the trait boundary.
+#![allow(clippy::result_large_err)]
+
 use crate::types::{LogId, StorageError, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, OptionalSend, Vote};
@@ -62,7 +66,12 @@ impl LogStore {
         r().map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))
     }
 
-    fn put_state<T: Serialize>(db: &Database, key: &str, v: &T, d: Durability) -> Result<(), StorageError> {
+    fn put_state<T: Serialize>(
+        db: &Database,
+        key: &str,
+        v: &T,
+        d: Durability,
+    ) -> Result<(), StorageError> {
         let r = || -> Result<(), Box<dyn std::error::Error>> {
             let bytes = postcard::to_stdvec(v)?;
             let mut txn = db.begin_write()?;
@@ -128,7 +137,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }
             };
             let last = r().map_err(|e| log_err(ErrorVerb::Read, e))?.or(purged);
-            Ok(LogState { last_purged_log_id: purged, last_log_id: last })
+            Ok(LogState {
+                last_purged_log_id: purged,
+                last_log_id: last,
+            })
         })
         .await
     }
@@ -139,7 +151,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
         let vote = *vote;
-        self.blocking(move |db| LogStore::put_state(db, "vote", &vote, Durability::Immediate)).await
+        self.blocking(move |db| LogStore::put_state(db, "vote", &vote, Durability::Immediate))
+            .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
@@ -158,7 +171,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,

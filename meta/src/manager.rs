@@ -37,8 +37,21 @@ pub struct Manager {
 }
 
 impl Manager {
-    pub fn new(id: u64, raft: Raft, shared: Arc<Shared>, proposer: mpsc::Sender<Proposal>, timeout: Duration) -> Manager {
-        Manager { id, raft, shared, proposer, timeout, st: parking_lot::Mutex::new(MgrState::default()) }
+    pub fn new(
+        id: u64,
+        raft: Raft,
+        shared: Arc<Shared>,
+        proposer: mpsc::Sender<Proposal>,
+        timeout: Duration,
+    ) -> Manager {
+        Manager {
+            id,
+            raft,
+            shared,
+            proposer,
+            timeout,
+            st: parking_lot::Mutex::new(MgrState::default()),
+        }
     }
 
     /// Ok if this replica is the leader; otherwise `NotLeader` with a hint.
@@ -54,10 +67,14 @@ impl Manager {
     async fn propose(&self, cmd: ClusterCmd) -> Result<OpReply, PondError> {
         let (tx, rx) = oneshot::channel();
         self.proposer
-            .send(Proposal { op: Op::Cluster(cmd), tx })
+            .send(Proposal {
+                op: Op::Cluster(cmd),
+                tx,
+            })
             .await
             .map_err(|_| PondError::new(ErrorCode::Unavailable, "shutting down"))?;
-        rx.await.map_err(|_| PondError::new(ErrorCode::Unavailable, "proposal dropped"))?
+        rx.await
+            .map_err(|_| PondError::new(ErrorCode::Unavailable, "proposal dropped"))?
     }
 
     /// Track leadership changes; a fresh leader starts every node's timeout from now.
@@ -74,7 +91,13 @@ impl Manager {
         if st.leader_term != Some(m.current_term) {
             let now = Instant::now();
             st.leader_term = Some(m.current_term);
-            st.last_seen = self.shared.routing().nodes.keys().map(|n| (*n, now)).collect();
+            st.last_seen = self
+                .shared
+                .routing()
+                .nodes
+                .keys()
+                .map(|n| (*n, now))
+                .collect();
             st.last_usage.clear();
             st.gc_issued.clear();
         }
@@ -89,7 +112,10 @@ impl Manager {
         let usage_due = {
             let mut st = self.st.lock();
             st.last_seen.insert(hb.node, now);
-            let due = st.last_usage.get(&hb.node).is_none_or(|t| now.duration_since(*t) >= USAGE_UPDATE_INTERVAL);
+            let due = st
+                .last_usage
+                .get(&hb.node)
+                .is_none_or(|t| now.duration_since(*t) >= USAGE_UPDATE_INTERVAL);
             if due {
                 st.last_usage.insert(hb.node, now);
             }
@@ -106,37 +132,62 @@ impl Manager {
                     st.gc_issued.remove(&(t.inode, t.chain));
                 }
             }
-            self.propose(ClusterCmd::GcDone { tasks: hb.gc_done.clone() }).await?;
+            self.propose(ClusterCmd::GcDone {
+                tasks: hb.gc_done.clone(),
+            })
+            .await?;
         }
         let routing = self.shared.routing();
         let gc = self.gc_tasks_for(&routing, hb.node)?;
-        Ok(HeartbeatReply { routing: (routing.version > hb.routing_version).then_some(routing), gc })
+        Ok(HeartbeatReply {
+            routing: (routing.version > hb.routing_version).then_some(routing),
+            gc,
+        })
     }
 
     /// Pending GC tasks for chains whose head is on `node`, skipping recently issued ones.
     fn gc_tasks_for(&self, routing: &RoutingInfo, node: NodeId) -> Result<Vec<GcTask>, PondError> {
-        let internal = |e: redb::Error| PondError::new(ErrorCode::Internal, format!("read gc list: {e}"));
-        let txn = self.shared.db.begin_read().map_err(|e| internal(e.into()))?;
+        let internal =
+            |e: redb::Error| PondError::new(ErrorCode::Internal, format!("read gc list: {e}"));
+        let txn = self
+            .shared
+            .db
+            .begin_read()
+            .map_err(|e| internal(e.into()))?;
         let t = txn.open_table(GC).map_err(|e| internal(e.into()))?;
         let now = Instant::now();
         let mut out = Vec::new();
         let mut st = self.st.lock();
         // Bounded scan: a node with nothing to do among the first records waits for them to
         // be collected by the others.
-        for item in t.iter().map_err(|e| internal(e.into()))?.take(GC_TASKS_PER_HEARTBEAT_MAX * 64) {
+        for item in t
+            .iter()
+            .map_err(|e| internal(e.into()))?
+            .take(GC_TASKS_PER_HEARTBEAT_MAX * 64)
+        {
             let (k, v) = item.map_err(|e| internal(e.into()))?;
-            let Ok(rec) = postcard::from_bytes::<GcRec>(v.value()) else { continue };
+            let Ok(rec) = postcard::from_bytes::<GcRec>(v.value()) else {
+                continue;
+            };
             for chain in rec.pending {
                 let head = routing.write_targets(chain).first().map(|t| t.node);
                 if head != Some(node) {
                     continue;
                 }
                 let key = (InodeId(k.value()), chain);
-                if st.gc_issued.get(&key).is_some_and(|t| now.duration_since(*t) < GC_TASK_REISSUE) {
+                if st
+                    .gc_issued
+                    .get(&key)
+                    .is_some_and(|t| now.duration_since(*t) < GC_TASK_REISSUE)
+                {
                     continue;
                 }
                 st.gc_issued.insert(key, now);
-                out.push(GcTask { inode: key.0, chain, from_index: 0 });
+                out.push(GcTask {
+                    inode: key.0,
+                    chain,
+                    from_index: 0,
+                });
                 if out.len() >= GC_TASKS_PER_HEARTBEAT_MAX {
                     return Ok(out);
                 }
@@ -188,21 +239,38 @@ impl Manager {
 pub fn change_for(routing: &RoutingInfo, hb: &Heartbeat, usage_due: bool) -> Option<ClusterCmd> {
     let known = routing.nodes.get(&hb.node);
     let registered = known.is_some_and(|n| n.data_addr == hb.data_addr)
-        && hb.targets.iter().all(|r| routing.targets.get(&r.id).is_some_and(|t| t.node == hb.node));
-    if !registered {
-        return Some(ClusterCmd::Register { node: hb.node, data_addr: hb.data_addr.clone(), targets: hb.targets.clone() });
-    }
-    let alive = known.is_some_and(|n| n.alive);
-    let state_changed = hb.targets.iter().any(|r| routing.targets.get(&r.id).is_some_and(|t| t.local_state != r.local_state));
-    let usage_changed = usage_due
-        && hb.targets.iter().any(|r| {
+        && hb.targets.iter().all(|r| {
             routing
                 .targets
                 .get(&r.id)
-                .is_some_and(|t| t.used_bytes != r.used_bytes || t.capacity_bytes != r.capacity_bytes)
+                .is_some_and(|t| t.node == hb.node)
+        });
+    if !registered {
+        return Some(ClusterCmd::Register {
+            node: hb.node,
+            data_addr: hb.data_addr.clone(),
+            targets: hb.targets.clone(),
+        });
+    }
+    let alive = known.is_some_and(|n| n.alive);
+    let state_changed = hb.targets.iter().any(|r| {
+        routing
+            .targets
+            .get(&r.id)
+            .is_some_and(|t| t.local_state != r.local_state)
+    });
+    let usage_changed = usage_due
+        && hb.targets.iter().any(|r| {
+            routing.targets.get(&r.id).is_some_and(|t| {
+                t.used_bytes != r.used_bytes || t.capacity_bytes != r.capacity_bytes
+            })
         });
     if !alive || state_changed || usage_changed {
-        return Some(ClusterCmd::Report { node: hb.node, targets: hb.targets.clone(), usage: usage_due });
+        return Some(ClusterCmd::Report {
+            node: hb.node,
+            targets: hb.targets.clone(),
+            usage: usage_due,
+        });
     }
     None
 }

@@ -35,7 +35,12 @@ macro_rules! store_err {
         }
     )*};
 }
-store_err!(redb::StorageError, redb::TableError, redb::CommitError, redb::TransactionError);
+store_err!(
+    redb::StorageError,
+    redb::TableError,
+    redb::CommitError,
+    redb::TransactionError
+);
 
 pub type R<T> = Result<T, ApplyError>;
 
@@ -88,7 +93,10 @@ pub fn get_entry<D: ReadableTable<&'static [u8], &'static [u8]>>(
     }
 }
 
-pub fn dir_is_empty<D: ReadableTable<&'static [u8], &'static [u8]>>(d: &D, dir: InodeId) -> R<bool> {
+pub fn dir_is_empty<D: ReadableTable<&'static [u8], &'static [u8]>>(
+    d: &D,
+    dir: InodeId,
+) -> R<bool> {
     let (lo, hi) = dir_range(dir);
     let mut it = d.range(lo.as_slice()..hi.as_slice())?;
     Ok(it.next().is_none())
@@ -101,7 +109,11 @@ pub fn read_dir<D: ReadableTable<&'static [u8], &'static [u8]>>(
     after: Option<&str>,
     limit: u32,
 ) -> R<(Vec<DirEntry>, bool)> {
-    let limit = if limit == 0 { READDIR_PAGE_MAX } else { limit.min(READDIR_PAGE_MAX) } as usize;
+    let limit = if limit == 0 {
+        READDIR_PAGE_MAX
+    } else {
+        limit.min(READDIR_PAGE_MAX)
+    } as usize;
     let (lo, hi) = dir_range(dir);
     let start = match after {
         Some(a) => {
@@ -124,7 +136,11 @@ pub fn read_dir<D: ReadableTable<&'static [u8], &'static [u8]>>(
         let name = dirent_name(k.value()).ok_or_else(|| corrupt("dirent name"))?;
         let (inode, kind) =
             decode_dirent_value(v.value()).ok_or_else(|| corrupt("dirent value"))?;
-        out.push(DirEntry { name: name.to_string(), inode, kind });
+        out.push(DirEntry {
+            name: name.to_string(),
+            inode,
+            kind,
+        });
     }
     Ok((out, more))
 }
@@ -141,7 +157,10 @@ where
             need_dir(inodes, *parent)?;
             match get_entry(dirents, *parent, name)? {
                 Some((child, _)) => Ok(MetaReply::Attr(need_inode(inodes, child)?.attr)),
-                None => fail(ErrorCode::NotFound, format!("no entry {name:?} in {parent}")),
+                None => fail(
+                    ErrorCode::NotFound,
+                    format!("no entry {name:?} in {parent}"),
+                ),
             }
         }
         MetaRequest::GetAttr { inode } => Ok(MetaReply::Attr(need_inode(inodes, *inode)?.attr)),
@@ -164,7 +183,10 @@ where
             let r = need_inode(inodes, *inode)?;
             match r.symlink {
                 Some(t) => Ok(MetaReply::Link(t)),
-                None => fail(ErrorCode::InvalidArgument, format!("inode {inode} is not a symlink")),
+                None => fail(
+                    ErrorCode::InvalidArgument,
+                    format!("inode {inode} is not a symlink"),
+                ),
             }
         }
         MetaRequest::Resolve { path, follow } => {
@@ -188,7 +210,10 @@ where
             let r = need_dir(inodes, *dir)?;
             match r.dir_layout.or_else(|| default_dir_layout(cluster)) {
                 Some(l) => Ok(MetaReply::DirLayout(l)),
-                None => fail(ErrorCode::NotFound, "no chain table exists yet (bootstrap chains)"),
+                None => fail(
+                    ErrorCode::NotFound,
+                    "no chain table exists yet (bootstrap chains)",
+                ),
             }
         }
         _ => fail(ErrorCode::InvalidArgument, "not a read request"),
@@ -284,7 +309,9 @@ impl<'t> Tx<'t> {
             match meta.get(k)? {
                 None => Ok(0),
                 Some(v) => Ok(u64::from_be_bytes(
-                    v.value().try_into().map_err(|_| corrupt(format!("meta {k}")))?,
+                    v.value()
+                        .try_into()
+                        .map_err(|_| corrupt(format!("meta {k}")))?,
                 )),
             }
         };
@@ -311,9 +338,12 @@ impl<'t> Tx<'t> {
     /// Write the counters (and the cluster map if it changed) back.
     pub fn finish(mut self) -> R<ClusterState> {
         let c = self.counters.clone();
-        self.meta.insert(K_NEXT_INODE, c.next_inode.to_be_bytes().as_slice())?;
-        self.meta.insert(K_ROUND_ROBIN, c.round_robin.to_be_bytes().as_slice())?;
-        self.meta.insert(K_DEDUP_SEQ, c.dedup_seq.to_be_bytes().as_slice())?;
+        self.meta
+            .insert(K_NEXT_INODE, c.next_inode.to_be_bytes().as_slice())?;
+        self.meta
+            .insert(K_ROUND_ROBIN, c.round_robin.to_be_bytes().as_slice())?;
+        self.meta
+            .insert(K_DEDUP_SEQ, c.dedup_seq.to_be_bytes().as_slice())?;
         if self.cluster.dirty {
             let bytes = postcard::to_stdvec(&self.cluster.routing)
                 .map_err(|e| corrupt(format!("encode cluster map: {e}")))?;
@@ -327,19 +357,24 @@ impl<'t> Tx<'t> {
     pub fn ensure_root(&mut self) -> R<()> {
         if self.counters.next_inode == 0 {
             self.counters.next_inode = InodeId::ROOT.0 + 1;
-            self.meta.insert(K_FORMAT, FORMAT_VERSION.to_be_bytes().as_slice())?;
+            self.meta
+                .insert(K_FORMAT, FORMAT_VERSION.to_be_bytes().as_slice())?;
         }
         if get_inode(&self.inodes, InodeId::ROOT)?.is_none() {
             let attr = self.new_attr(InodeId::ROOT, FileType::Dir, 0o755, Caller::default());
-            let rec = InodeRec { attr, parent: InodeId::ROOT, symlink: None, dir_layout: None };
+            let rec = InodeRec {
+                attr,
+                parent: InodeId::ROOT,
+                symlink: None,
+                dir_layout: None,
+            };
             self.put(&rec)?;
         }
         Ok(())
     }
 
     fn put(&mut self, rec: &InodeRec) -> R<()> {
-        let bytes =
-            postcard::to_stdvec(rec).map_err(|e| corrupt(format!("encode inode: {e}")))?;
+        let bytes = postcard::to_stdvec(rec).map_err(|e| corrupt(format!("encode inode: {e}")))?;
         self.inodes.insert(rec.attr.inode.0, bytes.as_slice())?;
         Ok(())
     }
@@ -367,7 +402,13 @@ impl<'t> Tx<'t> {
         InodeId(id)
     }
 
-    fn insert_entry(&mut self, parent: InodeId, name: &str, child: InodeId, kind: FileType) -> R<()> {
+    fn insert_entry(
+        &mut self,
+        parent: InodeId,
+        name: &str,
+        child: InodeId,
+        kind: FileType,
+    ) -> R<()> {
         let k = dirent_key(parent, name);
         let v = dirent_value(child, kind);
         self.dirents.insert(k.as_slice(), v.as_slice())?;
@@ -431,7 +472,9 @@ impl<'t> Tx<'t> {
             }
             cur = need_inode(&self.inodes, cur)?.parent;
         }
-        Err(corrupt(format!("parent chain of {dir} does not reach the root")))
+        Err(corrupt(format!(
+            "parent chain of {dir} does not reach the root"
+        )))
     }
 
     /// Layout for a new file in a directory with (effective) layout `dl`.
@@ -446,45 +489,72 @@ impl<'t> Tx<'t> {
                     None => return Ok(None),
                 };
                 let Some(table) = routing.chain_tables.get(&dl.chain_table) else {
-                    return fail(ErrorCode::InvalidArgument, format!("no chain table {}", dl.chain_table));
+                    return fail(
+                        ErrorCode::InvalidArgument,
+                        format!("no chain table {}", dl.chain_table),
+                    );
                 };
                 if table.chains.is_empty() {
-                    return fail(ErrorCode::NoSpace, format!("chain table {} is empty", table.id));
+                    return fail(
+                        ErrorCode::NoSpace,
+                        format!("chain table {} is empty", table.id),
+                    );
                 }
                 let order = shuffled(&table.chains, table.id);
                 let stripe = (dl.stripe as usize).min(order.len());
                 let start = (self.counters.round_robin % order.len() as u64) as usize;
                 self.counters.round_robin = self.counters.round_robin.wrapping_add(stripe as u64);
-                let chains = (0..stripe).map(|i| order[(start + i) % order.len()]).collect();
-                Ok(Some(Layout { chain_table: table.id, chunk_bytes: dl.chunk_bytes, chains }))
+                let chains = (0..stripe)
+                    .map(|i| order[(start + i) % order.len()])
+                    .collect();
+                Ok(Some(Layout {
+                    chain_table: table.id,
+                    chunk_bytes: dl.chunk_bytes,
+                    chains,
+                }))
             }
             PlacementHint::Chain(c) => {
-                let Some(table) = routing.chain_tables.values().find(|t| t.chains.contains(&c)) else {
-                    return fail(ErrorCode::InvalidArgument, format!("chain {c} is in no chain table"));
+                let Some(table) = routing
+                    .chain_tables
+                    .values()
+                    .find(|t| t.chains.contains(&c))
+                else {
+                    return fail(
+                        ErrorCode::InvalidArgument,
+                        format!("chain {c} is in no chain table"),
+                    );
                 };
                 let chunk_bytes = dl.map(|l| l.chunk_bytes).unwrap_or(CHUNK_BYTES_DEFAULT);
-                Ok(Some(Layout { chain_table: table.id, chunk_bytes, chains: vec![c] }))
+                Ok(Some(Layout {
+                    chain_table: table.id,
+                    chunk_bytes,
+                    chains: vec![c],
+                }))
             }
             PlacementHint::HeadOnNode(n) => {
                 let mut cands: Vec<(ChainTableId, ChainId)> = Vec::new();
                 for t in routing.chain_tables.values() {
                     for c in &t.chains {
-                        let head = routing
-                            .write_targets(*c)
-                            .first()
-                            .map(|t| t.node);
+                        let head = routing.write_targets(*c).first().map(|t| t.node);
                         if head == Some(n) {
                             cands.push((t.id, *c));
                         }
                     }
                 }
                 if cands.is_empty() {
-                    return fail(ErrorCode::InvalidArgument, format!("no chain has its head on node {n}"));
+                    return fail(
+                        ErrorCode::InvalidArgument,
+                        format!("no chain has its head on node {n}"),
+                    );
                 }
                 let pick = cands[(self.counters.round_robin % cands.len() as u64) as usize];
                 self.counters.round_robin = self.counters.round_robin.wrapping_add(1);
                 let chunk_bytes = dl.map(|l| l.chunk_bytes).unwrap_or(CHUNK_BYTES_DEFAULT);
-                Ok(Some(Layout { chain_table: pick.0, chunk_bytes, chains: vec![pick.1] }))
+                Ok(Some(Layout {
+                    chain_table: pick.0,
+                    chunk_bytes,
+                    chains: vec![pick.1],
+                }))
             }
         }
     }
@@ -548,37 +618,69 @@ impl<'t> Tx<'t> {
 
     fn write(&mut self, req: &MetaRequest) -> R<MetaReply> {
         match req {
-            MetaRequest::Mkdir { parent, name, mode, caller } => {
-                self.mkdir(*parent, name, *mode, *caller)
-            }
-            MetaRequest::Create { parent, name, mode, caller, exclusive, hint, session } => {
-                self.create(*parent, name, *mode, *caller, *exclusive, *hint, *session)
-            }
-            MetaRequest::Symlink { parent, name, target, caller } => {
-                self.symlink(*parent, name, target, *caller)
-            }
-            MetaRequest::Link { inode, new_parent, new_name } => {
-                self.link(*inode, *new_parent, new_name)
-            }
+            MetaRequest::Mkdir {
+                parent,
+                name,
+                mode,
+                caller,
+            } => self.mkdir(*parent, name, *mode, *caller),
+            MetaRequest::Create {
+                parent,
+                name,
+                mode,
+                caller,
+                exclusive,
+                hint,
+                session,
+            } => self.create(*parent, name, *mode, *caller, *exclusive, *hint, *session),
+            MetaRequest::Symlink {
+                parent,
+                name,
+                target,
+                caller,
+            } => self.symlink(*parent, name, target, *caller),
+            MetaRequest::Link {
+                inode,
+                new_parent,
+                new_name,
+            } => self.link(*inode, *new_parent, new_name),
             MetaRequest::Unlink { parent, name } => self.unlink(*parent, name),
             MetaRequest::Rmdir { parent, name } => self.rmdir(*parent, name),
-            MetaRequest::Rename { src_parent, src_name, dst_parent, dst_name, mode } => {
-                self.rename(*src_parent, src_name, *dst_parent, dst_name, mode)
-            }
+            MetaRequest::Rename {
+                src_parent,
+                src_name,
+                dst_parent,
+                dst_name,
+                mode,
+            } => self.rename(*src_parent, src_name, *dst_parent, dst_name, mode),
             MetaRequest::SetAttr { inode, set } => self.setattr(*inode, set),
-            MetaRequest::OpenWrite { inode, client, session } => {
+            MetaRequest::OpenWrite {
+                inode,
+                client,
+                session,
+            } => {
                 let rec = self.need_file(*inode)?;
                 let k = session_key(*inode, client.0, session.0);
                 self.sessions.insert(k.as_slice(), ())?;
                 Ok(MetaReply::Attr(rec.attr))
             }
-            MetaRequest::ReportLength { inode, length, truncate_version } => {
+            MetaRequest::ReportLength {
+                inode,
+                length,
+                truncate_version,
+            } => {
                 let mut rec = self.need_file(*inode)?;
                 self.adopt_length(&mut rec, *length, *truncate_version)?;
                 self.put(&rec)?;
                 Ok(MetaReply::Attr(rec.attr))
             }
-            MetaRequest::CloseWrite { inode, client, session, length, truncate_version } => {
+            MetaRequest::CloseWrite {
+                inode,
+                client,
+                session,
+                length,
+                truncate_version,
+            } => {
                 let mut rec = self.need_file(*inode)?;
                 self.adopt_length(&mut rec, *length, *truncate_version)?;
                 let k = session_key(*inode, client.0, session.0);
@@ -594,7 +696,12 @@ impl<'t> Tx<'t> {
             MetaRequest::SetDirLayout { dir, layout } => {
                 layout.validate()?;
                 let mut rec = need_dir(&self.inodes, *dir)?;
-                if !self.cluster.routing.chain_tables.contains_key(&layout.chain_table) {
+                if !self
+                    .cluster
+                    .routing
+                    .chain_tables
+                    .contains_key(&layout.chain_table)
+                {
                     return fail(
                         ErrorCode::InvalidArgument,
                         format!("no chain table {}", layout.chain_table),
@@ -606,7 +713,10 @@ impl<'t> Tx<'t> {
                 Ok(MetaReply::Done)
             }
             MetaRequest::RemoveTree { parent, name } => self.remove_tree(*parent, name),
-            r => fail(ErrorCode::InvalidArgument, format!("{r:?} is not a write request")),
+            r => fail(
+                ErrorCode::InvalidArgument,
+                format!("{r:?} is not a write request"),
+            ),
         }
     }
 
@@ -615,7 +725,10 @@ impl<'t> Tx<'t> {
         match rec.attr.kind {
             FileType::File => Ok(rec),
             FileType::Dir => fail(ErrorCode::IsDir, format!("inode {inode} is a directory")),
-            FileType::Symlink => fail(ErrorCode::InvalidArgument, format!("inode {inode} is a symlink")),
+            FileType::Symlink => fail(
+                ErrorCode::InvalidArgument,
+                format!("inode {inode} is a symlink"),
+            ),
         }
     }
 
@@ -644,11 +757,19 @@ impl<'t> Tx<'t> {
     fn mkdir(&mut self, parent: InodeId, name: &str, mode: u32, caller: Caller) -> R<MetaReply> {
         let mut p = self.check_new_entry(parent, name)?;
         if p.attr.nlink >= LINKS_MAX {
-            return fail(ErrorCode::TooManyLinks, format!("directory {parent} has too many subdirectories"));
+            return fail(
+                ErrorCode::TooManyLinks,
+                format!("directory {parent} has too many subdirectories"),
+            );
         }
         let id = self.alloc_inode();
         let attr = self.new_attr(id, FileType::Dir, mode, caller);
-        let rec = InodeRec { attr, parent, symlink: None, dir_layout: p.dir_layout.clone() };
+        let rec = InodeRec {
+            attr,
+            parent,
+            symlink: None,
+            dir_layout: p.dir_layout.clone(),
+        };
         self.put(&rec)?;
         self.insert_entry(parent, name, id, FileType::Dir)?;
         p.attr.nlink += 1;
@@ -694,7 +815,12 @@ impl<'t> Tx<'t> {
         let id = self.alloc_inode();
         let mut attr = self.new_attr(id, FileType::File, mode, caller);
         attr.layout = layout;
-        let rec = InodeRec { attr, parent, symlink: None, dir_layout: None };
+        let rec = InodeRec {
+            attr,
+            parent,
+            symlink: None,
+            dir_layout: None,
+        };
         self.put(&rec)?;
         self.insert_entry(parent, name, id, FileType::File)?;
         if let Some((c, s)) = session {
@@ -706,12 +832,21 @@ impl<'t> Tx<'t> {
         Ok(MetaReply::Attr(rec.attr))
     }
 
-    fn symlink(&mut self, parent: InodeId, name: &str, target: &str, caller: Caller) -> R<MetaReply> {
+    fn symlink(
+        &mut self,
+        parent: InodeId,
+        name: &str,
+        target: &str,
+        caller: Caller,
+    ) -> R<MetaReply> {
         if target.is_empty() {
             return fail(ErrorCode::NotFound, "empty symlink target");
         }
         if target.len() > SYMLINK_BYTES_MAX {
-            return fail(ErrorCode::NameTooLong, format!("symlink target of {} bytes", target.len()));
+            return fail(
+                ErrorCode::NameTooLong,
+                format!("symlink target of {} bytes", target.len()),
+            );
         }
         if target.bytes().any(|b| b == 0) {
             return fail(ErrorCode::InvalidArgument, "symlink target contains NUL");
@@ -720,7 +855,12 @@ impl<'t> Tx<'t> {
         let id = self.alloc_inode();
         let mut attr = self.new_attr(id, FileType::Symlink, 0o777, caller);
         attr.size = target.len() as u64;
-        let rec = InodeRec { attr, parent, symlink: Some(target.to_string()), dir_layout: None };
+        let rec = InodeRec {
+            attr,
+            parent,
+            symlink: Some(target.to_string()),
+            dir_layout: None,
+        };
         self.put(&rec)?;
         self.insert_entry(parent, name, id, FileType::Symlink)?;
         self.touch_dir(&mut p);
@@ -731,13 +871,22 @@ impl<'t> Tx<'t> {
     fn link(&mut self, inode: InodeId, new_parent: InodeId, new_name: &str) -> R<MetaReply> {
         let mut rec = need_inode(&self.inodes, inode)?;
         if rec.attr.kind == FileType::Dir {
-            return fail(ErrorCode::NotPermitted, "hard links to directories are not allowed");
+            return fail(
+                ErrorCode::NotPermitted,
+                "hard links to directories are not allowed",
+            );
         }
         if rec.attr.nlink == 0 {
-            return fail(ErrorCode::NotFound, format!("inode {inode} has been unlinked"));
+            return fail(
+                ErrorCode::NotFound,
+                format!("inode {inode} has been unlinked"),
+            );
         }
         if rec.attr.nlink >= LINKS_MAX {
-            return fail(ErrorCode::TooManyLinks, format!("inode {inode} has {} links", rec.attr.nlink));
+            return fail(
+                ErrorCode::TooManyLinks,
+                format!("inode {inode} has {} links", rec.attr.nlink),
+            );
         }
         let mut p = self.check_new_entry(new_parent, new_name)?;
         rec.attr.nlink += 1;
@@ -753,7 +902,10 @@ impl<'t> Tx<'t> {
         validate_name(name)?;
         let mut p = need_dir(&self.inodes, parent)?;
         let Some((child, kind)) = get_entry(&self.dirents, parent, name)? else {
-            return fail(ErrorCode::NotFound, format!("no entry {name:?} in {parent}"));
+            return fail(
+                ErrorCode::NotFound,
+                format!("no entry {name:?} in {parent}"),
+            );
         };
         if kind == FileType::Dir {
             return fail(ErrorCode::IsDir, format!("{name:?} is a directory"));
@@ -770,7 +922,10 @@ impl<'t> Tx<'t> {
         validate_name(name)?;
         let mut p = need_dir(&self.inodes, parent)?;
         let Some((child, kind)) = get_entry(&self.dirents, parent, name)? else {
-            return fail(ErrorCode::NotFound, format!("no entry {name:?} in {parent}"));
+            return fail(
+                ErrorCode::NotFound,
+                format!("no entry {name:?} in {parent}"),
+            );
         };
         if kind != FileType::Dir {
             return fail(ErrorCode::NotDir, format!("{name:?} is not a directory"));
@@ -821,12 +976,18 @@ impl<'t> Tx<'t> {
         }
         // 4. a directory must not move below itself.
         if skind == FileType::Dir && sp != dp && self.is_within(dp, src)? {
-            return fail(ErrorCode::InvalidArgument, format!("cannot move {sname:?} into its own subtree"));
+            return fail(
+                ErrorCode::InvalidArgument,
+                format!("cannot move {sname:?} into its own subtree"),
+            );
         }
         if let RenameMode::Exchange = mode {
             let (d, dkind) = dst.expect("checked above");
             if dkind == FileType::Dir && sp != dp && self.is_within(sp, d)? {
-                return fail(ErrorCode::InvalidArgument, format!("cannot move {dname:?} into its own subtree"));
+                return fail(
+                    ErrorCode::InvalidArgument,
+                    format!("cannot move {dname:?} into its own subtree"),
+                );
             }
             return self.exchange(sp, sname, src, skind, dp, dname, d, dkind);
         }
@@ -834,8 +995,12 @@ impl<'t> Tx<'t> {
         let mut victim = None;
         if let Some((d, dkind)) = dst {
             match (skind == FileType::Dir, dkind == FileType::Dir) {
-                (true, false) => return fail(ErrorCode::NotDir, format!("{dname:?} is not a directory")),
-                (false, true) => return fail(ErrorCode::IsDir, format!("{dname:?} is a directory")),
+                (true, false) => {
+                    return fail(ErrorCode::NotDir, format!("{dname:?} is not a directory"));
+                }
+                (false, true) => {
+                    return fail(ErrorCode::IsDir, format!("{dname:?} is a directory"));
+                }
                 (true, true) => {
                     if !dir_is_empty(&self.dirents, d)? {
                         return fail(ErrorCode::NotEmpty, format!("{dname:?} is not empty"));
@@ -849,7 +1014,10 @@ impl<'t> Tx<'t> {
         if moves_dir_across && victim.is_none() {
             let d = need_inode(&self.inodes, dp)?;
             if d.attr.nlink >= LINKS_MAX {
-                return fail(ErrorCode::TooManyLinks, format!("directory {dp} has too many subdirectories"));
+                return fail(
+                    ErrorCode::TooManyLinks,
+                    format!("directory {dp} has too many subdirectories"),
+                );
             }
         }
         // 6. mutate: drop the victim, move the entry, fix link counts and times.
@@ -933,9 +1101,14 @@ impl<'t> Tx<'t> {
         let mut rec = need_inode(&self.inodes, inode)?;
         if let Some(size) = set.size {
             match rec.attr.kind {
-                FileType::Dir => return fail(ErrorCode::IsDir, format!("inode {inode} is a directory")),
+                FileType::Dir => {
+                    return fail(ErrorCode::IsDir, format!("inode {inode} is a directory"));
+                }
                 FileType::Symlink => {
-                    return fail(ErrorCode::InvalidArgument, format!("inode {inode} is a symlink"));
+                    return fail(
+                        ErrorCode::InvalidArgument,
+                        format!("inode {inode} is a symlink"),
+                    );
                 }
                 FileType::File => {}
             }
@@ -974,7 +1147,10 @@ impl<'t> Tx<'t> {
         validate_name(name)?;
         let mut p = need_dir(&self.inodes, parent)?;
         let Some((child, kind)) = get_entry(&self.dirents, parent, name)? else {
-            return fail(ErrorCode::NotFound, format!("no entry {name:?} in {parent}"));
+            return fail(
+                ErrorCode::NotFound,
+                format!("no entry {name:?} in {parent}"),
+            );
         };
         self.remove_entry(parent, name)?;
         if kind == FileType::Dir {
@@ -998,7 +1174,12 @@ impl<'t> Tx<'t> {
             let Some(dir) = self.trash.first()?.map(|(k, _)| InodeId(k.value())) else {
                 return Ok(false);
             };
-            let (entries, _) = read_dir(&self.dirents, dir, None, budget.min(READDIR_PAGE_MAX as usize) as u32)?;
+            let (entries, _) = read_dir(
+                &self.dirents,
+                dir,
+                None,
+                budget.min(READDIR_PAGE_MAX as usize) as u32,
+            )?;
             if entries.is_empty() {
                 self.trash.remove(dir.0)?;
                 self.inodes.remove(dir.0)?;
@@ -1026,14 +1207,17 @@ impl<'t> Tx<'t> {
     pub fn gc_done(&mut self, inode: InodeId, chain: ChainId) -> R<()> {
         let rec: Option<GcRec> = match self.gc.get(inode.0)? {
             None => None,
-            Some(v) => Some(postcard::from_bytes(v.value()).map_err(|e| corrupt(format!("gc record: {e}")))?),
+            Some(v) => Some(
+                postcard::from_bytes(v.value()).map_err(|e| corrupt(format!("gc record: {e}")))?,
+            ),
         };
         let Some(mut rec) = rec else { return Ok(()) };
         rec.pending.retain(|c| *c != chain);
         if rec.pending.is_empty() {
             self.gc.remove(inode.0)?;
         } else {
-            let bytes = postcard::to_stdvec(&rec).map_err(|e| corrupt(format!("encode gc: {e}")))?;
+            let bytes =
+                postcard::to_stdvec(&rec).map_err(|e| corrupt(format!("encode gc: {e}")))?;
             self.gc.insert(inode.0, bytes.as_slice())?;
         }
         Ok(())

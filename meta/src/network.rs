@@ -3,7 +3,9 @@
 
 use crate::limits::*;
 use crate::types::{PeerNode, TypeConfig};
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -46,7 +48,12 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 .max_decoding_message_size(pond_proto::limits::CONTROL_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(pond_proto::limits::CONTROL_MESSAGE_BYTES_MAX)
         });
-        PeerClient { target, client, addr: node.addr.clone(), token: self.token.clone() }
+        PeerClient {
+            target,
+            client,
+            addr: node.addr.clone(),
+            token: self.token.clone(),
+        }
     }
 }
 
@@ -73,7 +80,8 @@ impl PeerClient {
             let e = std::io::Error::other(format!("bad peer address {:?}", self.addr));
             return Err(RPCError::Unreachable(Unreachable::new(&e)));
         };
-        let payload = postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let payload =
+            postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut r = tonic::Request::new(RaftMessage { payload });
         r.set_timeout(timeout);
         if let Ok(v) = self.token.parse() {
@@ -94,16 +102,16 @@ impl PeerClient {
             }
             Ok(Err(status)) => {
                 return Err(match status.code() {
-                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                        RPCError::Unreachable(Unreachable::new(&status))
-                    }
+                    tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled => RPCError::Unreachable(Unreachable::new(&status)),
                     _ => RPCError::Network(NetworkError::new(&status)),
                 });
             }
             Ok(Ok(r)) => r.into_inner(),
         };
-        let res: Result<Resp, E> =
-            postcard::from_bytes(&resp.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let res: Result<Resp, E> = postcard::from_bytes(&resp.payload)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -122,8 +130,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, PeerNode, RaftError<u64, InstallSnapshotError>>> {
-        let t = option.hard_ttl().max(RAFT_RPC_TIMEOUT).min(RAFT_SNAPSHOT_RPC_TIMEOUT);
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, PeerNode, RaftError<u64, InstallSnapshotError>>,
+    > {
+        let t = option
+            .hard_ttl()
+            .max(RAFT_RPC_TIMEOUT)
+            .min(RAFT_SNAPSHOT_RPC_TIMEOUT);
         self.call(Kind::Snapshot, &rpc, t).await
     }
 

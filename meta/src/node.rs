@@ -24,9 +24,15 @@ pub enum MetaError {
     #[error("invalid config: {0}")]
     Config(String),
     #[error("bind {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("open store in {path}: {source}")]
-    Store { path: PathBuf, source: anyhow::Error },
+    Store {
+        path: PathBuf,
+        source: anyhow::Error,
+    },
     #[error("raft: {0}")]
     Raft(String),
     #[error("grpc server: {0}")]
@@ -36,10 +42,16 @@ pub enum MetaError {
 /// Open the store under `cfg.data_dir`, start Raft and the gRPC server on `cfg.listen`, and
 /// return after `shutdown` resolves and everything stopped. (The error is a `MetaError`
 /// inside the `anyhow::Error`, for callers that want to match on it.)
-pub async fn run(cfg: MetaConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: MetaConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&cfg.listen)
         .await
-        .map_err(|source| MetaError::Bind { addr: cfg.listen.clone(), source })?;
+        .map_err(|source| MetaError::Bind {
+            addr: cfg.listen.clone(),
+            source,
+        })?;
     serve(cfg, listener, shutdown).await?;
     Ok(())
 }
@@ -69,13 +81,22 @@ pub struct MetaNode {
 impl MetaNode {
     pub async fn start(cfg: MetaConfig, listener: TcpListener) -> Result<MetaNode, MetaError> {
         if !cfg.peers.iter().any(|p| p.id == cfg.id) {
-            return Err(MetaError::Config(format!("peers do not include this node's id {}", cfg.id)));
+            return Err(MetaError::Config(format!(
+                "peers do not include this node's id {}",
+                cfg.id
+            )));
         }
         if cfg.token.is_empty() {
             return Err(MetaError::Config("empty cluster token".into()));
         }
-        let addr = listener.local_addr().map_err(|source| MetaError::Bind { addr: cfg.listen.clone(), source })?;
-        let store_err = |source: anyhow::Error| MetaError::Store { path: cfg.data_dir.clone(), source };
+        let addr = listener.local_addr().map_err(|source| MetaError::Bind {
+            addr: cfg.listen.clone(),
+            source,
+        })?;
+        let store_err = |source: anyhow::Error| MetaError::Store {
+            path: cfg.data_dir.clone(),
+            source,
+        };
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| store_err(e.into()))?;
         let log = LogStore::open(&cfg.data_dir.join("log.redb")).map_err(store_err)?;
         let sm = StateStore::open(&cfg.data_dir).map_err(store_err)?;
@@ -94,19 +115,41 @@ impl MetaNode {
         }
         .validate()
         .map_err(|e| MetaError::Config(e.to_string()))?;
-        let network = Network { token: cfg.token.clone() };
+        let network = Network {
+            token: cfg.token.clone(),
+        };
         let raft = Raft::new(cfg.id, Arc::new(raft_cfg), network, log, sm)
             .await
             .map_err(|e| MetaError::Raft(e.to_string()))?;
 
         // Bootstrap: a fresh store on the smallest id initializes the group with every peer.
-        let initialized = raft.is_initialized().await.map_err(|e| MetaError::Raft(e.to_string()))?;
-        let min_id = cfg.peers.iter().map(|p| p.id).min().expect("peers include self");
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| MetaError::Raft(e.to_string()))?;
+        let min_id = cfg
+            .peers
+            .iter()
+            .map(|p| p.id)
+            .min()
+            .expect("peers include self");
         if !initialized && cfg.id == min_id {
-            let members: BTreeMap<u64, PeerNode> =
-                cfg.peers.iter().map(|p| (p.id, PeerNode { addr: p.addr.clone() })).collect();
+            let members: BTreeMap<u64, PeerNode> = cfg
+                .peers
+                .iter()
+                .map(|p| {
+                    (
+                        p.id,
+                        PeerNode {
+                            addr: p.addr.clone(),
+                        },
+                    )
+                })
+                .collect();
             tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "initializing raft group");
-            raft.initialize(members).await.map_err(|e| MetaError::Raft(e.to_string()))?;
+            raft.initialize(members)
+                .await
+                .map_err(|e| MetaError::Raft(e.to_string()))?;
         }
 
         let (ptx, prx) = mpsc::channel(PROPOSE_QUEUE_MAX);
@@ -146,9 +189,12 @@ impl MetaNode {
             manager,
         };
         let max = pond_proto::limits::CONTROL_MESSAGE_BYTES_MAX;
-        let service = MetaServer::new(svc).max_decoding_message_size(max).max_encoding_message_size(max);
+        let service = MetaServer::new(svc)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
         let mut stop = stop_rx;
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)
@@ -157,7 +203,15 @@ impl MetaNode {
                 }),
         );
         tracing::info!(id = cfg.id, %addr, "meta replica started");
-        Ok(MetaNode { id: cfg.id, addr, raft, shared, stop_tx, server, tasks })
+        Ok(MetaNode {
+            id: cfg.id,
+            addr,
+            raft,
+            shared,
+            stop_tx,
+            server,
+            tasks,
+        })
     }
 
     /// Stop serving, stop Raft, and flush the state machine.

@@ -31,10 +31,13 @@ pub struct ReadReq {
 }
 
 pub fn not_leader(leader: Option<u64>) -> PondError {
-    let mut e = PondError::new(ErrorCode::NotLeader, match leader {
-        Some(l) => format!("leader is node {l}"),
-        None => "no leader elected".to_string(),
-    });
+    let mut e = PondError::new(
+        ErrorCode::NotLeader,
+        match leader {
+            Some(l) => format!("leader is node {l}"),
+            None => "no leader elected".to_string(),
+        },
+    );
     e.leader_hint = leader;
     e
 }
@@ -54,7 +57,9 @@ pub async fn proposer_loop(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
     let slots = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
     while let Some(first) = rx.recv().await {
         // Waiting for a slot lets more requests queue up: the batch grows with the load.
-        let Ok(permit) = slots.clone().acquire_owned().await else { break };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
         let mut ops = Vec::new();
         let mut txs = Vec::new();
         let mut bytes = 0usize;
@@ -75,7 +80,10 @@ pub async fn proposer_loop(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
         let n = ops.len();
         tokio::spawn(
             async move {
-                let batch = Batch { now: store::now(), ops };
+                let batch = Batch {
+                    now: store::now(),
+                    ops,
+                };
                 let res = tokio::time::timeout(REQUEST_TIMEOUT, raft.client_write(batch)).await;
                 match res {
                     Ok(Ok(resp)) => {
@@ -110,7 +118,9 @@ pub async fn proposer_loop(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
 pub async fn reader_loop(raft: Raft, shared: Arc<Shared>, mut rx: mpsc::Receiver<ReadReq>) {
     let slots = Arc::new(Semaphore::new(2));
     while let Some(first) = rx.recv().await {
-        let Ok(permit) = slots.clone().acquire_owned().await else { break };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
         let mut batch = vec![first];
         while batch.len() < READ_BATCH_MAX {
             match rx.try_recv() {
@@ -156,7 +166,8 @@ fn answer_reads(shared: &Shared, batch: Vec<ReadReq>) {
         Err(e) => {
             tracing::error!(error = %e, "open read transaction");
             for r in batch {
-                let _ = r.tx.send(Err(PondError::new(ErrorCode::Internal, e.to_string())));
+                let _ =
+                    r.tx.send(Err(PondError::new(ErrorCode::Internal, e.to_string())));
             }
             return;
         }
@@ -194,9 +205,15 @@ impl MetaService {
         if ok {
             return Ok(());
         }
-        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
+        let peer = req
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "unknown".into());
         tracing::warn!(%peer, method, "refused request without a valid cluster token");
-        Err(to_status(&PondError::new(ErrorCode::Unauthenticated, "missing or wrong cluster token")))
+        Err(to_status(&PondError::new(
+            ErrorCode::Unauthenticated,
+            "missing or wrong cluster token",
+        )))
     }
 
     /// Queue a write and wait for its Raft entry to apply.
@@ -206,7 +223,8 @@ impl MetaService {
             .send(Proposal { op, tx })
             .await
             .map_err(|_| PondError::new(ErrorCode::Unavailable, "shutting down"))?;
-        rx.await.map_err(|_| PondError::new(ErrorCode::Unavailable, "proposal dropped"))?
+        rx.await
+            .map_err(|_| PondError::new(ErrorCode::Unavailable, "proposal dropped"))?
     }
 
     async fn read(&self, req: MetaRequest) -> Result<MetaReply, PondError> {
@@ -215,7 +233,8 @@ impl MetaService {
             .send(ReadReq { req, tx })
             .await
             .map_err(|_| PondError::new(ErrorCode::Unavailable, "shutting down"))?;
-        rx.await.map_err(|_| PondError::new(ErrorCode::Unavailable, "read dropped"))?
+        rx.await
+            .map_err(|_| PondError::new(ErrorCode::Unavailable, "read dropped"))?
     }
 
     fn status(&self) -> ClusterReply {
@@ -224,7 +243,11 @@ impl MetaService {
             .membership_config
             .membership()
             .nodes()
-            .map(|(id, n)| MetaMember { id: *id, addr: n.addr.clone(), is_leader: m.current_leader == Some(*id) })
+            .map(|(id, n)| MetaMember {
+                id: *id,
+                addr: n.addr.clone(),
+                is_leader: m.current_leader == Some(*id),
+            })
             .collect();
         ClusterReply::MetaStatus {
             leader: m.current_leader,
@@ -243,17 +266,28 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 fn origin_of<T>(req: &Request<T>) -> Option<Origin> {
     let get = |k: &str| req.metadata().get(k)?.to_str().ok()?.parse::<u64>().ok();
-    Some(Origin { client: ClientId(get(CLIENT_ID_HEADER)?), request: RequestId(get(REQUEST_ID_HEADER)?) })
+    Some(Origin {
+        client: ClientId(get(CLIENT_ID_HEADER)?),
+        request: RequestId(get(REQUEST_ID_HEADER)?),
+    })
 }
 
 fn decode<T: serde::de::DeserializeOwned>(m: &RaftMessage) -> Result<T, Status> {
-    postcard::from_bytes(&m.payload)
-        .map_err(|e| to_status(&PondError::new(ErrorCode::Malformed, format!("raft message: {e}"))))
+    postcard::from_bytes(&m.payload).map_err(|e| {
+        to_status(&PondError::new(
+            ErrorCode::Malformed,
+            format!("raft message: {e}"),
+        ))
+    })
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
-    let payload = postcard::to_stdvec(v)
-        .map_err(|e| to_status(&PondError::new(ErrorCode::Internal, format!("encode raft reply: {e}"))))?;
+    let payload = postcard::to_stdvec(v).map_err(|e| {
+        to_status(&PondError::new(
+            ErrorCode::Internal,
+            format!("encode raft reply: {e}"),
+        ))
+    })?;
     Ok(Response::new(RaftMessage { payload }))
 }
 
@@ -263,14 +297,22 @@ impl Meta for MetaService {
         self.check_token(&request, "op")?;
         let origin = origin_of(&request);
         let req = request.into_inner();
-        let span = tracing::debug_span!("meta_op", op = op_name(&req), client = origin.map(|o| o.client.0), req = origin.map(|o| o.request.0));
+        let span = tracing::debug_span!(
+            "meta_op",
+            op = op_name(&req),
+            client = origin.map(|o| o.client.0),
+            req = origin.map(|o| o.request.0)
+        );
         async move {
             let res = if req.is_read() {
                 self.read(req).await
             } else {
                 match self.propose(Op::Meta { origin, req }).await {
                     Ok(OpReply::Meta(r)) => Ok(r),
-                    Ok(other) => Err(PondError::new(ErrorCode::Internal, format!("unexpected reply {other:?}"))),
+                    Ok(other) => Err(PondError::new(
+                        ErrorCode::Internal,
+                        format!("unexpected reply {other:?}"),
+                    )),
                     Err(e) => Err(e),
                 }
             };
@@ -280,25 +322,44 @@ impl Meta for MetaService {
         .await
     }
 
-    async fn cluster(&self, request: Request<ClusterRequest>) -> Result<Response<ClusterReply>, Status> {
+    async fn cluster(
+        &self,
+        request: Request<ClusterRequest>,
+    ) -> Result<Response<ClusterReply>, Status> {
         self.check_token(&request, "cluster")?;
         let req = request.into_inner();
         let res = match req {
             ClusterRequest::Heartbeat(hb) => {
                 let span = tracing::debug_span!("heartbeat", node = %hb.node);
-                self.manager.heartbeat(hb).instrument(span).await.map(ClusterReply::Heartbeat)
+                self.manager
+                    .heartbeat(hb)
+                    .instrument(span)
+                    .await
+                    .map(ClusterReply::Heartbeat)
             }
             ClusterRequest::GetRouting { have } => match self.manager.leader_check() {
                 Ok(()) => {
                     let r = self.shared.routing();
-                    Ok(ClusterReply::Routing(if r.version > have { Some(r) } else { None }))
+                    Ok(ClusterReply::Routing(if r.version > have {
+                        Some(r)
+                    } else {
+                        None
+                    }))
                 }
                 Err(e) => Err(e),
             },
             ClusterRequest::BootstrapChains { replicas } => {
-                match self.propose(Op::Cluster(crate::types::ClusterCmd::BootstrapChains { replicas })).await {
+                match self
+                    .propose(Op::Cluster(crate::types::ClusterCmd::BootstrapChains {
+                        replicas,
+                    }))
+                    .await
+                {
                     Ok(OpReply::Cluster(r)) => Ok(r),
-                    Ok(other) => Err(PondError::new(ErrorCode::Internal, format!("unexpected reply {other:?}"))),
+                    Ok(other) => Err(PondError::new(
+                        ErrorCode::Internal,
+                        format!("unexpected reply {other:?}"),
+                    )),
                     Err(e) => Err(e),
                 }
             }
@@ -307,19 +368,28 @@ impl Meta for MetaService {
         res.map(Response::new).map_err(|e| to_status(&e))
     }
 
-    async fn raft_append(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn raft_append(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         self.check_token(&request, "raft_append")?;
         let req: openraft::raft::AppendEntriesRequest<TypeConfig> = decode(request.get_ref())?;
         encode(&self.raft.append_entries(req).await)
     }
 
-    async fn raft_vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn raft_vote(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         self.check_token(&request, "raft_vote")?;
         let req: openraft::raft::VoteRequest<u64> = decode(request.get_ref())?;
         encode(&self.raft.vote(req).await)
     }
 
-    async fn raft_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn raft_snapshot(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         self.check_token(&request, "raft_snapshot")?;
         let req: openraft::raft::InstallSnapshotRequest<TypeConfig> = decode(request.get_ref())?;
         encode(&self.raft.install_snapshot(req).await)

@@ -11,7 +11,8 @@ use crate::tables::*;
 use crate::types::{Batch, BatchReply, ClusterCmd, LogId, Op, OpReply, StorageError, TypeConfig};
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
-    Entry, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, StoredMembership,
+    Entry, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder,
+    StoredMembership,
 };
 use parking_lot::RwLock;
 use pond_proto::cluster::RoutingInfo;
@@ -47,16 +48,27 @@ pub struct StateStore {
 }
 
 fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
-    StorageError::from_io_error(ErrorSubject::StateMachine, verb, std::io::Error::other(e.to_string()))
+    StorageError::from_io_error(
+        ErrorSubject::StateMachine,
+        verb,
+        std::io::Error::other(e.to_string()),
+    )
 }
 
 fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
-    StorageError::from_io_error(ErrorSubject::Snapshot(None), verb, std::io::Error::other(e.to_string()))
+    StorageError::from_io_error(
+        ErrorSubject::Snapshot(None),
+        verb,
+        std::io::Error::other(e.to_string()),
+    )
 }
 
 type BoxErr = Box<dyn std::error::Error + Send + Sync>;
 
-fn read_meta_value<T: serde::de::DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, BoxErr> {
+fn read_meta_value<T: serde::de::DeserializeOwned>(
+    db: &Database,
+    key: &str,
+) -> Result<Option<T>, BoxErr> {
     let txn = db.begin_read()?;
     let t = match txn.open_table(META) {
         Ok(t) => t,
@@ -96,10 +108,12 @@ pub fn apply_entries(
             }
         }
         if let Some(l) = &last {
-            tx.meta.insert(K_LAST_APPLIED, postcard::to_stdvec(l)?.as_slice())?;
+            tx.meta
+                .insert(K_LAST_APPLIED, postcard::to_stdvec(l)?.as_slice())?;
         }
         if let Some(m) = &membership {
-            tx.meta.insert(K_MEMBERSHIP, postcard::to_stdvec(m)?.as_slice())?;
+            tx.meta
+                .insert(K_MEMBERSHIP, postcard::to_stdvec(m)?.as_slice())?;
         }
         tx.finish().map_err(apply_err)?
     };
@@ -134,11 +148,19 @@ pub fn apply_batch(tx: &mut Tx<'_>, batch: Batch) -> Result<BatchReply, BoxErr> 
 
 fn apply_cluster(tx: &mut Tx<'_>, cmd: ClusterCmd) -> Result<OpReply, ApplyError> {
     match cmd {
-        ClusterCmd::Register { node, data_addr, targets } => {
+        ClusterCmd::Register {
+            node,
+            data_addr,
+            targets,
+        } => {
             tx.cluster.register(node, &data_addr, &targets);
             Ok(OpReply::Done)
         }
-        ClusterCmd::Report { node, targets, usage } => {
+        ClusterCmd::Report {
+            node,
+            targets,
+            usage,
+        } => {
             tx.cluster.report(node, &targets, usage);
             Ok(OpReply::Done)
         }
@@ -164,15 +186,23 @@ fn apply_cluster(tx: &mut Tx<'_>, cmd: ClusterCmd) -> Result<OpReply, ApplyError
 }
 
 /// Tables copied into a snapshot, with their one-byte tags in the snapshot file.
-const BYTES_TABLES: [(u8, TableDefinition<&[u8], &[u8]>); 2] = [(2, DIRENTS), (6, DEDUP)];
-const U64_TABLES: [(u8, TableDefinition<u64, &[u8]>); 3] = [(1, INODES), (4, GC), (7, DEDUP_ORDER)];
+type BytesTable = TableDefinition<'static, &'static [u8], &'static [u8]>;
+type U64Table = TableDefinition<'static, u64, &'static [u8]>;
+const BYTES_TABLES: [(u8, BytesTable); 2] = [(2, DIRENTS), (6, DEDUP)];
+const U64_TABLES: [(u8, U64Table); 3] = [(1, INODES), (4, GC), (7, DEDUP_ORDER)];
 const TAG_SESSIONS: u8 = 3;
 const TAG_TRASH: u8 = 5;
 const TAG_META: u8 = 8;
 const TAG_END: u8 = 0xFF;
 const SNAP_MAGIC: &[u8; 8] = b"PONDSNAP";
 /// Meta keys that travel in a snapshot (last_applied and membership come from its meta).
-const SNAP_META_KEYS: [&str; 5] = [K_FORMAT, K_NEXT_INODE, K_ROUND_ROBIN, K_DEDUP_SEQ, K_CLUSTER];
+const SNAP_META_KEYS: [&str; 5] = [
+    K_FORMAT,
+    K_NEXT_INODE,
+    K_ROUND_ROBIN,
+    K_DEDUP_SEQ,
+    K_CLUSTER,
+];
 
 fn write_rec(w: &mut impl Write, tag: u8, k: &[u8], v: &[u8]) -> std::io::Result<()> {
     w.write_all(&[tag])?;
@@ -233,11 +263,17 @@ fn read_u32(r: &mut impl Read) -> std::io::Result<u32> {
 }
 
 fn be_u64(k: &[u8]) -> Result<u64, BoxErr> {
-    Ok(u64::from_be_bytes(k.try_into().map_err(|_| "snapshot: bad u64 key")?))
+    Ok(u64::from_be_bytes(
+        k.try_into().map_err(|_| "snapshot: bad u64 key")?,
+    ))
 }
 
 /// Replace the whole state with a snapshot file's contents, in one durable transaction.
-fn load(db: &Database, r: &mut impl Read, meta: &SnapshotMeta<u64, crate::types::PeerNode>) -> Result<(), BoxErr> {
+fn load(
+    db: &Database,
+    r: &mut impl Read,
+    meta: &SnapshotMeta<u64, crate::types::PeerNode>,
+) -> Result<(), BoxErr> {
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic)?;
     if &magic != SNAP_MAGIC {
@@ -245,7 +281,9 @@ fn load(db: &Database, r: &mut impl Read, meta: &SnapshotMeta<u64, crate::types:
     }
     let version = read_u32(r)?;
     if version != FORMAT_VERSION {
-        return Err(format!("snapshot: format {version}, this build reads {FORMAT_VERSION}").into());
+        return Err(
+            format!("snapshot: format {version}, this build reads {FORMAT_VERSION}").into(),
+        );
     }
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
@@ -311,7 +349,10 @@ fn load(db: &Database, r: &mut impl Read, meta: &SnapshotMeta<u64, crate::types:
         if let Some(l) = &meta.last_log_id {
             m.insert(K_LAST_APPLIED, postcard::to_stdvec(l)?.as_slice())?;
         }
-        m.insert(K_MEMBERSHIP, postcard::to_stdvec(&meta.last_membership)?.as_slice())?;
+        m.insert(
+            K_MEMBERSHIP,
+            postcard::to_stdvec(&meta.last_membership)?.as_slice(),
+        )?;
         m.insert(K_SNAPSHOT, postcard::to_stdvec(meta)?.as_slice())?;
     }
     txn.commit()?;
@@ -337,8 +378,15 @@ impl StateStore {
                 v
             };
             if let Some(v) = format {
-                let got = u32::from_be_bytes(v.as_slice().try_into().map_err(|_| anyhow::anyhow!("bad format marker"))?);
-                anyhow::ensure!(got == FORMAT_VERSION, "state.redb has format {got}, this build reads {FORMAT_VERSION}");
+                let got = u32::from_be_bytes(
+                    v.as_slice()
+                        .try_into()
+                        .map_err(|_| anyhow::anyhow!("bad format marker"))?,
+                );
+                anyhow::ensure!(
+                    got == FORMAT_VERSION,
+                    "state.redb has format {got}, this build reads {FORMAT_VERSION}"
+                );
             }
             txn.open_table(INODES)?;
             txn.open_table(DIRENTS)?;
@@ -352,14 +400,18 @@ impl StateStore {
         let snap_dir = dir.join("snapshots");
         std::fs::create_dir_all(&snap_dir)?;
         let cluster = load_cluster(&db).map_err(|e| anyhow::anyhow!("load cluster map: {e}"))?;
-        let applied: Option<LogId> =
-            read_meta_value(&db, K_LAST_APPLIED).map_err(|e| anyhow::anyhow!("read last applied: {e}"))?;
+        let applied: Option<LogId> = read_meta_value(&db, K_LAST_APPLIED)
+            .map_err(|e| anyhow::anyhow!("read last applied: {e}"))?;
         let shared = Arc::new(Shared {
             db: Arc::new(db),
             cluster: RwLock::new(cluster),
             applied: AtomicU64::new(applied.map(|l| l.index).unwrap_or(0)),
         });
-        Ok(StateStore { shared, snap_dir, receiving: None })
+        Ok(StateStore {
+            shared,
+            snap_dir,
+            receiving: None,
+        })
     }
 
     fn snap_path(&self, id: &str) -> PathBuf {
@@ -410,7 +462,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             }
             let path = dir.join(format!("{id}.snap"));
             std::fs::rename(&tmp, &path)?;
-            let meta = SnapshotMeta { last_log_id: last, last_membership: membership, snapshot_id: id };
+            let meta = SnapshotMeta {
+                last_log_id: last,
+                last_membership: membership,
+                snapshot_id: id,
+            };
             // 3. record it as the current snapshot, then drop older files.
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
@@ -425,9 +481,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         .await
         .map_err(|e| snap_err(ErrorVerb::Write, e))?
         .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        let f = tokio::fs::File::open(&path).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let f = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
         tracing::info!(snapshot = %meta.snapshot_id, "built snapshot");
-        Ok(Snapshot { meta, snapshot: Box::new(f) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(f),
+        })
     }
 }
 
@@ -468,12 +529,11 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         }
         let shared = self.shared.clone();
         let cluster = shared.cluster.read().clone();
-        let (replies, cluster, last) = tokio::task::spawn_blocking(move || {
-            apply_entries(&shared.db, cluster, entries)
-        })
-        .await
-        .map_err(|e| sm_err(ErrorVerb::Write, e))?
-        .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let (replies, cluster, last) =
+            tokio::task::spawn_blocking(move || apply_entries(&shared.db, cluster, entries))
+                .await
+                .map_err(|e| sm_err(ErrorVerb::Write, e))?
+                .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         *self.shared.cluster.write() = cluster;
         if let Some(l) = last {
             self.shared.applied.store(l.index, Ordering::Release);
@@ -482,11 +542,16 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { db: self.shared.db.clone(), snap_dir: self.snap_dir.clone() }
+        SnapshotBuilder {
+            db: self.shared.db.clone(),
+            snap_dir: self.snap_dir.clone(),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let path = self.snap_dir.join(format!("recv-{}.tmp", rand::random::<u64>()));
+        let path = self
+            .snap_dir
+            .join(format!("recv-{}.tmp", rand::random::<u64>()));
         let f = tokio::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -542,11 +607,15 @@ impl RaftStateMachine<TypeConfig> for StateStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let meta: Option<SnapshotMeta<u64, crate::types::PeerNode>> =
-            read_meta_value(&self.shared.db, K_SNAPSHOT).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            read_meta_value(&self.shared.db, K_SNAPSHOT)
+                .map_err(|e| snap_err(ErrorVerb::Read, e))?;
         let Some(meta) = meta else { return Ok(None) };
         let path = self.snap_path(&meta.snapshot_id);
         match tokio::fs::File::open(&path).await {
-            Ok(f) => Ok(Some(Snapshot { meta, snapshot: Box::new(f) })),
+            Ok(f) => Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(f),
+            })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(snap_err(ErrorVerb::Read, e)),
         }
@@ -555,6 +624,11 @@ impl RaftStateMachine<TypeConfig> for StateStore {
 
 /// Now as a `Timestamp` (leader side only; apply never calls this).
 pub fn now() -> Timestamp {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    Timestamp { sec: d.as_secs() as i64, nsec: d.subsec_nanos() }
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        sec: d.as_secs() as i64,
+        nsec: d.subsec_nanos(),
+    }
 }

@@ -58,7 +58,10 @@ pub struct Origin {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Op {
-    Meta { origin: Option<Origin>, req: MetaRequest },
+    Meta {
+        origin: Option<Origin>,
+        req: MetaRequest,
+    },
     Cluster(ClusterCmd),
 }
 
@@ -66,13 +69,27 @@ pub enum Op {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ClusterCmd {
     /// A node's first heartbeat, or its address or target set changed.
-    Register { node: NodeId, data_addr: String, targets: Vec<TargetReport> },
+    Register {
+        node: NodeId,
+        data_addr: String,
+        targets: Vec<TargetReport>,
+    },
     /// Local states (and optionally usage) reported by a live node; marks the node alive.
-    Report { node: NodeId, targets: Vec<TargetReport>, usage: bool },
+    Report {
+        node: NodeId,
+        targets: Vec<TargetReport>,
+        usage: bool,
+    },
     /// The node passed the heartbeat timeout: all its targets are locally offline.
-    NodeDown { node: NodeId },
-    BootstrapChains { replicas: u32 },
-    GcDone { tasks: Vec<GcTask> },
+    NodeDown {
+        node: NodeId,
+    },
+    BootstrapChains {
+        replicas: u32,
+    },
+    GcDone {
+        tasks: Vec<GcTask>,
+    },
     /// Detach up to `TRASH_STEP_ENTRIES_MAX` entries of removed trees.
     ExpandTrash,
 }

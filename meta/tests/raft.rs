@@ -8,7 +8,7 @@ use pond_meta::{MetaConfig, MetaNode, MetaPeer};
 use pond_proto::cluster::{GcTask, Heartbeat, LocalState, PublicState, TargetReport};
 use pond_proto::meta::*;
 use pond_proto::{ErrorCode, InodeId, NodeId, RoutingVersion, TargetId};
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableDatabase;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
@@ -30,7 +30,10 @@ impl Cluster {
         let peers: Vec<MetaPeer> = listeners
             .iter()
             .enumerate()
-            .map(|(i, l)| MetaPeer { id: i as u64 + 1, addr: l.local_addr().unwrap().to_string() })
+            .map(|(i, l)| MetaPeer {
+                id: i as u64 + 1,
+                addr: l.local_addr().unwrap().to_string(),
+            })
             .collect();
         let cfgs: Vec<MetaConfig> = peers
             .iter()
@@ -48,11 +51,19 @@ impl Cluster {
         for (cfg, l) in cfgs.iter().zip(listeners) {
             nodes.push(Some(MetaNode::start(cfg.clone(), l).await.unwrap()));
         }
-        Cluster { _dir: dir, cfgs, nodes }
+        Cluster {
+            _dir: dir,
+            cfgs,
+            nodes,
+        }
     }
 
     fn client(&self) -> MetaClient {
-        MetaClient::connect(self.cfgs.iter().map(|c| c.listen.clone()).collect(), TOKEN.into()).unwrap()
+        MetaClient::connect(
+            self.cfgs.iter().map(|c| c.listen.clone()).collect(),
+            TOKEN.into(),
+        )
+        .unwrap()
     }
 
     async fn stop(&mut self, i: usize) {
@@ -69,8 +80,12 @@ impl Cluster {
     async fn leader(&self) -> usize {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let views: Vec<Option<u64>> =
-                self.nodes.iter().flatten().map(|n| n.raft.metrics().borrow().current_leader).collect();
+            let views: Vec<Option<u64>> = self
+                .nodes
+                .iter()
+                .flatten()
+                .map(|n| n.raft.metrics().borrow().current_leader)
+                .collect();
             if let Some(Some(l)) = views.first()
                 && views.iter().all(|v| *v == Some(*l))
                 && self.nodes[(*l - 1) as usize].is_some()
@@ -90,7 +105,9 @@ impl Cluster {
         let mut out = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let (entries, more) = read_dir(&t, InodeId::ROOT, after.as_deref(), 1000).ok().unwrap();
+            let (entries, more) = read_dir(&t, InodeId::ROOT, after.as_deref(), 1000)
+                .ok()
+                .unwrap();
             after = entries.last().map(|e| e.name.clone());
             out.extend(entries.into_iter().map(|e| e.name));
             if !more {
@@ -106,7 +123,10 @@ impl Cluster {
             if got == n {
                 return;
             }
-            assert!(Instant::now() < deadline, "replica {i} has {got} entries, want {n}");
+            assert!(
+                Instant::now() < deadline,
+                "replica {i} has {got} entries, want {n}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -121,7 +141,13 @@ impl Cluster {
 }
 
 async fn mkdir(c: &MetaClient, name: &str) -> Result<MetaReply, pond_proto::PondError> {
-    c.op(MetaRequest::Mkdir { parent: InodeId::ROOT, name: name.into(), mode: 0o755, caller: Caller::default() }).await
+    c.op(MetaRequest::Mkdir {
+        parent: InodeId::ROOT,
+        name: name.into(),
+        mode: 0o755,
+        caller: Caller::default(),
+    })
+    .await
 }
 
 async fn create_many(c: &MetaClient, prefix: &str, n: usize) {
@@ -149,8 +175,13 @@ async fn elect_replicate_failover_rejoin() {
         c.wait_names(i, 200).await;
     }
     // Reads are linearizable from the leader.
-    let Ok(MetaReply::Dir { entries, more }) =
-        client.op(MetaRequest::ReadDir { dir: InodeId::ROOT, after: None, limit: 50 }).await
+    let Ok(MetaReply::Dir { entries, more }) = client
+        .op(MetaRequest::ReadDir {
+            dir: InodeId::ROOT,
+            after: None,
+            limit: 50,
+        })
+        .await
     else {
         panic!()
     };
@@ -162,9 +193,17 @@ async fn elect_replicate_failover_rejoin() {
     create_many(&client, "b", 100).await;
     let new_leader = c.leader().await;
     assert_ne!(new_leader, leader);
-    assert!(t0.elapsed() < Duration::from_secs(10), "failover took {:?}", t0.elapsed());
-    let Ok(MetaReply::Attr(_)) =
-        client.op(MetaRequest::Lookup { parent: InodeId::ROOT, name: "a0007".into() }).await
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "failover took {:?}",
+        t0.elapsed()
+    );
+    let Ok(MetaReply::Attr(_)) = client
+        .op(MetaRequest::Lookup {
+            parent: InodeId::ROOT,
+            name: "a0007".into(),
+        })
+        .await
     else {
         panic!()
     };
@@ -209,8 +248,12 @@ async fn snapshot_purge_restart_and_install() {
     }
     c.leader().await;
     let client = c.client();
-    let Ok(MetaReply::Attr(a)) =
-        client.op(MetaRequest::Lookup { parent: InodeId::ROOT, name: "s0149".into() }).await
+    let Ok(MetaReply::Attr(a)) = client
+        .op(MetaRequest::Lookup {
+            parent: InodeId::ROOT,
+            name: "s0149".into(),
+        })
+        .await
     else {
         panic!()
     };
@@ -220,8 +263,12 @@ async fn snapshot_purge_restart_and_install() {
         c.wait_names(i, 151).await;
     }
     // Inode ids keep growing after the restart (never reused).
-    let Ok(MetaReply::Attr(b)) =
-        client.op(MetaRequest::Lookup { parent: InodeId::ROOT, name: "after-restart".into() }).await
+    let Ok(MetaReply::Attr(b)) = client
+        .op(MetaRequest::Lookup {
+            parent: InodeId::ROOT,
+            name: "after-restart".into(),
+        })
+        .await
     else {
         panic!()
     };
@@ -240,7 +287,13 @@ async fn wrong_token_is_refused() {
     assert_eq!(e.code, ErrorCode::Unauthenticated);
     let good = c.client();
     assert_eq!(
-        good.op(MetaRequest::Lookup { parent: InodeId::ROOT, name: "x".into() }).await.unwrap_err().code,
+        good.op(MetaRequest::Lookup {
+            parent: InodeId::ROOT,
+            name: "x".into()
+        })
+        .await
+        .unwrap_err()
+        .code,
         ErrorCode::NotFound
     );
     c.shutdown().await;
@@ -276,25 +329,45 @@ async fn cluster_manager_registers_bootstraps_detects_failure_and_hands_out_gc()
     c.leader().await;
     let client = c.client();
     for n in 1..=3 {
-        beat(&client, hb(n, LocalState::UpToDate, RoutingVersion(0), vec![])).await;
+        beat(
+            &client,
+            hb(n, LocalState::UpToDate, RoutingVersion(0), vec![]),
+        )
+        .await;
     }
-    let too_many = client.cluster(ClusterRequest::BootstrapChains { replicas: 4 }).await.unwrap_err();
+    let too_many = client
+        .cluster(ClusterRequest::BootstrapChains { replicas: 4 })
+        .await
+        .unwrap_err();
     assert_eq!(too_many.code, ErrorCode::InvalidArgument);
-    let Ok(ClusterReply::Bootstrapped(table)) = client.cluster(ClusterRequest::BootstrapChains { replicas: 3 }).await
+    let Ok(ClusterReply::Bootstrapped(table)) = client
+        .cluster(ClusterRequest::BootstrapChains { replicas: 3 })
+        .await
     else {
         panic!()
     };
     assert_eq!(table.chains.len(), 2);
     assert_eq!(
-        client.cluster(ClusterRequest::BootstrapChains { replicas: 3 }).await.unwrap_err().code,
+        client
+            .cluster(ClusterRequest::BootstrapChains { replicas: 3 })
+            .await
+            .unwrap_err()
+            .code,
         ErrorCode::Exists
     );
-    let Ok(ClusterReply::Routing(Some(r1))) = client.cluster(ClusterRequest::GetRouting { have: RoutingVersion(0) }).await
+    let Ok(ClusterReply::Routing(Some(r1))) = client
+        .cluster(ClusterRequest::GetRouting {
+            have: RoutingVersion(0),
+        })
+        .await
     else {
         panic!()
     };
     assert_eq!(r1.chains.len(), 2);
-    let Ok(ClusterReply::Routing(None)) = client.cluster(ClusterRequest::GetRouting { have: r1.version }).await else {
+    let Ok(ClusterReply::Routing(None)) = client
+        .cluster(ClusterRequest::GetRouting { have: r1.version })
+        .await
+    else {
         panic!("no newer routing expected")
     };
 
@@ -314,7 +387,13 @@ async fn cluster_manager_registers_bootstraps_detects_failure_and_hands_out_gc()
         panic!()
     };
     assert_eq!(f.layout.as_ref().unwrap().stripe(), 2);
-    client.op(MetaRequest::Unlink { parent: InodeId::ROOT, name: "f".into() }).await.unwrap();
+    client
+        .op(MetaRequest::Unlink {
+            parent: InodeId::ROOT,
+            name: "f".into(),
+        })
+        .await
+        .unwrap();
 
     // Node 1 falls silent; 2 and 3 keep beating and collect their GC tasks.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -322,37 +401,63 @@ async fn cluster_manager_registers_bootstraps_detects_failure_and_hands_out_gc()
     let mut routing = r1.clone();
     loop {
         for n in 2..=3 {
-            let r = beat(&client, hb(n, LocalState::UpToDate, routing.version, vec![])).await;
+            let r = beat(
+                &client,
+                hb(n, LocalState::UpToDate, routing.version, vec![]),
+            )
+            .await;
             if let Some(r) = r.routing {
                 routing = r;
             }
             tasks.extend(r.gc);
         }
-        let node1_down = routing.targets.values().filter(|t| t.node == NodeId(1)).all(|t| {
-            t.local_state == LocalState::Offline && t.public_state == PublicState::Offline
-        });
+        let node1_down = routing
+            .targets
+            .values()
+            .filter(|t| t.node == NodeId(1))
+            .all(|t| {
+                t.local_state == LocalState::Offline && t.public_state == PublicState::Offline
+            });
         if node1_down && tasks.len() >= 2 {
             break;
         }
-        assert!(Instant::now() < deadline, "node 1 not marked offline / gc not handed out: {routing:?} {tasks:?}");
+        assert!(
+            Instant::now() < deadline,
+            "node 1 not marked offline / gc not handed out: {routing:?} {tasks:?}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert!(routing.version > r1.version);
     for ch in routing.chains.values() {
         let last = ch.targets.last().unwrap();
-        assert_eq!(routing.targets[last].node, NodeId(1), "offline target at the chain's end");
+        assert_eq!(
+            routing.targets[last].node,
+            NodeId(1),
+            "offline target at the chain's end"
+        );
         assert!(ch.version > r1.chains[&ch.id].version);
     }
-    assert!(tasks.iter().all(|t| t.inode == f.inode && t.from_index == 0));
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t.inode == f.inode && t.from_index == 0)
+    );
     // Report them done: the garbage record goes away.
     let done = tasks.clone();
-    beat(&client, hb(2, LocalState::UpToDate, routing.version, done.clone())).await;
+    beat(
+        &client,
+        hb(2, LocalState::UpToDate, routing.version, done.clone()),
+    )
+    .await;
     beat(&client, hb(3, LocalState::UpToDate, routing.version, done)).await;
     let leader = c.leader().await;
     let db = c.nodes[leader].as_ref().unwrap().shared.db.clone();
     let txn = db.begin_read().unwrap();
     let gc = txn.open_table(pond_meta::tables::GC).unwrap();
-    assert!(gc.get(f.inode.0).unwrap().is_none(), "garbage record dropped after gc_done");
+    assert!(
+        gc.get(f.inode.0).unwrap().is_none(),
+        "garbage record dropped after gc_done"
+    );
     drop(gc);
     drop(txn);
 
@@ -360,13 +465,29 @@ async fn cluster_manager_registers_bootstraps_detects_failure_and_hands_out_gc()
     let r = beat(&client, hb(1, LocalState::Online, routing.version, vec![])).await;
     let routing = r.routing.expect("newer routing");
     for ch in routing.chains.values() {
-        let states: Vec<_> = ch.targets.iter().map(|t| routing.targets[t].public_state).collect();
-        assert_eq!(states, vec![PublicState::Serving, PublicState::Serving, PublicState::Syncing]);
+        let states: Vec<_> = ch
+            .targets
+            .iter()
+            .map(|t| routing.targets[t].public_state)
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                PublicState::Serving,
+                PublicState::Serving,
+                PublicState::Syncing
+            ]
+        );
     }
-    let Ok(MetaReply::StatFs(s)) = client.op(MetaRequest::StatFs).await else { panic!() };
+    let Ok(MetaReply::StatFs(s)) = client.op(MetaRequest::StatFs).await else {
+        panic!()
+    };
     assert_eq!(s.total_bytes, 6000);
-    let Ok(ClusterReply::MetaStatus { leader: Some(l), members, last_applied }) =
-        client.cluster(ClusterRequest::MetaStatus).await
+    let Ok(ClusterReply::MetaStatus {
+        leader: Some(l),
+        members,
+        last_applied,
+    }) = client.cluster(ClusterRequest::MetaStatus).await
     else {
         panic!()
     };

@@ -31,7 +31,11 @@ fn offline_target_moves_to_end_of_chain() {
 
 #[test]
 fn newly_offline_goes_behind_already_offline() {
-    let r = run(&[(1, P::Serving, L::Offline), (2, P::Serving, L::UpToDate), (3, P::Offline, L::Offline)]);
+    let r = run(&[
+        (1, P::Serving, L::Offline),
+        (2, P::Serving, L::UpToDate),
+        (3, P::Offline, L::Offline),
+    ]);
     assert_eq!(r, vec![(2, P::Serving), (3, P::Offline), (1, P::Offline)]);
 }
 
@@ -83,15 +87,27 @@ fn online_without_serving_predecessor_waits() {
 
 #[test]
 fn at_most_one_syncing_per_chain() {
-    let r = run(&[(1, P::Serving, L::UpToDate), (2, P::Offline, L::Online), (3, P::Offline, L::Online)]);
+    let r = run(&[
+        (1, P::Serving, L::UpToDate),
+        (2, P::Offline, L::Online),
+        (3, P::Offline, L::Online),
+    ]);
     assert_eq!(r, vec![(1, P::Serving), (2, P::Syncing), (3, P::Waiting)]);
-    let r = run(&[(1, P::Serving, L::UpToDate), (2, P::Syncing, L::Online), (3, P::Waiting, L::Online)]);
+    let r = run(&[
+        (1, P::Serving, L::UpToDate),
+        (2, P::Syncing, L::Online),
+        (3, P::Waiting, L::Online),
+    ]);
     assert_eq!(r, vec![(1, P::Serving), (2, P::Syncing), (3, P::Waiting)]);
 }
 
 #[test]
 fn sync_done_uptodate_becomes_serving_and_next_waiting_syncs() {
-    let r = run(&[(1, P::Serving, L::UpToDate), (2, P::Syncing, L::UpToDate), (3, P::Waiting, L::Online)]);
+    let r = run(&[
+        (1, P::Serving, L::UpToDate),
+        (2, P::Syncing, L::UpToDate),
+        (3, P::Waiting, L::Online),
+    ]);
     assert_eq!(r, vec![(1, P::Serving), (2, P::Serving), (3, P::Syncing)]);
 }
 
@@ -118,13 +134,20 @@ fn serving_reporting_online_resyncs_unless_alone() {
 }
 
 fn report(id: u64, l: L) -> TargetReport {
-    TargetReport { id: t(id), local_state: l, used_bytes: 10, capacity_bytes: 100 }
+    TargetReport {
+        id: t(id),
+        local_state: l,
+        used_bytes: 10,
+        capacity_bytes: 100,
+    }
 }
 
 fn three_nodes() -> ClusterState {
     let mut c = ClusterState::default();
     for n in 1..=3u32 {
-        let targets: Vec<_> = (0..2).map(|k| report(n as u64 * 10 + k, L::UpToDate)).collect();
+        let targets: Vec<_> = (0..2)
+            .map(|k| report(n as u64 * 10 + k, L::UpToDate))
+            .collect();
         c.register(NodeId(n), &format!("127.0.0.1:{n}"), &targets);
     }
     c
@@ -138,7 +161,11 @@ fn bootstrap_builds_chains_on_distinct_nodes() {
     assert_eq!(table.chains.len(), 2);
     assert!(c.routing.version > v0);
     for ch in c.routing.chains.values() {
-        let mut nodes: Vec<_> = ch.targets.iter().map(|t| c.routing.targets[t].node).collect();
+        let mut nodes: Vec<_> = ch
+            .targets
+            .iter()
+            .map(|t| c.routing.targets[t].node)
+            .collect();
         nodes.sort();
         nodes.dedup();
         assert_eq!(nodes.len(), 3, "chain {:?} spans distinct nodes", ch);
@@ -154,8 +181,14 @@ fn bootstrap_builds_chains_on_distinct_nodes() {
 fn bootstrap_refuses_too_few_nodes_and_changes_nothing() {
     let mut c = three_nodes();
     let before = c.routing.clone();
-    assert_eq!(c.bootstrap_chains(4).unwrap_err().code, ErrorCode::InvalidArgument);
-    assert_eq!(c.bootstrap_chains(0).unwrap_err().code, ErrorCode::InvalidArgument);
+    assert_eq!(
+        c.bootstrap_chains(4).unwrap_err().code,
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        c.bootstrap_chains(0).unwrap_err().code,
+        ErrorCode::InvalidArgument
+    );
     assert_eq!(c.routing, before);
 }
 

@@ -21,7 +21,12 @@ impl H {
     fn new() -> H {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::create(dir.path().join("s.redb")).unwrap();
-        let mut h = H { _dir: dir, db, cluster: ClusterState::default(), t: 100 };
+        let mut h = H {
+            _dir: dir,
+            db,
+            cluster: ClusterState::default(),
+            t: 100,
+        };
         h.with_tx(|tx| tx.ensure_root().map(|_| ()));
         h
     }
@@ -48,7 +53,10 @@ impl H {
         let txn = self.db.begin_write().unwrap();
         let (out, cluster) = {
             let mut tx = Tx::open(&txn, self.cluster.clone()).unwrap();
-            tx.now = Timestamp { sec: self.t, nsec: 0 };
+            tx.now = Timestamp {
+                sec: self.t,
+                nsec: 0,
+            };
             let out = match f(&mut tx) {
                 Ok(v) => v,
                 Err(ApplyError::Store(e)) => panic!("store: {e}"),
@@ -111,14 +119,21 @@ impl H {
     /// Apply `req`, expect `code`, and check nothing changed.
     fn refused(&mut self, req: MetaRequest, code: ErrorCode) {
         let before = self.dump();
-        let e = self.w(req.clone()).expect_err(&format!("{req:?} should fail"));
+        let e = self
+            .w(req.clone())
+            .expect_err(&format!("{req:?} should fail"));
         assert_eq!(e.code, code, "{req:?}: {e}");
         assert!(!e.message.is_empty());
         assert_eq!(self.dump(), before, "{req:?} changed state");
     }
 
     fn mkdir(&mut self, parent: InodeId, name: &str) -> InodeId {
-        match self.w(MetaRequest::Mkdir { parent, name: name.into(), mode: 0o755, caller: Caller::default() }) {
+        match self.w(MetaRequest::Mkdir {
+            parent,
+            name: name.into(),
+            mode: 0o755,
+            caller: Caller::default(),
+        }) {
             Ok(MetaReply::Attr(a)) => a.inode,
             r => panic!("mkdir {name}: {r:?}"),
         }
@@ -139,7 +154,10 @@ impl H {
     }
 
     fn lookup(&self, parent: InodeId, name: &str) -> Result<InodeId, ErrorCode> {
-        match self.r(MetaRequest::Lookup { parent, name: name.into() }) {
+        match self.r(MetaRequest::Lookup {
+            parent,
+            name: name.into(),
+        }) {
             Ok(MetaReply::Attr(a)) => Ok(a.inode),
             Err(e) => Err(e.code),
             r => panic!("lookup: {r:?}"),
@@ -166,7 +184,13 @@ fn create_req(parent: InodeId, name: &str, exclusive: bool) -> MetaRequest {
 }
 
 fn rename(sp: InodeId, s: &str, dp: InodeId, d: &str, mode: RenameMode) -> MetaRequest {
-    MetaRequest::Rename { src_parent: sp, src_name: s.into(), dst_parent: dp, dst_name: d.into(), mode }
+    MetaRequest::Rename {
+        src_parent: sp,
+        src_name: s.into(),
+        dst_parent: dp,
+        dst_name: d.into(),
+        mode,
+    }
 }
 
 const ROOT: InodeId = InodeId::ROOT;
@@ -192,10 +216,34 @@ fn mkdir_counts_links_and_stamps_times() {
     assert_eq!((a.kind, a.nlink, a.mode), (FileType::Dir, 2, 0o755));
     h.mkdir(d, "b");
     assert_eq!(h.attr(d).nlink, 3);
-    h.refused(MetaRequest::Mkdir { parent: ROOT, name: "a".into(), mode: 0o755, caller: Caller::default() }, ErrorCode::Exists);
-    h.refused(MetaRequest::Mkdir { parent: InodeId(999), name: "x".into(), mode: 0o755, caller: Caller::default() }, ErrorCode::NotFound);
+    h.refused(
+        MetaRequest::Mkdir {
+            parent: ROOT,
+            name: "a".into(),
+            mode: 0o755,
+            caller: Caller::default(),
+        },
+        ErrorCode::Exists,
+    );
+    h.refused(
+        MetaRequest::Mkdir {
+            parent: InodeId(999),
+            name: "x".into(),
+            mode: 0o755,
+            caller: Caller::default(),
+        },
+        ErrorCode::NotFound,
+    );
     let f = h.create(ROOT, "f").inode;
-    h.refused(MetaRequest::Mkdir { parent: f, name: "x".into(), mode: 0o755, caller: Caller::default() }, ErrorCode::NotDir);
+    h.refused(
+        MetaRequest::Mkdir {
+            parent: f,
+            name: "x".into(),
+            mode: 0o755,
+            caller: Caller::default(),
+        },
+        ErrorCode::NotDir,
+    );
 }
 
 #[test]
@@ -210,11 +258,35 @@ fn bad_names_are_refused_and_change_nothing() {
         ("", ErrorCode::InvalidArgument),
         ("a\0b", ErrorCode::InvalidArgument),
     ] {
-        h.refused(MetaRequest::Mkdir { parent: ROOT, name: name.into(), mode: 0o755, caller: Caller::default() }, code);
+        h.refused(
+            MetaRequest::Mkdir {
+                parent: ROOT,
+                name: name.into(),
+                mode: 0o755,
+                caller: Caller::default(),
+            },
+            code,
+        );
         h.refused(create_req(ROOT, name, true), code);
-        h.refused(MetaRequest::Symlink { parent: ROOT, name: name.into(), target: "t".into(), caller: Caller::default() }, code);
+        h.refused(
+            MetaRequest::Symlink {
+                parent: ROOT,
+                name: name.into(),
+                target: "t".into(),
+                caller: Caller::default(),
+            },
+            code,
+        );
         h.refused(rename(ROOT, "nope", ROOT, name, RenameMode::Replace), code);
-        assert_eq!(h.r(MetaRequest::Lookup { parent: ROOT, name: name.into() }).unwrap_err().code, code);
+        assert_eq!(
+            h.r(MetaRequest::Lookup {
+                parent: ROOT,
+                name: name.into()
+            })
+            .unwrap_err()
+            .code,
+            code
+        );
     }
     assert!(h.create(ROOT, &"y".repeat(255)).inode.0 > 1);
 }
@@ -223,22 +295,81 @@ fn bad_names_are_refused_and_change_nothing() {
 fn unknown_inodes_are_enoent() {
     let mut h = H::new();
     let x = InodeId(12345);
-    assert_eq!(h.r(MetaRequest::GetAttr { inode: x }).unwrap_err().code, ErrorCode::NotFound);
-    assert_eq!(h.r(MetaRequest::ReadDir { dir: x, after: None, limit: 10 }).unwrap_err().code, ErrorCode::NotFound);
-    assert_eq!(h.r(MetaRequest::ReadLink { inode: x }).unwrap_err().code, ErrorCode::NotFound);
-    h.refused(MetaRequest::SetAttr { inode: x, set: SetAttr { mode: Some(0o600), ..Default::default() } }, ErrorCode::NotFound);
-    h.refused(MetaRequest::Link { inode: x, new_parent: ROOT, new_name: "l".into() }, ErrorCode::NotFound);
-    h.refused(MetaRequest::Unlink { parent: x, name: "a".into() }, ErrorCode::NotFound);
-    h.refused(MetaRequest::Unlink { parent: ROOT, name: "a".into() }, ErrorCode::NotFound);
-    h.refused(MetaRequest::OpenWrite { inode: x, client: ClientId(1), session: SessionId(1) }, ErrorCode::NotFound);
-    h.refused(MetaRequest::RemoveTree { parent: ROOT, name: "a".into() }, ErrorCode::NotFound);
+    assert_eq!(
+        h.r(MetaRequest::GetAttr { inode: x }).unwrap_err().code,
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        h.r(MetaRequest::ReadDir {
+            dir: x,
+            after: None,
+            limit: 10
+        })
+        .unwrap_err()
+        .code,
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        h.r(MetaRequest::ReadLink { inode: x }).unwrap_err().code,
+        ErrorCode::NotFound
+    );
+    h.refused(
+        MetaRequest::SetAttr {
+            inode: x,
+            set: SetAttr {
+                mode: Some(0o600),
+                ..Default::default()
+            },
+        },
+        ErrorCode::NotFound,
+    );
+    h.refused(
+        MetaRequest::Link {
+            inode: x,
+            new_parent: ROOT,
+            new_name: "l".into(),
+        },
+        ErrorCode::NotFound,
+    );
+    h.refused(
+        MetaRequest::Unlink {
+            parent: x,
+            name: "a".into(),
+        },
+        ErrorCode::NotFound,
+    );
+    h.refused(
+        MetaRequest::Unlink {
+            parent: ROOT,
+            name: "a".into(),
+        },
+        ErrorCode::NotFound,
+    );
+    h.refused(
+        MetaRequest::OpenWrite {
+            inode: x,
+            client: ClientId(1),
+            session: SessionId(1),
+        },
+        ErrorCode::NotFound,
+    );
+    h.refused(
+        MetaRequest::RemoveTree {
+            parent: ROOT,
+            name: "a".into(),
+        },
+        ErrorCode::NotFound,
+    );
 }
 
 #[test]
 fn create_exclusive_and_not() {
     let mut h = H::new();
     let a = h.create(ROOT, "f");
-    assert_eq!((a.kind, a.mode, a.uid, a.gid, a.nlink, a.size), (FileType::File, 0o644, 7, 8, 1, 0));
+    assert_eq!(
+        (a.kind, a.mode, a.uid, a.gid, a.nlink, a.size),
+        (FileType::File, 0o644, 7, 8, 1, 0)
+    );
     assert_eq!(a.layout, None, "no chains yet");
     h.refused(create_req(ROOT, "f", true), ErrorCode::Exists);
     let before = h.dump();
@@ -255,7 +386,9 @@ fn create_exclusive_and_not() {
 #[test]
 fn layouts_round_robin_and_hints() {
     let mut h = H::with_chains();
-    let chains = h.cluster.routing.chain_tables[&ChainTableId(1)].chains.clone();
+    let chains = h.cluster.routing.chain_tables[&ChainTableId(1)]
+        .chains
+        .clone();
     assert_eq!(chains.len(), 2);
     let a = h.create(ROOT, "a").layout.unwrap();
     let b = h.create(ROOT, "b").layout.unwrap();
@@ -266,10 +399,22 @@ fn layouts_round_robin_and_hints() {
     assert_eq!(s, chains);
     // stripe 1 directory: consecutive files start on different chains.
     let d = h.mkdir(ROOT, "d");
-    let dl = DirLayout { chain_table: ChainTableId(1), chunk_bytes: 1 << 20, stripe: 1 };
-    h.w(MetaRequest::SetDirLayout { dir: d, layout: dl.clone() }).unwrap();
+    let dl = DirLayout {
+        chain_table: ChainTableId(1),
+        chunk_bytes: 1 << 20,
+        stripe: 1,
+    };
+    h.w(MetaRequest::SetDirLayout {
+        dir: d,
+        layout: dl.clone(),
+    })
+    .unwrap();
     let sub = h.mkdir(d, "sub");
-    assert_eq!(h.r(MetaRequest::GetDirLayout { dir: sub }).unwrap(), MetaReply::DirLayout(dl.clone()), "inherited");
+    assert_eq!(
+        h.r(MetaRequest::GetDirLayout { dir: sub }).unwrap(),
+        MetaReply::DirLayout(dl.clone()),
+        "inherited"
+    );
     let x = h.create(sub, "x").layout.unwrap();
     let y = h.create(sub, "y").layout.unwrap();
     assert_eq!((x.stripe(), x.chunk_bytes), (1, 1 << 20));
@@ -280,14 +425,18 @@ fn layouts_round_robin_and_hints() {
     if let MetaRequest::Create { hint, .. } = &mut req {
         *hint = PlacementHint::Chain(chains[1]);
     }
-    let Ok(MetaReply::Attr(a)) = h.w(req) else { panic!() };
+    let Ok(MetaReply::Attr(a)) = h.w(req) else {
+        panic!()
+    };
     assert_eq!(a.layout.unwrap().chains, vec![chains[1]]);
     let head_node = h.cluster.head_node(chains[0]).unwrap();
     let mut req = create_req(ROOT, "near", true);
     if let MetaRequest::Create { hint, .. } = &mut req {
         *hint = PlacementHint::HeadOnNode(head_node);
     }
-    let Ok(MetaReply::Attr(a)) = h.w(req) else { panic!() };
+    let Ok(MetaReply::Attr(a)) = h.w(req) else {
+        panic!()
+    };
     let l = a.layout.unwrap();
     assert_eq!(h.cluster.head_node(l.chains[0]), Some(head_node));
     let mut req = create_req(ROOT, "bad", true);
@@ -295,9 +444,36 @@ fn layouts_round_robin_and_hints() {
         *hint = PlacementHint::Chain(ChainId(77));
     }
     h.refused(req, ErrorCode::InvalidArgument);
-    h.refused(MetaRequest::SetDirLayout { dir: d, layout: DirLayout { stripe: 0, ..dl.clone() } }, ErrorCode::InvalidArgument);
-    h.refused(MetaRequest::SetDirLayout { dir: d, layout: DirLayout { chain_table: ChainTableId(9), ..dl.clone() } }, ErrorCode::InvalidArgument);
-    h.refused(MetaRequest::SetDirLayout { dir: d, layout: DirLayout { chunk_bytes: 1000, ..dl } }, ErrorCode::InvalidArgument);
+    h.refused(
+        MetaRequest::SetDirLayout {
+            dir: d,
+            layout: DirLayout {
+                stripe: 0,
+                ..dl.clone()
+            },
+        },
+        ErrorCode::InvalidArgument,
+    );
+    h.refused(
+        MetaRequest::SetDirLayout {
+            dir: d,
+            layout: DirLayout {
+                chain_table: ChainTableId(9),
+                ..dl.clone()
+            },
+        },
+        ErrorCode::InvalidArgument,
+    );
+    h.refused(
+        MetaRequest::SetDirLayout {
+            dir: d,
+            layout: DirLayout {
+                chunk_bytes: 1000,
+                ..dl
+            },
+        },
+        ErrorCode::InvalidArgument,
+    );
 }
 
 #[test]
@@ -310,7 +486,11 @@ fn readdir_pages_in_name_order() {
     let mut after = None;
     let mut names = Vec::new();
     loop {
-        let Ok(MetaReply::Dir { entries, more }) = h.r(MetaRequest::ReadDir { dir: d, after: after.clone(), limit: 3 }) else {
+        let Ok(MetaReply::Dir { entries, more }) = h.r(MetaRequest::ReadDir {
+            dir: d,
+            after: after.clone(),
+            limit: 3,
+        }) else {
             panic!()
         };
         names.extend(entries.iter().map(|e| e.name.clone()));
@@ -320,7 +500,11 @@ fn readdir_pages_in_name_order() {
         }
     }
     assert_eq!(names, (0..10).map(|i| format!("f{i}")).collect::<Vec<_>>());
-    let Ok(MetaReply::DirPlus { entries, more }) = h.r(MetaRequest::ReadDirPlus { dir: d, after: Some("f7".into()), limit: 0 }) else {
+    let Ok(MetaReply::DirPlus { entries, more }) = h.r(MetaRequest::ReadDirPlus {
+        dir: d,
+        after: Some("f7".into()),
+        limit: 0,
+    }) else {
         panic!()
     };
     assert!(!more);
@@ -329,10 +513,25 @@ fn readdir_pages_in_name_order() {
     // Entries of a neighbouring directory never leak in.
     let e = h.mkdir(ROOT, "e");
     h.create(e, "zzz");
-    let Ok(MetaReply::Dir { entries, .. }) = h.r(MetaRequest::ReadDir { dir: d, after: None, limit: 100 }) else { panic!() };
+    let Ok(MetaReply::Dir { entries, .. }) = h.r(MetaRequest::ReadDir {
+        dir: d,
+        after: None,
+        limit: 100,
+    }) else {
+        panic!()
+    };
     assert_eq!(entries.len(), 10);
     let f = h.lookup(d, "f1").unwrap();
-    assert_eq!(h.r(MetaRequest::ReadDir { dir: f, after: None, limit: 1 }).unwrap_err().code, ErrorCode::NotDir);
+    assert_eq!(
+        h.r(MetaRequest::ReadDir {
+            dir: f,
+            after: None,
+            limit: 1
+        })
+        .unwrap_err()
+        .code,
+        ErrorCode::NotDir
+    );
 }
 
 #[test]
@@ -340,18 +539,56 @@ fn unlink_and_rmdir() {
     let mut h = H::with_chains();
     let d = h.mkdir(ROOT, "d");
     let f = h.create(d, "f").inode;
-    h.refused(MetaRequest::Unlink { parent: ROOT, name: "d".into() }, ErrorCode::IsDir);
-    h.refused(MetaRequest::Rmdir { parent: ROOT, name: "d".into() }, ErrorCode::NotEmpty);
-    h.refused(MetaRequest::Rmdir { parent: d, name: "f".into() }, ErrorCode::NotDir);
-    h.refused(MetaRequest::Rmdir { parent: d, name: "nope".into() }, ErrorCode::NotFound);
-    h.w(MetaRequest::Unlink { parent: d, name: "f".into() }).unwrap();
+    h.refused(
+        MetaRequest::Unlink {
+            parent: ROOT,
+            name: "d".into(),
+        },
+        ErrorCode::IsDir,
+    );
+    h.refused(
+        MetaRequest::Rmdir {
+            parent: ROOT,
+            name: "d".into(),
+        },
+        ErrorCode::NotEmpty,
+    );
+    h.refused(
+        MetaRequest::Rmdir {
+            parent: d,
+            name: "f".into(),
+        },
+        ErrorCode::NotDir,
+    );
+    h.refused(
+        MetaRequest::Rmdir {
+            parent: d,
+            name: "nope".into(),
+        },
+        ErrorCode::NotFound,
+    );
+    h.w(MetaRequest::Unlink {
+        parent: d,
+        name: "f".into(),
+    })
+    .unwrap();
     assert_eq!(h.lookup(d, "f"), Err(ErrorCode::NotFound));
-    assert_eq!(h.r(MetaRequest::GetAttr { inode: f }).unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(
+        h.r(MetaRequest::GetAttr { inode: f }).unwrap_err().code,
+        ErrorCode::NotFound
+    );
     assert_eq!(h.gc_inodes(), vec![f.0], "chunks go to the garbage list");
     assert_eq!(h.attr(ROOT).nlink, 3);
-    h.w(MetaRequest::Rmdir { parent: ROOT, name: "d".into() }).unwrap();
+    h.w(MetaRequest::Rmdir {
+        parent: ROOT,
+        name: "d".into(),
+    })
+    .unwrap();
     assert_eq!(h.attr(ROOT).nlink, 2);
-    assert_eq!(h.r(MetaRequest::GetAttr { inode: d }).unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(
+        h.r(MetaRequest::GetAttr { inode: d }).unwrap_err().code,
+        ErrorCode::NotFound
+    );
     // Inode ids are never reused.
     let g = h.create(ROOT, "g").inode;
     assert!(g.0 > f.0 && g.0 > d.0);
@@ -364,13 +601,35 @@ fn unlink_with_open_session_defers_collection() {
     if let MetaRequest::Create { session, .. } = &mut req {
         *session = Some((ClientId(5), SessionId(1)));
     }
-    let Ok(MetaReply::Attr(a)) = h.w(req) else { panic!() };
-    h.w(MetaRequest::Unlink { parent: ROOT, name: "f".into() }).unwrap();
-    assert_eq!(h.attr(a.inode).nlink, 0, "still readable through the open session");
+    let Ok(MetaReply::Attr(a)) = h.w(req) else {
+        panic!()
+    };
+    h.w(MetaRequest::Unlink {
+        parent: ROOT,
+        name: "f".into(),
+    })
+    .unwrap();
+    assert_eq!(
+        h.attr(a.inode).nlink,
+        0,
+        "still readable through the open session"
+    );
     assert!(h.gc_inodes().is_empty());
-    h.w(MetaRequest::CloseWrite { inode: a.inode, client: ClientId(5), session: SessionId(1), length: 10, truncate_version: 0 }).unwrap();
+    h.w(MetaRequest::CloseWrite {
+        inode: a.inode,
+        client: ClientId(5),
+        session: SessionId(1),
+        length: 10,
+        truncate_version: 0,
+    })
+    .unwrap();
     assert_eq!(h.gc_inodes(), vec![a.inode.0]);
-    assert_eq!(h.r(MetaRequest::GetAttr { inode: a.inode }).unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(
+        h.r(MetaRequest::GetAttr { inode: a.inode })
+            .unwrap_err()
+            .code,
+        ErrorCode::NotFound
+    );
 }
 
 #[test]
@@ -378,20 +637,69 @@ fn write_sessions_and_lengths() {
     let mut h = H::new();
     let f = h.create(ROOT, "f").inode;
     let d = h.mkdir(ROOT, "d");
-    h.refused(MetaRequest::OpenWrite { inode: d, client: ClientId(1), session: SessionId(1) }, ErrorCode::IsDir);
-    h.w(MetaRequest::OpenWrite { inode: f, client: ClientId(1), session: SessionId(1) }).unwrap();
-    h.w(MetaRequest::ReportLength { inode: f, length: 100, truncate_version: 0 }).unwrap();
+    h.refused(
+        MetaRequest::OpenWrite {
+            inode: d,
+            client: ClientId(1),
+            session: SessionId(1),
+        },
+        ErrorCode::IsDir,
+    );
+    h.w(MetaRequest::OpenWrite {
+        inode: f,
+        client: ClientId(1),
+        session: SessionId(1),
+    })
+    .unwrap();
+    h.w(MetaRequest::ReportLength {
+        inode: f,
+        length: 100,
+        truncate_version: 0,
+    })
+    .unwrap();
     assert_eq!(h.attr(f).size, 100);
-    h.w(MetaRequest::ReportLength { inode: f, length: 50, truncate_version: 0 }).unwrap();
+    h.w(MetaRequest::ReportLength {
+        inode: f,
+        length: 50,
+        truncate_version: 0,
+    })
+    .unwrap();
     assert_eq!(h.attr(f).size, 100, "smaller length is not adopted");
     // A truncate races the writer: its stale report is ignored.
-    let Ok(MetaReply::Attr(a)) = h.w(MetaRequest::SetAttr { inode: f, set: SetAttr { size: Some(10), ..Default::default() } }) else { panic!() };
+    let Ok(MetaReply::Attr(a)) = h.w(MetaRequest::SetAttr {
+        inode: f,
+        set: SetAttr {
+            size: Some(10),
+            ..Default::default()
+        },
+    }) else {
+        panic!()
+    };
     assert_eq!((a.size, a.truncate_version), (10, 1));
-    h.w(MetaRequest::ReportLength { inode: f, length: 200, truncate_version: 0 }).unwrap();
+    h.w(MetaRequest::ReportLength {
+        inode: f,
+        length: 200,
+        truncate_version: 0,
+    })
+    .unwrap();
     assert_eq!(h.attr(f).size, 10);
-    h.w(MetaRequest::CloseWrite { inode: f, client: ClientId(1), session: SessionId(1), length: 300, truncate_version: 1 }).unwrap();
+    h.w(MetaRequest::CloseWrite {
+        inode: f,
+        client: ClientId(1),
+        session: SessionId(1),
+        length: 300,
+        truncate_version: 1,
+    })
+    .unwrap();
     assert_eq!(h.attr(f).size, 300);
-    h.refused(MetaRequest::ReportLength { inode: f, length: u64::MAX, truncate_version: 1 }, ErrorCode::FileTooBig);
+    h.refused(
+        MetaRequest::ReportLength {
+            inode: f,
+            length: u64::MAX,
+            truncate_version: 1,
+        },
+        ErrorCode::FileTooBig,
+    );
 }
 
 #[test]
@@ -401,7 +709,12 @@ fn setattr_rules() {
     let before = h.attr(f);
     let Ok(MetaReply::Attr(a)) = h.w(MetaRequest::SetAttr {
         inode: f,
-        set: SetAttr { mode: Some(0o100_600), uid: Some(1), gid: Some(2), ..Default::default() },
+        set: SetAttr {
+            mode: Some(0o100_600),
+            uid: Some(1),
+            gid: Some(2),
+            ..Default::default()
+        },
     }) else {
         panic!()
     };
@@ -409,13 +722,38 @@ fn setattr_rules() {
     assert!(a.ctime > before.ctime);
     assert_eq!(a.mtime, before.mtime, "chmod does not touch mtime");
     let ts = Timestamp { sec: 5, nsec: 6 };
-    let Ok(MetaReply::Attr(a)) = h.w(MetaRequest::SetAttr { inode: f, set: SetAttr { atime: Some(ts), mtime: Some(ts), ..Default::default() } }) else {
+    let Ok(MetaReply::Attr(a)) = h.w(MetaRequest::SetAttr {
+        inode: f,
+        set: SetAttr {
+            atime: Some(ts),
+            mtime: Some(ts),
+            ..Default::default()
+        },
+    }) else {
         panic!()
     };
     assert_eq!((a.atime, a.mtime), (ts, ts));
     let d = h.mkdir(ROOT, "d");
-    h.refused(MetaRequest::SetAttr { inode: d, set: SetAttr { size: Some(0), ..Default::default() } }, ErrorCode::IsDir);
-    h.refused(MetaRequest::SetAttr { inode: f, set: SetAttr { size: Some(u64::MAX), ..Default::default() } }, ErrorCode::FileTooBig);
+    h.refused(
+        MetaRequest::SetAttr {
+            inode: d,
+            set: SetAttr {
+                size: Some(0),
+                ..Default::default()
+            },
+        },
+        ErrorCode::IsDir,
+    );
+    h.refused(
+        MetaRequest::SetAttr {
+            inode: f,
+            set: SetAttr {
+                size: Some(u64::MAX),
+                ..Default::default()
+            },
+        },
+        ErrorCode::FileTooBig,
+    );
 }
 
 #[test]
@@ -423,16 +761,51 @@ fn hard_links() {
     let mut h = H::with_chains();
     let f = h.create(ROOT, "f").inode;
     let d = h.mkdir(ROOT, "d");
-    h.refused(MetaRequest::Link { inode: d, new_parent: ROOT, new_name: "dl".into() }, ErrorCode::NotPermitted);
-    h.refused(MetaRequest::Link { inode: f, new_parent: ROOT, new_name: "d".into() }, ErrorCode::Exists);
-    h.refused(MetaRequest::Link { inode: f, new_parent: f, new_name: "x".into() }, ErrorCode::NotDir);
-    let Ok(MetaReply::Attr(a)) = h.w(MetaRequest::Link { inode: f, new_parent: d, new_name: "g".into() }) else { panic!() };
+    h.refused(
+        MetaRequest::Link {
+            inode: d,
+            new_parent: ROOT,
+            new_name: "dl".into(),
+        },
+        ErrorCode::NotPermitted,
+    );
+    h.refused(
+        MetaRequest::Link {
+            inode: f,
+            new_parent: ROOT,
+            new_name: "d".into(),
+        },
+        ErrorCode::Exists,
+    );
+    h.refused(
+        MetaRequest::Link {
+            inode: f,
+            new_parent: f,
+            new_name: "x".into(),
+        },
+        ErrorCode::NotDir,
+    );
+    let Ok(MetaReply::Attr(a)) = h.w(MetaRequest::Link {
+        inode: f,
+        new_parent: d,
+        new_name: "g".into(),
+    }) else {
+        panic!()
+    };
     assert_eq!(a.nlink, 2);
     assert_eq!(h.lookup(d, "g"), Ok(f));
-    h.w(MetaRequest::Unlink { parent: ROOT, name: "f".into() }).unwrap();
+    h.w(MetaRequest::Unlink {
+        parent: ROOT,
+        name: "f".into(),
+    })
+    .unwrap();
     assert_eq!(h.attr(f).nlink, 1);
     assert!(h.gc_inodes().is_empty());
-    h.w(MetaRequest::Unlink { parent: d, name: "g".into() }).unwrap();
+    h.w(MetaRequest::Unlink {
+        parent: d,
+        name: "g".into(),
+    })
+    .unwrap();
     assert_eq!(h.gc_inodes(), vec![f.0]);
 }
 
@@ -441,13 +814,27 @@ fn symlinks_readlink_and_resolve() {
     let mut h = H::new();
     let d = h.mkdir(ROOT, "d");
     let f = h.create(d, "f").inode;
-    let Ok(MetaReply::Attr(s)) = h.w(MetaRequest::Symlink { parent: ROOT, name: "s".into(), target: "d/f".into(), caller: Caller::default() }) else {
+    let Ok(MetaReply::Attr(s)) = h.w(MetaRequest::Symlink {
+        parent: ROOT,
+        name: "s".into(),
+        target: "d/f".into(),
+        caller: Caller::default(),
+    }) else {
         panic!()
     };
     assert_eq!((s.kind, s.size, s.mode), (FileType::Symlink, 3, 0o777));
-    assert_eq!(h.r(MetaRequest::ReadLink { inode: s.inode }).unwrap(), MetaReply::Link("d/f".into()));
-    assert_eq!(h.r(MetaRequest::ReadLink { inode: f }).unwrap_err().code, ErrorCode::InvalidArgument);
-    let res = |h: &H, p: &str, follow: bool| match h.r(MetaRequest::Resolve { path: p.into(), follow }) {
+    assert_eq!(
+        h.r(MetaRequest::ReadLink { inode: s.inode }).unwrap(),
+        MetaReply::Link("d/f".into())
+    );
+    assert_eq!(
+        h.r(MetaRequest::ReadLink { inode: f }).unwrap_err().code,
+        ErrorCode::InvalidArgument
+    );
+    let res = |h: &H, p: &str, follow: bool| match h.r(MetaRequest::Resolve {
+        path: p.into(),
+        follow,
+    }) {
         Ok(MetaReply::Attr(a)) => Ok(a.inode),
         Err(e) => Err(e.code),
         r => panic!("{r:?}"),
@@ -459,19 +846,64 @@ fn symlinks_readlink_and_resolve() {
     assert_eq!(res(&h, "/nope", false), Err(ErrorCode::NotFound));
     assert_eq!(res(&h, "/d/f/x", false), Err(ErrorCode::NotDir));
     assert_eq!(res(&h, "/d/../x", false), Err(ErrorCode::InvalidArgument));
-    h.w(MetaRequest::Symlink { parent: d, name: "up".into(), target: "../s".into(), caller: Caller::default() }).unwrap();
+    h.w(MetaRequest::Symlink {
+        parent: d,
+        name: "up".into(),
+        target: "../s".into(),
+        caller: Caller::default(),
+    })
+    .unwrap();
     assert_eq!(res(&h, "/d/up", true), Ok(f));
-    h.w(MetaRequest::Symlink { parent: ROOT, name: "abs".into(), target: "/d".into(), caller: Caller::default() }).unwrap();
+    h.w(MetaRequest::Symlink {
+        parent: ROOT,
+        name: "abs".into(),
+        target: "/d".into(),
+        caller: Caller::default(),
+    })
+    .unwrap();
     assert_eq!(res(&h, "/abs/f", false), Ok(f));
-    h.w(MetaRequest::Symlink { parent: ROOT, name: "l1".into(), target: "l2".into(), caller: Caller::default() }).unwrap();
-    h.w(MetaRequest::Symlink { parent: ROOT, name: "l2".into(), target: "l1".into(), caller: Caller::default() }).unwrap();
+    h.w(MetaRequest::Symlink {
+        parent: ROOT,
+        name: "l1".into(),
+        target: "l2".into(),
+        caller: Caller::default(),
+    })
+    .unwrap();
+    h.w(MetaRequest::Symlink {
+        parent: ROOT,
+        name: "l2".into(),
+        target: "l1".into(),
+        caller: Caller::default(),
+    })
+    .unwrap();
     assert_eq!(res(&h, "/l1", true), Err(ErrorCode::Loop));
-    h.refused(MetaRequest::Symlink { parent: ROOT, name: "e".into(), target: "".into(), caller: Caller::default() }, ErrorCode::NotFound);
     h.refused(
-        MetaRequest::Symlink { parent: ROOT, name: "e".into(), target: "x".repeat(5000), caller: Caller::default() },
+        MetaRequest::Symlink {
+            parent: ROOT,
+            name: "e".into(),
+            target: "".into(),
+            caller: Caller::default(),
+        },
+        ErrorCode::NotFound,
+    );
+    h.refused(
+        MetaRequest::Symlink {
+            parent: ROOT,
+            name: "e".into(),
+            target: "x".repeat(5000),
+            caller: Caller::default(),
+        },
         ErrorCode::NameTooLong,
     );
-    h.refused(MetaRequest::Symlink { parent: ROOT, name: "s".into(), target: "t".into(), caller: Caller::default() }, ErrorCode::Exists);
+    h.refused(
+        MetaRequest::Symlink {
+            parent: ROOT,
+            name: "s".into(),
+            target: "t".into(),
+            caller: Caller::default(),
+        },
+        ErrorCode::Exists,
+    );
 }
 
 #[test]
@@ -487,12 +919,26 @@ fn rename_file_over_file_and_across_dirs() {
     assert_eq!(h.gc_inodes(), vec![g.0], "replaced file is collected");
     // Directory across parents: link counts and parent pointer follow.
     let sub = h.mkdir(a, "sub");
-    h.w(rename(a, "sub", b, "moved", RenameMode::Replace)).unwrap();
+    h.w(rename(a, "sub", b, "moved", RenameMode::Replace))
+        .unwrap();
     assert_eq!((h.attr(a).nlink, h.attr(b).nlink), (2, 3));
     h.mkdir(sub, "deeper");
-    assert_eq!(h.r(MetaRequest::Resolve { path: "/b/moved/deeper".into(), follow: false }).map(|_| ()), Ok(()));
-    h.refused(rename(a, "nope", b, "x", RenameMode::Replace), ErrorCode::NotFound);
-    h.refused(rename(InodeId(999), "x", b, "x", RenameMode::Replace), ErrorCode::NotFound);
+    assert_eq!(
+        h.r(MetaRequest::Resolve {
+            path: "/b/moved/deeper".into(),
+            follow: false
+        })
+        .map(|_| ()),
+        Ok(())
+    );
+    h.refused(
+        rename(a, "nope", b, "x", RenameMode::Replace),
+        ErrorCode::NotFound,
+    );
+    h.refused(
+        rename(InodeId(999), "x", b, "x", RenameMode::Replace),
+        ErrorCode::NotFound,
+    );
 }
 
 #[test]
@@ -503,44 +949,75 @@ fn rename_directory_rules() {
     let full = h.mkdir(ROOT, "full");
     h.create(full, "x");
     h.create(ROOT, "file");
-    h.refused(rename(ROOT, "a", ROOT, "full", RenameMode::Replace), ErrorCode::NotEmpty);
-    h.refused(rename(ROOT, "a", ROOT, "file", RenameMode::Replace), ErrorCode::NotDir);
-    h.refused(rename(ROOT, "file", ROOT, "empty", RenameMode::Replace), ErrorCode::IsDir);
+    h.refused(
+        rename(ROOT, "a", ROOT, "full", RenameMode::Replace),
+        ErrorCode::NotEmpty,
+    );
+    h.refused(
+        rename(ROOT, "a", ROOT, "file", RenameMode::Replace),
+        ErrorCode::NotDir,
+    );
+    h.refused(
+        rename(ROOT, "file", ROOT, "empty", RenameMode::Replace),
+        ErrorCode::IsDir,
+    );
     // Into its own subtree: direct child and deeper.
     let c = h.mkdir(a, "c");
     let d = h.mkdir(c, "d");
-    h.refused(rename(ROOT, "a", a, "x", RenameMode::Replace), ErrorCode::InvalidArgument);
-    h.refused(rename(ROOT, "a", d, "x", RenameMode::Replace), ErrorCode::InvalidArgument);
+    h.refused(
+        rename(ROOT, "a", a, "x", RenameMode::Replace),
+        ErrorCode::InvalidArgument,
+    );
+    h.refused(
+        rename(ROOT, "a", d, "x", RenameMode::Replace),
+        ErrorCode::InvalidArgument,
+    );
     // Over an ancestor (non-empty) is ENOTEMPTY.
-    h.refused(rename(c, "d", ROOT, "a", RenameMode::Replace), ErrorCode::NotEmpty);
+    h.refused(
+        rename(c, "d", ROOT, "a", RenameMode::Replace),
+        ErrorCode::NotEmpty,
+    );
     let root_links = h.attr(ROOT).nlink;
-    h.w(rename(ROOT, "a", ROOT, "empty", RenameMode::Replace)).unwrap();
+    h.w(rename(ROOT, "a", ROOT, "empty", RenameMode::Replace))
+        .unwrap();
     assert_eq!(h.lookup(ROOT, "empty"), Ok(a));
     assert_eq!(h.attr(ROOT).nlink, root_links - 1);
-    assert_eq!(h.r(MetaRequest::GetAttr { inode: empty }).unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(
+        h.r(MetaRequest::GetAttr { inode: empty }).unwrap_err().code,
+        ErrorCode::NotFound
+    );
 }
 
 #[test]
 fn rename_hard_links_and_same_inode() {
     let mut h = H::with_chains();
     let f = h.create(ROOT, "f").inode;
-    h.w(MetaRequest::Link { inode: f, new_parent: ROOT, new_name: "g".into() }).unwrap();
+    h.w(MetaRequest::Link {
+        inode: f,
+        new_parent: ROOT,
+        new_name: "g".into(),
+    })
+    .unwrap();
     // Both names are the same inode: nothing happens.
     let before = h.dump();
-    h.w(rename(ROOT, "f", ROOT, "g", RenameMode::Replace)).unwrap();
+    h.w(rename(ROOT, "f", ROOT, "g", RenameMode::Replace))
+        .unwrap();
     assert_eq!(h.dump(), before);
-    h.w(rename(ROOT, "f", ROOT, "f", RenameMode::Replace)).unwrap();
+    h.w(rename(ROOT, "f", ROOT, "f", RenameMode::Replace))
+        .unwrap();
     assert_eq!(h.dump(), before);
     // A hard-linked file replaces another file; its other name stays.
     let x = h.create(ROOT, "x").inode;
-    h.w(rename(ROOT, "g", ROOT, "x", RenameMode::Replace)).unwrap();
+    h.w(rename(ROOT, "g", ROOT, "x", RenameMode::Replace))
+        .unwrap();
     assert_eq!(h.lookup(ROOT, "x"), Ok(f));
     assert_eq!(h.lookup(ROOT, "f"), Ok(f));
     assert_eq!(h.attr(f).nlink, 2);
     assert_eq!(h.gc_inodes(), vec![x.0]);
     // Replacing one of two links of a file drops one link only.
     let y = h.create(ROOT, "y").inode;
-    h.w(rename(ROOT, "y", ROOT, "f", RenameMode::Replace)).unwrap();
+    h.w(rename(ROOT, "y", ROOT, "f", RenameMode::Replace))
+        .unwrap();
     assert_eq!(h.attr(f).nlink, 1);
     assert_eq!(h.lookup(ROOT, "f"), Ok(y));
 }
@@ -551,22 +1028,40 @@ fn rename_noreplace_and_exchange() {
     let a = h.mkdir(ROOT, "a");
     let f = h.create(ROOT, "f").inode;
     let sub = h.mkdir(a, "sub");
-    h.refused(rename(ROOT, "f", ROOT, "a", RenameMode::NoReplace), ErrorCode::Exists);
-    h.refused(rename(ROOT, "f", ROOT, "zz", RenameMode::Exchange), ErrorCode::NotFound);
-    h.w(rename(ROOT, "f", ROOT, "g", RenameMode::NoReplace)).unwrap();
+    h.refused(
+        rename(ROOT, "f", ROOT, "a", RenameMode::NoReplace),
+        ErrorCode::Exists,
+    );
+    h.refused(
+        rename(ROOT, "f", ROOT, "zz", RenameMode::Exchange),
+        ErrorCode::NotFound,
+    );
+    h.w(rename(ROOT, "f", ROOT, "g", RenameMode::NoReplace))
+        .unwrap();
     assert_eq!(h.lookup(ROOT, "g"), Ok(f));
     // Exchange a file at the root with a directory inside `a`.
     let (rl, al) = (h.attr(ROOT).nlink, h.attr(a).nlink);
-    h.w(rename(ROOT, "g", a, "sub", RenameMode::Exchange)).unwrap();
+    h.w(rename(ROOT, "g", a, "sub", RenameMode::Exchange))
+        .unwrap();
     assert_eq!(h.lookup(ROOT, "g"), Ok(sub));
     assert_eq!(h.lookup(a, "sub"), Ok(f));
     assert_eq!(h.attr(ROOT).nlink, rl + 1);
     assert_eq!(h.attr(a).nlink, al - 1);
-    assert_eq!(h.r(MetaRequest::Resolve { path: "/g".into(), follow: false }).map(|_| ()), Ok(()));
+    assert_eq!(
+        h.r(MetaRequest::Resolve {
+            path: "/g".into(),
+            follow: false
+        })
+        .map(|_| ()),
+        Ok(())
+    );
     // Exchanging a directory with an entry inside itself is refused.
     let inner = h.mkdir(sub, "inner");
     let _ = inner;
-    h.refused(rename(ROOT, "g", sub, "inner", RenameMode::Exchange), ErrorCode::InvalidArgument);
+    h.refused(
+        rename(ROOT, "g", sub, "inner", RenameMode::Exchange),
+        ErrorCode::InvalidArgument,
+    );
 }
 
 #[test]
@@ -585,9 +1080,18 @@ fn remove_tree_detaches_then_collects_iteratively() {
     }
     // A hard link from outside keeps one file alive.
     let kept = files[5];
-    h.w(MetaRequest::Link { inode: kept, new_parent: ROOT, new_name: "kept".into() }).unwrap();
+    h.w(MetaRequest::Link {
+        inode: kept,
+        new_parent: ROOT,
+        new_name: "kept".into(),
+    })
+    .unwrap();
     let root_links = h.attr(ROOT).nlink;
-    h.w(MetaRequest::RemoveTree { parent: ROOT, name: "t".into() }).unwrap();
+    h.w(MetaRequest::RemoveTree {
+        parent: ROOT,
+        name: "t".into(),
+    })
+    .unwrap();
     assert_eq!(h.lookup(ROOT, "t"), Err(ErrorCode::NotFound));
     assert_eq!(h.attr(ROOT).nlink, root_links - 1);
     let mut steps = 0;
@@ -596,7 +1100,10 @@ fn remove_tree_detaches_then_collects_iteratively() {
         assert!(steps < 100);
     }
     for d in &dirs {
-        assert_eq!(h.r(MetaRequest::GetAttr { inode: *d }).unwrap_err().code, ErrorCode::NotFound);
+        assert_eq!(
+            h.r(MetaRequest::GetAttr { inode: *d }).unwrap_err().code,
+            ErrorCode::NotFound
+        );
     }
     let gc = h.gc_inodes();
     assert_eq!(gc.len(), files.len() - 1);
@@ -614,7 +1121,9 @@ fn remove_tree_detaches_then_collects_iteratively() {
 #[test]
 fn statfs_sums_target_capacity() {
     let h = H::with_chains();
-    let Ok(MetaReply::StatFs(s)) = h.r(MetaRequest::StatFs) else { panic!() };
+    let Ok(MetaReply::StatFs(s)) = h.r(MetaRequest::StatFs) else {
+        panic!()
+    };
     assert_eq!(s.total_bytes, 6000);
     assert_eq!(s.free_bytes, 5994);
     assert_eq!(s.inodes, 1);
@@ -623,14 +1132,25 @@ fn statfs_sums_target_capacity() {
 #[test]
 fn retried_write_is_answered_from_dedupe_table() {
     let mut h = H::new();
-    let o = Origin { client: ClientId(9), request: RequestId(1) };
-    let req = MetaRequest::Mkdir { parent: ROOT, name: "a".into(), mode: 0o755, caller: Caller::default() };
+    let o = Origin {
+        client: ClientId(9),
+        request: RequestId(1),
+    };
+    let req = MetaRequest::Mkdir {
+        parent: ROOT,
+        name: "a".into(),
+        mode: 0o755,
+        caller: Caller::default(),
+    };
     let first = h.w_origin(o, req.clone()).unwrap();
     let before = h.dump();
     let again = h.w_origin(o, req.clone()).unwrap();
     assert_eq!(first, again, "same answer, not EEXIST");
     assert_eq!(h.dump(), before);
     // A new request id is a new operation.
-    let o2 = Origin { client: ClientId(9), request: RequestId(2) };
+    let o2 = Origin {
+        client: ClientId(9),
+        request: RequestId(2),
+    };
     assert_eq!(h.w_origin(o2, req).unwrap_err().code, ErrorCode::Exists);
 }
