@@ -146,6 +146,10 @@ impl OpenInode {
         &self.layout
     }
 
+    pub(crate) fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
     /// The size as this client knows it: meta's, grown by our own writes.
     pub fn size(&self) -> u64 {
         let st = self.st.lock();
@@ -472,7 +476,7 @@ impl OpenInode {
     }
 
     /// Makes every write to `[offset, offset + len)` visible on storage before a read.
-    async fn settle(self: &Arc<Self>, offset: u64, len: u64) -> Result<()> {
+    pub(crate) async fn settle(self: &Arc<Self>, offset: u64, len: u64) -> Result<()> {
         let cb = self.layout.chunk_bytes as u64;
         let waits: Vec<Done> = {
             let mut st = self.st.lock();

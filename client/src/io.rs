@@ -26,6 +26,15 @@ use std::time::{Duration, Instant};
 /// so that they stream in parallel.
 const READ_BATCH_BYTES_TARGET: u64 = 1 << 20;
 
+/// One range of one chunk to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkRead {
+    pub chunk: ChunkId,
+    pub chain: ChainId,
+    pub offset: u32,
+    pub len: u32,
+}
+
 /// Pieces (by index) sent together to one node, with the route each was read from.
 type Batch = Vec<(usize, Route, Outstanding)>;
 
@@ -250,13 +259,27 @@ impl DataPath {
     /// Reads `pieces` of `inode`. Each result holds the bytes the chunk has in the piece's
     /// range: shorter than the piece (or empty) where the chunk is shorter or absent — the
     /// caller zero-fills up to the file size.
-    #[tracing::instrument(level = "debug", skip_all, fields(%inode, pieces = pieces.len()))]
     pub async fn read_pieces(
         &self,
         inode: InodeId,
         layout: &Layout,
         pieces: &[Piece],
     ) -> Result<Vec<Bytes>> {
+        let reads: Vec<ChunkRead> = pieces
+            .iter()
+            .map(|p| ChunkRead {
+                chunk: ChunkId::new(inode, p.index),
+                chain: layout.chain_of(p.index),
+                offset: p.chunk_offset,
+                len: p.len,
+            })
+            .collect();
+        self.read_chunks(&reads).await
+    }
+
+    /// Reads ranges of chunks of any files, batched per storage node (see `read_pieces`).
+    #[tracing::instrument(level = "debug", skip_all, fields(pieces = pieces.len()))]
+    pub async fn read_chunks(&self, pieces: &[ChunkRead]) -> Result<Vec<Bytes>> {
         let mut out: Vec<Option<Bytes>> = vec![None; pieces.len()];
         let mut excluded: Vec<Vec<TargetId>> = vec![Vec::new(); pieces.len()];
         let mut todo: Vec<usize> = (0..pieces.len()).collect();
@@ -267,7 +290,7 @@ impl DataPath {
             let mut batches: HashMap<String, Vec<Batch>> = HashMap::new();
             let mut failed: Vec<(usize, ClientError)> = Vec::new();
             for &k in &todo {
-                let chain = layout.chain_of(pieces[k].index);
+                let chain = pieces[k].chain;
                 match self.routing.reader(chain, &excluded[k]) {
                     Ok(route) => {
                         let g = self.routing.begin(route.at.target);
@@ -294,8 +317,8 @@ impl DataPath {
                     .iter()
                     .map(|(k, route, _)| ReadItem {
                         at: route.at,
-                        chunk: ChunkId::new(inode, pieces[*k].index),
-                        offset: pieces[*k].chunk_offset,
+                        chunk: pieces[*k].chunk,
+                        offset: pieces[*k].offset,
                         length: pieces[*k].len,
                     })
                     .collect();
@@ -327,7 +350,7 @@ impl DataPath {
                                 }
                                 Err(e) => {
                                     if e.code == ErrorCode::Checksum {
-                                        tracing::warn!(target = %route.at.target, %inode, index = pieces[k].index, "checksum mismatch, reading another replica");
+                                        tracing::warn!(target = %route.at.target, chunk = ?pieces[k].chunk, "checksum mismatch, reading another replica");
                                     }
                                     excluded[k].push(route.at.target);
                                     failed.push((k, e.into()));
@@ -370,13 +393,13 @@ impl DataPath {
             todo = failed.iter().map(|(k, _)| *k).collect();
             for &k in &todo {
                 // Every replica tried: start over with fresh routing.
-                let chain = layout.chain_of(pieces[k].index);
+                let chain = pieces[k].chain;
                 let serving = self.routing.current().serving_targets(chain).len();
                 if excluded[k].len() >= serving {
                     excluded[k].clear();
                 }
             }
-            tracing::debug!(%inode, retry = todo.len(), attempt = budget.attempts, "read retry");
+            tracing::debug!(retry = todo.len(), attempt = budget.attempts, "read retry");
             self.after_failure(worst, seen, &budget).await;
         }
         Ok(out

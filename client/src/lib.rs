@@ -8,6 +8,8 @@
 pub mod config;
 pub mod meta_client;
 pub mod net;
+pub mod batch;
+pub mod blocking;
 pub mod client;
 pub mod error;
 pub mod file;
