@@ -184,10 +184,28 @@ fn decode_meta<T: serde::de::DeserializeOwned>(meta: &[u8]) -> Result<T, FrameEr
     Ok(msg)
 }
 
+/// Rejects a partial header as soon as its magic or version is wrong, so a stray client is
+/// dropped on its first bytes rather than after a full header's worth.
+fn check_prefix(mut b: &[u8]) -> Result<(), FrameError> {
+    if b.len() >= 4 {
+        let magic = b.get_u32();
+        if magic != MAGIC {
+            return Err(FrameError::BadMagic(magic));
+        }
+        if let Some(v) = b.first()
+            && *v != WIRE_VERSION
+        {
+            return Err(FrameError::BadVersion(*v));
+        }
+    }
+    Ok(())
+}
+
 /// Takes one whole frame off the front of `buf`. `Ok(None)`: need more bytes (the header, once
 /// known, has been validated, so the caller may reserve `needed` bytes safely).
 pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
     if buf.len() < HEADER_BYTES {
+        check_prefix(buf)?;
         return Ok(None);
     }
     let header = decode_header(&buf[..HEADER_BYTES])?;
@@ -207,6 +225,7 @@ pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
 /// Bytes still missing before `decode_frame` can return the frame at the front of `buf`.
 pub fn bytes_needed(buf: &[u8]) -> Result<usize, FrameError> {
     if buf.len() < HEADER_BYTES {
+        check_prefix(buf)?;
         return Ok(HEADER_BYTES - buf.len());
     }
     let header = decode_header(&buf[..HEADER_BYTES])?;
@@ -524,6 +543,7 @@ mod tests {
             let full = frame_of(&req, 5, b"abcdef");
             let cut = cut % full.len();
             let mut part = BytesMut::from(&full[..cut]);
+            // A short prefix of a valid frame is never an error.
             prop_assert!(decode_frame(&mut part).unwrap().is_none());
             prop_assert_eq!(bytes_needed(&full[..cut]).unwrap() > 0, true);
         }
@@ -584,6 +604,17 @@ mod tests {
             &|b| b[20..24].copy_from_slice(&u32::MAX.to_be_bytes()),
             &|e| matches!(e, FrameError::PayloadTooLarge(_)),
         );
+    }
+
+    #[test]
+    fn stray_protocol_is_rejected_on_its_first_bytes() {
+        let mut b = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
+        assert!(matches!(decode_frame(&mut b), Err(FrameError::BadMagic(_))));
+        assert!(matches!(
+            bytes_needed(b"\x16\x03\x01\x02"),
+            Err(FrameError::BadMagic(_))
+        ));
+        assert!(bytes_needed(b"PO").unwrap() == HEADER_BYTES - 2);
     }
 
     #[test]

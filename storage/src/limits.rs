@@ -56,5 +56,5 @@ pub const HEARTBEAT_DEADLINE_MS: u64 = 3_000;
 /// GC tasks accepted per heartbeat reply and kept until reported done.
 pub const GC_TASKS_MAX: usize = 1024;
 
-const _: () = assert!(BLOCK_BYTES % 4096 == 0, "O_DIRECT alignment");
-const _: () = assert!(CHUNK_BYTES_MAX % BLOCK_BYTES == 0);
+const _: () = assert!(BLOCK_BYTES.is_multiple_of(4096), "O_DIRECT alignment");
+const _: () = assert!(CHUNK_BYTES_MAX.is_multiple_of(BLOCK_BYTES));

@@ -48,18 +48,21 @@ fn store_err(e: StoreError) -> PondError {
     e.to_pond()
 }
 
-/// Bounded (client, request) → reply memory for exactly-once retries.
+/// Bounded (client, request, chunk) → reply memory for exactly-once retries. The chunk is part
+/// of the key because one logical write spanning chunks may carry one request id.
+type DedupeKey = (ClientId, RequestId, ChunkId);
+
 #[derive(Default)]
 struct Dedupe {
-    map: HashMap<(ClientId, RequestId), UpdateReply>,
-    order: VecDeque<(ClientId, RequestId)>,
+    map: HashMap<DedupeKey, UpdateReply>,
+    order: VecDeque<DedupeKey>,
 }
 
 impl Dedupe {
-    fn get(&self, k: (ClientId, RequestId)) -> Option<UpdateReply> {
+    fn get(&self, k: DedupeKey) -> Option<UpdateReply> {
         self.map.get(&k).copied()
     }
-    fn put(&mut self, k: (ClientId, RequestId), r: UpdateReply) {
+    fn put(&mut self, k: DedupeKey, r: UpdateReply) {
         if self.map.insert(k, r).is_none() {
             self.order.push_back(k);
             while self.order.len() > DEDUPE_ENTRIES_MAX {
@@ -479,7 +482,8 @@ impl Node {
             });
         }
         let origin = (req.client, req.request);
-        if let Some(r) = t.dedupe.lock().get(origin) {
+        let key = (req.client, req.request, req.chunk);
+        if let Some(r) = t.dedupe.lock().get(key) {
             return Ok(r);
         }
         let chunk = req.chunk;
@@ -509,7 +513,7 @@ impl Node {
                             version: c.version,
                             length: c.length,
                         };
-                        t.dedupe.lock().put(origin, r);
+                        t.dedupe.lock().put(key, r);
                         return Ok(r);
                     }
                     committed = Some(c);
@@ -552,7 +556,7 @@ impl Node {
             version: u,
             length: c.length,
         };
-        t.dedupe.lock().put(origin, r);
+        t.dedupe.lock().put(key, r);
         Ok(r)
     }
 

@@ -695,6 +695,10 @@ impl<B: Backend> ChunkStore for Engine<B> {
             .collect()
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn space(&self) -> Space {
         let mut st = self.state.lock();
         st.alloc.reclaim();

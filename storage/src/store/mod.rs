@@ -194,4 +194,14 @@ pub trait ChunkStore: Send + Sync + 'static {
     ) -> Vec<(ChunkId, ChunkInfo)>;
 
     fn space(&self) -> Space;
+
+    /// For tools and tests that need the concrete store (see `downcast_file`).
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// The file engine behind a store, if it is one.
+pub fn downcast_file(
+    s: &std::sync::Arc<dyn ChunkStore>,
+) -> Option<&engine::Engine<file::FileBackend>> {
+    s.as_any().downcast_ref()
 }

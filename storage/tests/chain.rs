@@ -1,0 +1,922 @@
+//! In-process chain tests: three storage nodes on 127.0.0.1 (port 0), one target each, one
+//! chain of three, routing fed directly by the test acting as the meta service.
+
+use bytes::Bytes;
+use pond_client::net::{DataClient, NetError};
+use pond_proto::cluster::*;
+use pond_proto::data::*;
+use pond_proto::*;
+use pond_storage::store::ChunkStore;
+use pond_storage::store::file::FileBackend;
+use pond_storage::{ServerOptions, StorageServer, TargetConfig, open_target};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TOKEN: &str = "test-token";
+const CHAIN: ChainId = ChainId(1);
+const CHUNK_BYTES: u32 = 1 << 20;
+
+fn tid(n: u32) -> TargetId {
+    TargetId(100 + n as u64)
+}
+
+/// The test's stand-in for the cluster manager.
+#[derive(Clone)]
+struct Meta {
+    version: u64,
+    chain_version: u32,
+    order: Vec<TargetId>,
+    states: HashMap<TargetId, PublicState>,
+    addrs: BTreeMap<NodeId, String>,
+}
+
+impl Meta {
+    fn build(&self) -> RoutingInfo {
+        let mut r = RoutingInfo {
+            version: RoutingVersion(self.version),
+            ..Default::default()
+        };
+        for (n, a) in &self.addrs {
+            r.nodes.insert(
+                *n,
+                NodeInfo {
+                    id: *n,
+                    data_addr: a.clone(),
+                    alive: true,
+                },
+            );
+        }
+        for t in &self.order {
+            r.targets.insert(
+                *t,
+                TargetInfo {
+                    id: *t,
+                    node: NodeId((t.0 - 100) as u32),
+                    chain: CHAIN,
+                    public_state: self.states[t],
+                    local_state: LocalState::UpToDate,
+                    used_bytes: 0,
+                    capacity_bytes: 0,
+                },
+            );
+        }
+        r.chains.insert(
+            CHAIN,
+            ChainInfo {
+                id: CHAIN,
+                version: ChainVersion(self.chain_version),
+                targets: self.order.clone(),
+            },
+        );
+        r
+    }
+}
+
+struct Cluster {
+    dirs: Vec<tempfile::TempDir>,
+    caps: Vec<Option<u64>>,
+    servers: Vec<Option<StorageServer>>,
+    meta: Arc<parking_lot::Mutex<Meta>>,
+}
+
+impl Cluster {
+    async fn start(caps: [Option<u64>; 3]) -> Cluster {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let mut c = Cluster {
+            dirs: (0..3).map(|_| tempfile::tempdir().unwrap()).collect(),
+            caps: caps.to_vec(),
+            servers: vec![None, None, None],
+            meta: Arc::new(parking_lot::Mutex::new(Meta {
+                version: 1,
+                chain_version: 1,
+                order: (1..=3).map(tid).collect(),
+                states: (1..=3).map(|n| (tid(n), PublicState::Serving)).collect(),
+                addrs: BTreeMap::new(),
+            })),
+        };
+        for n in 1..=3 {
+            c.start_node(n).await;
+        }
+        c.push();
+        c
+    }
+
+    async fn start_node(&mut self, n: u32) {
+        let i = (n - 1) as usize;
+        let cfg = TargetConfig {
+            id: tid(n).0,
+            path: self.dirs[i].path().to_path_buf(),
+            capacity_bytes: self.caps[i],
+        };
+        let setup = open_target(&cfg).unwrap();
+        let opts = ServerOptions {
+            node_id: NodeId(n),
+            listen: "127.0.0.1:0".into(),
+            advertise: None,
+            token: TOKEN.into(),
+            meta: vec![],
+            heartbeat_interval: Duration::from_secs(1),
+            scrub: None,
+        };
+        let s = StorageServer::start(opts, vec![setup]).await.unwrap();
+        self.meta
+            .lock()
+            .addrs
+            .insert(NodeId(n), s.data_addr.clone());
+        self.servers[i] = Some(s);
+    }
+
+    async fn stop_node(&mut self, n: u32) {
+        let s = self.servers[(n - 1) as usize].take().unwrap();
+        s.stop().await;
+    }
+
+    fn node(&self, n: u32) -> &StorageServer {
+        self.servers[(n - 1) as usize].as_ref().unwrap()
+    }
+
+    /// Publishes the current table to every running node.
+    fn push(&self) {
+        let r = self.meta.lock().build();
+        for s in self.servers.iter().flatten() {
+            s.node.set_routing(r.clone());
+        }
+    }
+
+    /// Changes public states as the cluster manager would: bumps both versions, moves
+    /// offline targets to the end.
+    fn set_state(&self, t: TargetId, st: PublicState) {
+        {
+            let mut m = self.meta.lock();
+            m.states.insert(t, st);
+            if matches!(
+                st,
+                PublicState::Offline
+                    | PublicState::LastSrv
+                    | PublicState::Waiting
+                    | PublicState::Syncing
+            ) {
+                m.order.retain(|x| *x != t);
+                m.order.push(t);
+            }
+            m.version += 1;
+            m.chain_version += 1;
+        }
+        self.push();
+    }
+
+    fn routing(&self) -> RoutingInfo {
+        self.meta.lock().build()
+    }
+
+    fn store(&self, n: u32) -> Arc<dyn ChunkStore> {
+        self.node(n).node.target(tid(n)).unwrap().store.clone()
+    }
+}
+
+fn client() -> DataClient {
+    DataClient::tcp(TOKEN, ClientId(42)).with_deadline(Duration::from_secs(5))
+}
+
+fn chunk(i: u64) -> ChunkId {
+    ChunkId::new(InodeId(9), i)
+}
+
+fn data(seed: u64, n: usize) -> Bytes {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect::<Vec<_>>()
+        .into()
+}
+
+fn head(r: &RoutingInfo) -> (String, ChainRef) {
+    let h = r.write_targets(CHAIN)[0].clone();
+    let at = ChainRef {
+        chain: CHAIN,
+        chain_version: r.chains[&CHAIN].version,
+        target: h.id,
+    };
+    (r.node_addr(h.node).unwrap().to_string(), at)
+}
+
+fn at_of(r: &RoutingInfo, t: TargetId) -> (String, ChainRef) {
+    let info = &r.targets[&t];
+    (
+        r.node_addr(info.node).unwrap().to_string(),
+        ChainRef {
+            chain: CHAIN,
+            chain_version: r.chains[&CHAIN].version,
+            target: t,
+        },
+    )
+}
+
+/// Writes through the current head, retrying the same request id on retryable errors
+/// (exactly-once) until `budget` runs out.
+async fn write_retrying(
+    c: &DataClient,
+    meta: &parking_lot::Mutex<Meta>,
+    ch: ChunkId,
+    offset: u32,
+    d: Bytes,
+    budget: Duration,
+) -> Result<UpdateReply, NetError> {
+    let req = c.next_request_id();
+    let start = Instant::now();
+    loop {
+        let r = meta.lock().build();
+        let (addr, at) = head(&r);
+        match c
+            .write_chunk(&addr, at, ch, offset, CHUNK_BYTES, d.clone(), req)
+            .await
+        {
+            Ok(ok) => return Ok(ok),
+            Err(e) if e.code().is_retryable() && start.elapsed() < budget => {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn read_from(
+    c: &DataClient,
+    r: &RoutingInfo,
+    t: TargetId,
+    ch: ChunkId,
+) -> Result<(ReadOk, Bytes), PondError> {
+    let (addr, at) = at_of(r, t);
+    let mut v = c
+        .read_chunks(
+            &addr,
+            vec![ReadItem {
+                at,
+                chunk: ch,
+                offset: 0,
+                length: u32::MAX,
+            }],
+        )
+        .await
+        .map_err(NetError::into_pond)?;
+    v.pop().unwrap()
+}
+
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn apply(model: &mut Vec<u8>, offset: u32, d: &[u8]) {
+    let end = offset as usize + d.len();
+    if model.len() < end {
+        model.resize(end, 0);
+    }
+    model[offset as usize..end].copy_from_slice(d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn write_is_on_every_replica_when_acked() {
+    let cl = Cluster::start([None, None, None]).await;
+    let c = client();
+    let r = cl.routing();
+    let (addr, at) = head(&r);
+    let d = data(1, 300_000);
+    let rep = c
+        .write_chunk(
+            &addr,
+            at,
+            chunk(0),
+            4096,
+            CHUNK_BYTES,
+            d.clone(),
+            c.next_request_id(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rep.version, ChunkVersion(1));
+    // Durable and committed on all three stores the moment the client got its ack.
+    for n in 1..=3 {
+        let info = cl.store(n).info(chunk(0)).unwrap();
+        assert_eq!(info.committed.unwrap().version, ChunkVersion(1), "node {n}");
+        assert!(info.pending.is_none(), "node {n}");
+    }
+    for n in 1..=3 {
+        let (ok, got) = read_from(&c, &r, tid(n), chunk(0)).await.unwrap();
+        assert_eq!(ok.chunk_length, 4096 + 300_000);
+        assert_eq!(&got[4096..], &d[..]);
+        assert!(got[..4096].iter().all(|b| *b == 0));
+    }
+    // Batched read: several ranges of several chunks in one request.
+    c.write_chunk(
+        &addr,
+        at,
+        chunk(1),
+        0,
+        CHUNK_BYTES,
+        data(2, 1000),
+        c.next_request_id(),
+    )
+    .await
+    .unwrap();
+    let (a2, at2) = at_of(&r, tid(2));
+    let items = vec![
+        ReadItem {
+            at: at2,
+            chunk: chunk(0),
+            offset: 4096,
+            length: 10,
+        },
+        ReadItem {
+            at: at2,
+            chunk: chunk(1),
+            offset: 500,
+            length: 600,
+        },
+        ReadItem {
+            at: at2,
+            chunk: chunk(7),
+            offset: 0,
+            length: 10,
+        },
+    ];
+    let got = c.read_chunks(&a2, items).await.unwrap();
+    assert_eq!(&got[0].as_ref().unwrap().1[..], &d[..10]);
+    assert_eq!(&got[1].as_ref().unwrap().1[..], &data(2, 1000)[500..]);
+    assert_eq!(
+        got[2].as_ref().unwrap().0.version,
+        ChunkVersion(0),
+        "missing chunk reads as a hole"
+    );
+    // Length query for exact file lengths.
+    let (ta, tat) = at_of(&r, tid(3));
+    assert_eq!(
+        c.query_length(&ta, tat, InodeId(9)).await.unwrap(),
+        Some((1, 1000))
+    );
+    // Truncate + remove range through the chain.
+    c.truncate_chunk(&addr, at, chunk(0), 5000, CHUNK_BYTES, c.next_request_id())
+        .await
+        .unwrap();
+    assert_eq!(
+        c.remove_chunks(&addr, at, InodeId(9), 1, c.next_request_id())
+            .await
+            .unwrap(),
+        1
+    );
+    for n in 1..=3 {
+        let (ok, got) = read_from(&c, &r, tid(n), chunk(0)).await.unwrap();
+        assert_eq!((ok.chunk_length, ok.version), (5000, ChunkVersion(2)));
+        assert_eq!(&got[4096..], &d[..904]);
+        assert!(
+            cl.store(n).info(chunk(1)).is_none(),
+            "node {n} still has the removed chunk"
+        );
+    }
+    assert_eq!(
+        c.query_length(&ta, tat, InodeId(9)).await.unwrap(),
+        Some((0, 5000))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn version_rules_duplicate_stale_gap() {
+    let cl = Cluster::start([None, None, None]).await;
+    let c = client();
+    let r = cl.routing();
+    let (addr, at) = head(&r);
+    // Duplicate: the same (client, request) is applied once.
+    let req = c.next_request_id();
+    let a = c
+        .write_chunk(&addr, at, chunk(0), 0, CHUNK_BYTES, data(1, 100), req)
+        .await
+        .unwrap();
+    let b = c
+        .write_chunk(&addr, at, chunk(0), 0, CHUNK_BYTES, data(1, 100), req)
+        .await
+        .unwrap();
+    assert_eq!(a, b);
+    assert_eq!(
+        cl.store(3).info(chunk(0)).unwrap().committed_version(),
+        ChunkVersion(1)
+    );
+    // Stale chain version.
+    let stale = ChainRef {
+        chain_version: ChainVersion(0),
+        ..at
+    };
+    let e = c
+        .write_chunk(
+            &addr,
+            stale,
+            chunk(0),
+            0,
+            CHUNK_BYTES,
+            data(1, 1),
+            c.next_request_id(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::StaleChainVersion);
+    // Not the head: a client write to the middle is refused.
+    let (maddr, mat) = at_of(&r, tid(2));
+    let e = c
+        .write_chunk(
+            &maddr,
+            mat,
+            chunk(0),
+            0,
+            CHUNK_BYTES,
+            data(1, 1),
+            c.next_request_id(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::TargetNotServing);
+    // A forwarded update with a gap is refused; one already applied is acked without effect.
+    let fwd = |v: u32, _d: &Bytes| UpdateReq {
+        at: mat,
+        chunk: chunk(0),
+        op: UpdateOp::Write { offset: 0 },
+        chunk_bytes: CHUNK_BYTES,
+        crc: 0,
+        version: Some(ChunkVersion(v)),
+        client: ClientId(5),
+        request: RequestId(v as u64),
+    };
+    let d = data(9, 10);
+    let e = c.update(&maddr, fwd(3, &d), d.clone()).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::VersionGap);
+    let ok = c.update(&maddr, fwd(1, &d), d.clone()).await.unwrap();
+    assert_eq!(ok.version, ChunkVersion(1));
+    let (_, got) = read_from(&c, &r, tid(2), chunk(0)).await.unwrap();
+    assert_eq!(
+        &got[..],
+        &data(1, 100)[..],
+        "an already-applied version changes nothing"
+    );
+    // A payload that does not match its CRC is refused before anything is stored.
+    let mut bad = fwd(2, &d);
+    bad.crc = 1;
+    let e = c
+        .call(&maddr, DataRequest::Update(bad), d.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Checksum);
+    assert!(cl.store(2).info(chunk(0)).unwrap().pending.is_none());
+}
+
+/// Continuous writes while the head, then the middle, then the tail is stopped (the test
+/// updates routing as meta would); every acknowledged write reads back from every serving
+/// replica. Then the stopped nodes come back, resync and serve again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failover_and_resync_under_load() {
+    for victim in [1u32, 2, 3] {
+        let mut cl = Cluster::start([None, None, None]).await;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut writers = Vec::new();
+        for w in 0..4u64 {
+            let (meta, stop) = (cl.meta.clone(), stop.clone());
+            writers.push(tokio::spawn(async move {
+                let c = DataClient::tcp(TOKEN, ClientId(1000 + w))
+                    .with_deadline(Duration::from_secs(5));
+                let mut model = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let off = ((i * 7919) % 200) as u32 * 4096;
+                    let d = data(w * 1_000_000 + i, 4096 + (i as usize % 3) * 1000);
+                    write_retrying(&c, &meta, chunk(w), off, d.clone(), Duration::from_secs(20))
+                        .await
+                        .unwrap_or_else(|e| panic!("writer {w} write {i}: {e}"));
+                    apply(&mut model, off, &d);
+                    i += 1;
+                }
+                (w, model, i)
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Kill the victim; a moment later "meta" notices and publishes the new chain.
+        cl.stop_node(victim).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        cl.set_state(tid(victim), PublicState::Offline);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Bring it back: it reports online, meta moves it waiting -> syncing.
+        cl.start_node(victim).await;
+        assert_eq!(cl.node(victim).node.local_states()[0].1, LocalState::Online);
+        cl.set_state(tid(victim), PublicState::Waiting);
+        cl.set_state(tid(victim), PublicState::Syncing);
+        // Resync runs while writes continue.
+        let node = cl.node(victim).node.clone();
+        wait_for("resync to finish", || {
+            node.local_states()[0].1 == LocalState::UpToDate
+        })
+        .await;
+        cl.set_state(tid(victim), PublicState::Serving);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let c = client();
+        let r = cl.routing();
+        let mut total = 0;
+        for h in writers {
+            let (w, model, n) = h.await.unwrap();
+            total += n;
+            eprintln!(
+                "writer {w}: {n} writes; infos {:?}",
+                (1..=3)
+                    .map(|t| cl.store(t).info(chunk(w)))
+                    .collect::<Vec<_>>()
+            );
+            for t in 1..=3 {
+                let (ok, got) = read_from(&c, &r, tid(t), chunk(w)).await.unwrap();
+                let first_diff = got.iter().zip(model.iter()).position(|(a, b)| a != b);
+                assert!(
+                    got[..] == model[..],
+                    "victim {victim}: chunk {w} differs on target {t}: len {} vs {}, first diff {first_diff:?}, {ok:?}, info {:?}",
+                    got.len(),
+                    model.len(),
+                    cl.store(t).info(chunk(w))
+                );
+            }
+        }
+        assert!(
+            total > 20,
+            "victim {victim}: only {total} writes went through"
+        );
+        for s in cl.servers.drain(..).flatten() {
+            s.stop().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupt_copy_is_detected_served_elsewhere_and_repaired() {
+    let cl = Cluster::start([None, None, None]).await;
+    let c = client();
+    let r = cl.routing();
+    let (addr, at) = head(&r);
+    let d = data(5, 200_000);
+    c.write_chunk(
+        &addr,
+        at,
+        chunk(3),
+        0,
+        CHUNK_BYTES,
+        d.clone(),
+        c.next_request_id(),
+    )
+    .await
+    .unwrap();
+    // Damage node 2's copy on disk.
+    let dir = cl.dirs[1].path().to_path_buf();
+    let slot = find_slot(&cl, 2, chunk(3));
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("blocks.dat"))
+            .unwrap();
+        f.write_all_at(b"\x00\xff\x00\xff", FileBackend::slot_offset(slot) + 100)
+            .unwrap();
+    }
+    let e = read_from(&c, &r, tid(2), chunk(3)).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Checksum);
+    // The client serves the read from another replica.
+    let (_, got) = read_from(&c, &r, tid(1), chunk(3)).await.unwrap();
+    assert_eq!(got, d);
+    // The bad copy is rewritten from a good one.
+    let t2 = cl.node(2).node.target(tid(2)).unwrap().clone();
+    wait_for("repair", || {
+        t2.repaired.load(std::sync::atomic::Ordering::Relaxed) == 1
+    })
+    .await;
+    let (_, got) = read_from(&c, &r, tid(2), chunk(3)).await.unwrap();
+    assert_eq!(got, d);
+    assert_eq!(
+        t2.corrupt_found.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+/// The first block's slot of a chunk's committed version on node `n` (file targets).
+fn find_slot(cl: &Cluster, n: u32, ch: ChunkId) -> u32 {
+    let store = cl.store(n);
+    let engine = pond_storage::store::downcast_file(&store).expect("file-backed target");
+    engine.committed_slots(ch)[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scrubber_finds_and_repairs() {
+    let cl = Cluster::start([None, None, None]).await;
+    let c = client();
+    let r = cl.routing();
+    let (addr, at) = head(&r);
+    let d = data(6, 100_000);
+    c.write_chunk(
+        &addr,
+        at,
+        chunk(4),
+        0,
+        CHUNK_BYTES,
+        d.clone(),
+        c.next_request_id(),
+    )
+    .await
+    .unwrap();
+    let slot = find_slot(&cl, 3, chunk(4));
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(cl.dirs[2].path().join("blocks.dat"))
+            .unwrap();
+        f.write_all_at(b"garbage", FileBackend::slot_offset(slot))
+            .unwrap();
+    }
+    let node = cl.node(3).node.clone();
+    let t = node.target(tid(3)).unwrap().clone();
+    let (checked, bad) = pond_storage::scrub::scrub_pass(&node, &t, 1 << 30).await;
+    assert_eq!((checked, bad), (1, 1));
+    wait_for("repair", || {
+        t.repaired.load(std::sync::atomic::Ordering::Relaxed) == 1
+    })
+    .await;
+    let (checked, bad) = pond_storage::scrub::scrub_pass(&node, &t, 1 << 30).await;
+    assert_eq!((checked, bad), (1, 0));
+    let (_, got) = read_from(&c, &r, tid(3), chunk(4)).await.unwrap();
+    assert_eq!(got, d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_target_is_no_space_and_nothing_is_damaged() {
+    // Node 3's target holds 16 blocks (1 MiB).
+    let cl = Cluster::start([None, None, Some(16 * 65536)]).await;
+    let c = client();
+    let r = cl.routing();
+    let (addr, at) = head(&r);
+    let mut written = Vec::new();
+    let mut err = None;
+    for i in 0..40u64 {
+        let d = data(i, 100_000);
+        match c
+            .write_chunk(
+                &addr,
+                at,
+                chunk(i),
+                0,
+                CHUNK_BYTES,
+                d.clone(),
+                c.next_request_id(),
+            )
+            .await
+        {
+            Ok(_) => written.push((i, d)),
+            Err(e) => {
+                err = Some(e);
+                break;
+            }
+        }
+    }
+    let e = err.expect("the small target fills up");
+    assert_eq!(e.code(), ErrorCode::NoSpace, "{e}");
+    assert!(!written.is_empty());
+    for (i, d) in &written {
+        for n in 1..=3 {
+            let (_, got) = read_from(&c, &r, tid(n), chunk(*i)).await.unwrap();
+            assert_eq!(&got, d, "chunk {i} on node {n}");
+        }
+    }
+    // The refused write left no pending version behind, and the chain still works for
+    // overwrites after space is freed.
+    let failed = chunk(written.len() as u64);
+    for n in 1..=3 {
+        assert!(
+            cl.store(n).info(failed).is_none_or(|i| i.pending.is_none()),
+            "node {n}"
+        );
+    }
+    c.remove_chunks(&addr, at, InodeId(9), 0, c.next_request_id())
+        .await
+        .unwrap();
+    c.write_chunk(
+        &addr,
+        at,
+        failed,
+        0,
+        CHUNK_BYTES,
+        data(99, 100_000),
+        c.next_request_id(),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn offline_target_stops_serving() {
+    let cl = Cluster::start([None, None, None]).await;
+    let c = client();
+    let r = cl.routing();
+    let (addr, at) = head(&r);
+    c.write_chunk(
+        &addr,
+        at,
+        chunk(0),
+        0,
+        CHUNK_BYTES,
+        data(1, 10),
+        c.next_request_id(),
+    )
+    .await
+    .unwrap();
+    // Meta declares target 2 offline (say, it was partitioned away) while it thinks it serves.
+    cl.set_state(tid(2), PublicState::Offline);
+    assert_eq!(cl.node(2).node.local_states()[0].1, LocalState::Online);
+    // Even a client with the new routing cannot read from it, and it refuses forwarded writes.
+    let r = cl.routing();
+    let e = read_from(&c, &r, tid(2), chunk(0)).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::TargetNotServing);
+    let (addr, at) = head(&r);
+    c.write_chunk(
+        &addr,
+        at,
+        chunk(0),
+        0,
+        CHUNK_BYTES,
+        data(2, 10),
+        c.next_request_id(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        cl.store(2).info(chunk(0)).unwrap().committed_version(),
+        ChunkVersion(1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_frames_close_only_their_connection() {
+    let cl = Cluster::start([None, None, None]).await;
+    let addr = cl.node(1).data_addr.clone();
+    let good = client();
+    let r = cl.routing();
+    let (haddr, at) = head(&r);
+    good.write_chunk(
+        &haddr,
+        at,
+        chunk(0),
+        0,
+        CHUNK_BYTES,
+        data(1, 10),
+        good.next_request_id(),
+    )
+    .await
+    .unwrap();
+
+    let hello = |token: &str| {
+        let mut b = encode_frame(
+            FrameKind::Request,
+            0,
+            &DataRequest::Hello {
+                token: token.into(),
+                client: ClientId(1),
+            },
+            0,
+        )
+        .unwrap()
+        .to_vec();
+        b.truncate(b.len());
+        b
+    };
+    async fn closed(s: &mut tokio::net::TcpStream) -> bool {
+        let mut buf = vec![0u8; 4096];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) if Instant::now() < deadline => continue,
+                _ => return false,
+            }
+        }
+    }
+    // Wrong token: refused and closed.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(&hello("wrong")).await.unwrap();
+    assert!(closed(&mut s).await);
+    // Garbage after a good hello.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(&hello(TOKEN)).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    assert!(closed(&mut s).await);
+    // Oversized payload announced in the header.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(&hello(TOKEN)).await.unwrap();
+    let mut h = bytes::BytesMut::new();
+    encode_header(
+        &FrameHeader {
+            kind: FrameKind::Request,
+            request_id: 1,
+            meta_len: 10,
+            payload_len: u32::MAX,
+        },
+        &mut h,
+    );
+    s.write_all(&h).await.unwrap();
+    assert!(closed(&mut s).await);
+    // Truncated frame, then EOF.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(&hello(TOKEN)).await.unwrap();
+    let f = encode_frame(FrameKind::Request, 2, &DataRequest::TargetStates, 0).unwrap();
+    s.write_all(&f[..f.len() - 3]).await.unwrap();
+    s.shutdown().await.unwrap();
+    assert!(closed(&mut s).await);
+    // A malformed message body.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(&hello(TOKEN)).await.unwrap();
+    let mut h = bytes::BytesMut::new();
+    encode_header(
+        &FrameHeader {
+            kind: FrameKind::Request,
+            request_id: 3,
+            meta_len: 4,
+            payload_len: 0,
+        },
+        &mut h,
+    );
+    h.extend_from_slice(&[0xff, 0xff, 0xff, 0xff]);
+    s.write_all(&h).await.unwrap();
+    assert!(closed(&mut s).await);
+    // The well-behaved connection (and the server) are unaffected.
+    good.write_chunk(
+        &haddr,
+        at,
+        chunk(0),
+        0,
+        CHUNK_BYTES,
+        data(2, 10),
+        good.next_request_id(),
+    )
+    .await
+    .unwrap();
+    let (_, got) = read_from(&good, &r, tid(3), chunk(0)).await.unwrap();
+    assert_eq!(got, data(2, 10));
+    // A client with the wrong token gets a clear error.
+    let bad = DataClient::tcp("nope", ClientId(3));
+    let e = bad.read_chunks(&haddr, vec![]).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Unauthenticated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_requests_in_flight_on_one_connection() {
+    let cl = Cluster::start([None, None, None]).await;
+    let c = client();
+    let r = cl.routing();
+    let (addr, at) = head(&r);
+    let mut hs = Vec::new();
+    for i in 0..64u64 {
+        let (c, addr) = (c.clone(), addr.clone());
+        hs.push(tokio::spawn(async move {
+            c.write_chunk(
+                &addr,
+                at,
+                chunk(i),
+                0,
+                CHUNK_BYTES,
+                data(i, 4096),
+                c.next_request_id(),
+            )
+            .await
+            .unwrap();
+        }));
+    }
+    for h in hs {
+        h.await.unwrap();
+    }
+    let (a3, at3) = at_of(&r, tid(3));
+    let items: Vec<ReadItem> = (0..64)
+        .map(|i| ReadItem {
+            at: at3,
+            chunk: chunk(i),
+            offset: 0,
+            length: 4096,
+        })
+        .collect();
+    let got = c.read_chunks(&a3, items).await.unwrap();
+    for (i, g) in got.into_iter().enumerate() {
+        assert_eq!(g.unwrap().1, data(i as u64, 4096));
+    }
+}
