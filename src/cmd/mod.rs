@@ -17,7 +17,12 @@ pub fn init_tracing() {
             "warn,pond=info,pond_meta=info,pond_storage=info,pond_client=warn,pond_fuse=info,openraft=warn",
         )
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }
 
 /// The cluster file to use: `--cluster`/`POND_CLUSTER`, else `./.pond/cluster.toml`.
