@@ -373,6 +373,24 @@ impl<'t> Tx<'t> {
         Ok(())
     }
 
+    /// The root is created by the first applied entry, which may be a membership entry
+    /// without a leader time; the first batch then stamps the root's times (deterministic:
+    /// every replica applies the same first batch).
+    pub fn stamp_root_if_unset(&mut self) -> R<()> {
+        if self.now == Timestamp::default() {
+            return Ok(());
+        }
+        if let Some(mut root) = get_inode(&self.inodes, InodeId::ROOT)?
+            && root.attr.ctime == Timestamp::default()
+        {
+            root.attr.atime = self.now;
+            root.attr.mtime = self.now;
+            root.attr.ctime = self.now;
+            self.put(&root)?;
+        }
+        Ok(())
+    }
+
     fn put(&mut self, rec: &InodeRec) -> R<()> {
         let bytes = postcard::to_stdvec(rec).map_err(|e| corrupt(format!("encode inode: {e}")))?;
         self.inodes.insert(rec.attr.inode.0, bytes.as_slice())?;

@@ -131,6 +131,9 @@ fn apply_err(e: ApplyError) -> BoxErr {
 /// Apply one batch. Refusals become per-op errors; store failures abort the transaction.
 pub fn apply_batch(tx: &mut Tx<'_>, batch: Batch) -> Result<BatchReply, BoxErr> {
     tx.now = batch.now;
+    if let Err(e) = tx.stamp_root_if_unset() {
+        return Err(apply_err(e));
+    }
     let mut out = Vec::with_capacity(batch.ops.len());
     for op in batch.ops {
         let r = match op {

@@ -496,3 +496,50 @@ async fn cluster_manager_registers_bootstraps_detects_failure_and_hands_out_gc()
     assert!(last_applied > 0);
     c.shutdown().await;
 }
+
+/// Rough throughput check (not a timed assertion; `bench/` owns figures):
+/// `cargo test -p pond-meta --release --test raft -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput_smoke() {
+    let c = Cluster::start(3, 10_000).await;
+    c.leader().await;
+    let client = c.client();
+    let n = 20_000usize;
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..64 {
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(64) {
+                mkdir(&c, &format!("p{i}")).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let dt = t0.elapsed();
+    println!("creates: {:.0}/s", n as f64 / dt.as_secs_f64());
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..64 {
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(64) {
+                c.op(MetaRequest::Lookup {
+                    parent: InodeId::ROOT,
+                    name: format!("p{i}"),
+                })
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let dt = t0.elapsed();
+    println!("lookups: {:.0}/s", n as f64 / dt.as_secs_f64());
+    c.shutdown().await;
+}
