@@ -252,6 +252,24 @@ impl Node {
                         "target declared down while serving; stops serving until resynced");
                     *local = LocalState::Online;
                 }
+                // Meta keeps a target serving that reports `online` only when no other target
+                // of its chain is serving and up to date (a restarted last replica, or the
+                // whole cluster restarting): its data is the best there is, so serve it.
+                (PublicState::Serving, LocalState::Online) => {
+                    let peer_up = r.chains.get(&info.chain).is_some_and(|c| {
+                        c.targets.iter().any(|o| {
+                            *o != t.id
+                                && r.targets.get(o).is_some_and(|o| {
+                                    o.public_state == PublicState::Serving
+                                        && o.local_state == LocalState::UpToDate
+                                })
+                        })
+                    });
+                    if !peer_up {
+                        tracing::info!(target = %t.id, "serving again: no other up-to-date replica in the chain");
+                        *local = LocalState::UpToDate;
+                    }
+                }
                 (PublicState::Serving, LocalState::UpToDate) => {
                     if let Some(m) = &t.member_marker
                         && !m.exists()

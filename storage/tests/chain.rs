@@ -920,3 +920,123 @@ async fn many_requests_in_flight_on_one_connection() {
         assert_eq!(g.unwrap().1, data(i as u64, 4096));
     }
 }
+
+/// A whole-cluster restart: every target comes back `online`; meta keeps them serving since
+/// none is up to date, and they serve again (no deadlock), with their data intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn whole_cluster_restart_serves_again() {
+    let mut cl = Cluster::start([None, None, None]).await;
+    let c = client();
+    let r = cl.routing();
+    let (addr, at) = head(&r);
+    c.write_chunk(
+        &addr,
+        at,
+        chunk(0),
+        0,
+        CHUNK_BYTES,
+        data(1, 5000),
+        c.next_request_id(),
+    )
+    .await
+    .unwrap();
+    for n in 1..=3 {
+        cl.stop_node(n).await;
+    }
+    for n in 1..=3 {
+        cl.start_node(n).await;
+        assert_eq!(cl.node(n).node.local_states()[0].1, LocalState::Online);
+    }
+    // Meta's view: all serving, all reporting online.
+    let mut r = cl.meta.lock().build();
+    r.version = RoutingVersion(r.version.0 + 1);
+    for t in r.targets.values_mut() {
+        t.local_state = LocalState::Online;
+    }
+    for s in cl.servers.iter().flatten() {
+        s.node.set_routing(r.clone());
+    }
+    for n in 1..=3 {
+        assert_eq!(cl.node(n).node.local_states()[0].1, LocalState::UpToDate);
+    }
+    let (addr, at) = head(&r);
+    c.write_chunk(
+        &addr,
+        at,
+        chunk(0),
+        5000,
+        CHUNK_BYTES,
+        data(2, 10),
+        c.next_request_id(),
+    )
+    .await
+    .unwrap();
+    for n in 1..=3 {
+        let (ok, got) = read_from(&c, &r, tid(n), chunk(0)).await.unwrap();
+        assert_eq!(ok.chunk_length, 5010);
+        assert_eq!(&got[..5000], &data(1, 5000)[..]);
+    }
+}
+
+/// Chunks removed while a replica was down are deleted from it by the resync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resync_deletes_what_only_the_returning_target_has() {
+    let mut cl = Cluster::start([None, None, None]).await;
+    let c = client();
+    let r = cl.routing();
+    let (addr, at) = head(&r);
+    for i in 0..5 {
+        c.write_chunk(
+            &addr,
+            at,
+            chunk(i),
+            0,
+            CHUNK_BYTES,
+            data(i, 3000),
+            c.next_request_id(),
+        )
+        .await
+        .unwrap();
+    }
+    cl.stop_node(3).await;
+    cl.set_state(tid(3), PublicState::Offline);
+    let r = cl.routing();
+    let (addr, at) = head(&r);
+    c.remove_chunks(&addr, at, InodeId(9), 3, c.next_request_id())
+        .await
+        .unwrap();
+    c.write_chunk(
+        &addr,
+        at,
+        chunk(1),
+        0,
+        CHUNK_BYTES,
+        data(77, 100),
+        c.next_request_id(),
+    )
+    .await
+    .unwrap();
+    cl.start_node(3).await;
+    cl.set_state(tid(3), PublicState::Waiting);
+    cl.set_state(tid(3), PublicState::Syncing);
+    let node = cl.node(3).node.clone();
+    wait_for("resync", || {
+        node.local_states()[0].1 == LocalState::UpToDate
+    })
+    .await;
+    cl.set_state(tid(3), PublicState::Serving);
+    let r = cl.routing();
+    for i in 0..5u64 {
+        let info = cl.store(3).info(chunk(i));
+        if i >= 3 {
+            assert!(
+                info.is_none(),
+                "chunk {i} should be gone from the returning target"
+            );
+        } else {
+            let (_, want) = read_from(&c, &r, tid(1), chunk(i)).await.unwrap();
+            let (_, got) = read_from(&c, &r, tid(3), chunk(i)).await.unwrap();
+            assert_eq!(got, want, "chunk {i}");
+        }
+    }
+}
