@@ -1,1 +1,250 @@
-//! pond-fuse (being built).
+//! `pond-fuse`: mounts a pond cluster as a POSIX filesystem with the `fuse3` crate (async,
+//! tokio), on top of `pond_client::Client`.
+//!
+//! ```text
+//! let client = Client::from_cluster_file(path).await?;
+//! let mount = pond_fuse::mount(client, Path::new("/pond"), MountOptions::default()).await?;
+//! mount.serve_until_signal().await?;   // SIGTERM/SIGINT or `umount` end it cleanly
+//! ```
+//!
+//! **Boundary:** this crate reaches the cluster only through `pond_client`.
+//! **Invariant:** FUSE inode numbers are pond inode ids; pond never reuses them, so the kernel
+//! never sees one number name two files.
+
+mod attr;
+mod dir;
+mod fs;
+
+use fs::{PondFs, Shared};
+use pond_client::Client;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long an unmount waits for processes still using the mount (after a lazy detach)
+/// before the daemon stops serving anyway.
+const UNMOUNT_WAIT_MS: u64 = 10_000;
+
+/// Mount options.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Let users other than the mounting one use the mount (default: when mounting as root).
+    pub allow_other: bool,
+    /// How long the kernel may cache an attribute (stat) without asking again.
+    pub attr_ttl: Duration,
+    /// How long the kernel may cache a name → inode entry.
+    pub entry_ttl: Duration,
+    /// Largest write request the kernel sends (≥ 1 MiB; the kernel caps at its max_pages).
+    pub max_write: u32,
+    pub read_only: bool,
+    /// Shown as the mount's source in /proc/mounts.
+    pub fs_name: String,
+}
+
+impl Default for MountOptions {
+    fn default() -> MountOptions {
+        MountOptions {
+            // SAFETY: geteuid cannot fail and touches no memory.
+            allow_other: unsafe { libc::geteuid() } == 0,
+            attr_ttl: Duration::from_secs(1),
+            entry_ttl: Duration::from_secs(1),
+            max_write: 1 << 20,
+            read_only: false,
+            fs_name: "pond".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("mountpoint {0}: {1}")]
+    Mountpoint(PathBuf, std::io::Error),
+    #[error("mountpoint {0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("/dev/fuse is missing: load the fuse module or run in a container with /dev/fuse")]
+    NoDevFuse,
+    #[error("mount {0}: {1}")]
+    Mount(PathBuf, std::io::Error),
+    #[error("unmount {0}: {1}")]
+    Unmount(PathBuf, std::io::Error),
+    #[error("max_write must be at least 4096, got {0}")]
+    BadOption(u32),
+}
+
+/// A live mount. Dropping it without `unmount` unmounts in the background.
+pub struct Mount {
+    handle: Option<fuse3::raw::MountHandle>,
+    mountpoint: PathBuf,
+    shared: Arc<Shared>,
+}
+
+/// Mounts `client`'s cluster at `mountpoint`. Returns once the kernel mount exists (requests
+/// are served from then on by tasks on the current runtime). As root the mount is made
+/// directly; otherwise through `fusermount3`.
+pub async fn mount(
+    client: Client,
+    mountpoint: &Path,
+    opts: MountOptions,
+) -> Result<Mount, MountError> {
+    if opts.max_write < 4096 {
+        return Err(MountError::BadOption(opts.max_write));
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err(MountError::NoDevFuse);
+    }
+    let mp = mountpoint.to_path_buf();
+    let md = std::fs::metadata(&mp).map_err(|e| MountError::Mountpoint(mp.clone(), e))?;
+    if !md.is_dir() {
+        return Err(MountError::NotADirectory(mp));
+    }
+    let mut fo = fuse3::MountOptions::default();
+    fo.fs_name(opts.fs_name.clone())
+        .allow_other(opts.allow_other)
+        .default_permissions(true)
+        .read_only(opts.read_only)
+        .write_back(false);
+    let shared = Arc::new(Shared::new(client, opts));
+    let fs = PondFs { s: shared.clone() };
+    let session = fuse3::raw::Session::new(fo);
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let root = unsafe { libc::geteuid() } == 0;
+    let handle = if root {
+        session.mount(fs, &mp).await
+    } else {
+        session.mount_with_unprivileged(fs, &mp).await
+    }
+    .map_err(|e| MountError::Mount(mp.clone(), e))?;
+    tracing::info!(mountpoint = %mp.display(), "mounted");
+    Ok(Mount {
+        handle: Some(handle),
+        mountpoint: mp,
+        shared,
+    })
+}
+
+impl Mount {
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The client serving the mount.
+    pub fn client(&self) -> &Client {
+        &self.shared.client
+    }
+
+    /// Waits until the filesystem is unmounted from outside (`umount`, `fusermount3 -u`).
+    pub async fn wait(mut self) -> Result<(), MountError> {
+        let h = self.handle.take().expect("handle present until consumed");
+        let r = h.await;
+        self.shared.close_all().await;
+        r.map_err(|e| MountError::Unmount(self.mountpoint.clone(), e))
+    }
+
+    /// Unmounts: a plain unmount first; if the mount is busy, a lazy detach, then waits up to
+    /// `UNMOUNT_WAIT_MS` for its users to go before it stops serving. Buffered writes of
+    /// handles still open are flushed and their sessions closed.
+    pub async fn unmount(mut self) -> Result<(), MountError> {
+        let h = self.handle.take().expect("handle present until consumed");
+        let mp = self.mountpoint.clone();
+        let r = tokio::task::spawn_blocking(move || kernel_unmount(&mp))
+            .await
+            .expect("unmount task does not panic");
+        if let Err(e) = r {
+            // Nothing unmounted: let fuse3 end the session and try itself.
+            let r2 = h.unmount().await;
+            self.shared.close_all().await;
+            return r2.map_err(|_| MountError::Unmount(self.mountpoint.clone(), e));
+        }
+        match tokio::time::timeout(Duration::from_millis(UNMOUNT_WAIT_MS), h).await {
+            Ok(r) => {
+                self.shared.close_all().await;
+                r.map_err(|e| MountError::Unmount(self.mountpoint.clone(), e))
+            }
+            Err(_) => {
+                tracing::warn!(mountpoint = %self.mountpoint.display(), "mount still in use after detach; stopping anyway");
+                self.shared.close_all().await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Serves until SIGTERM or SIGINT (then unmounts cleanly) or until unmounted from outside.
+    pub async fn serve_until_signal(mut self) -> Result<(), MountError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())
+            .map_err(|e| MountError::Mount(self.mountpoint.clone(), e))?;
+        let mut int = signal(SignalKind::interrupt())
+            .map_err(|e| MountError::Mount(self.mountpoint.clone(), e))?;
+        let h = self.handle.as_mut().expect("handle present until consumed");
+        tokio::select! {
+            r = h => {
+                self.handle = None;
+                self.shared.close_all().await;
+                tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted from outside");
+                return r.map_err(|e| MountError::Unmount(self.mountpoint.clone(), e));
+            }
+            _ = term.recv() => tracing::info!("SIGTERM: unmounting"),
+            _ = int.recv() => tracing::info!("SIGINT: unmounting"),
+        }
+        self.unmount().await
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        // The fuse3 handle unmounts in the background when dropped unfinished.
+        self.handle.take();
+    }
+}
+
+/// `umount2(path, 0)`, falling back to a lazy detach when busy; `fusermount3 -u[z]` when not
+/// root.
+fn kernel_unmount(mp: &Path) -> std::io::Result<()> {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        let st = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg(mp)
+            .status()?;
+        if st.success() {
+            return Ok(());
+        }
+        let st = std::process::Command::new("fusermount3")
+            .arg("-uz")
+            .arg(mp)
+            .status()?;
+        return if st.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other("fusermount3 -uz failed"))
+        };
+    }
+    let c = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EBUSY) {
+        return Err(e);
+    }
+    // SAFETY: as above.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    Err(std::io::Error::last_os_error())
+}
+
+/// Convenience for the `pond mount` command: mount and serve until a signal or an external
+/// unmount.
+pub async fn serve(
+    client: Client,
+    mountpoint: &Path,
+    opts: MountOptions,
+) -> Result<(), MountError> {
+    mount(client, mountpoint, opts)
+        .await?
+        .serve_until_signal()
+        .await
+}

@@ -1,0 +1,762 @@
+//! The `fuse3` filesystem: every kernel request becomes a `pond_client::Client` call.
+//!
+//! - FUSE inode numbers are pond inode ids (the root is 1 in both); generations are 0 because
+//!   pond never reuses inode ids. `forget` needs no bookkeeping.
+//! - Permission checks are the kernel's (`default_permissions`): it knows the caller's
+//!   supplementary groups; this layer passes the caller's uid/gid to meta for new inodes.
+//! - Attributes and entries are cached by the kernel for `attr_ttl`/`entry_ttl`; page cache is
+//!   dropped at every open (no `FOPEN_KEEP_CACHE`): close-to-open consistency across clients.
+//! - Writes go through the client's write-behind buffer; `flush` (every `close(2)`) waits for
+//!   them and reports the length to meta, so `stat` after `close` is exact everywhere; `release`
+//!   closes the write session.
+//! - A file open here stays readable after unlink or rename-over: the client pins it with a
+//!   write session until its last handle is released.
+
+use crate::MountOptions;
+use crate::attr::{access_ok, errno, file_attr, from_time, kind};
+use crate::dir::DirHandle;
+use bytes::Bytes;
+use fuse3::raw::prelude::*;
+use fuse3::{Errno, Result};
+use futures::Stream;
+use futures::stream;
+use parking_lot::Mutex;
+use pond_client::{Client, ClientError, File, OpenMode};
+use pond_proto::layout::PlacementHint;
+use pond_proto::meta::{Caller, RenameMode, SetAttr as PondSetAttr};
+use pond_proto::{ErrorCode, InodeId};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Entries handed to the kernel per readdir call: a 4 KiB readdir buffer holds ~100 plain
+/// entries or ~25 with attributes; the rest of what we produce is dropped by fuse3.
+const READDIR_BATCH: usize = 128;
+const READDIRPLUS_BATCH: usize = 48;
+/// Zeros written per step by fallocate's punch-hole/zero-range.
+const ZERO_STEP_BYTES: usize = 1 << 20;
+
+pub(crate) struct FileHandle {
+    file: File,
+}
+
+/// State shared by the filesystem and the mount handle (for a clean shutdown).
+pub(crate) struct Shared {
+    pub(crate) client: Client,
+    pub(crate) opts: MountOptions,
+    files: Mutex<HashMap<u64, Arc<FileHandle>>>,
+    dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
+    /// Directory inode → parent inode, learned from lookups (for `..` in listings).
+    parents: Mutex<HashMap<u64, u64>>,
+    next_fh: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(client: Client, opts: MountOptions) -> Shared {
+        Shared {
+            client,
+            opts,
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            parents: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    /// Closes every handle still open (unmount, daemon shutdown): buffered writes are flushed
+    /// and write sessions closed.
+    pub(crate) async fn close_all(&self) {
+        let files: Vec<Arc<FileHandle>> = self.files.lock().drain().map(|(_, h)| h).collect();
+        self.dirs.lock().clear();
+        for h in files {
+            if let Err(e) = h.file.close().await {
+                tracing::warn!(inode = %h.file.inode(), error = %e, "close at unmount failed");
+            }
+        }
+    }
+
+    pub(crate) fn open_files(&self) -> usize {
+        self.files.lock().len()
+    }
+}
+
+pub struct PondFs {
+    pub(crate) s: Arc<Shared>,
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid,
+        gid: req.gid,
+    }
+}
+
+fn name_of(name: &OsStr) -> Result<&str> {
+    name.to_str().ok_or_else(|| Errno::from(libc::EINVAL))
+}
+
+fn fail(e: ClientError) -> Errno {
+    match e.code() {
+        ErrorCode::NotFound
+        | ErrorCode::Exists
+        | ErrorCode::NotEmpty
+        | ErrorCode::NotDir
+        | ErrorCode::IsDir => tracing::debug!(error = %e, "request refused"),
+        ErrorCode::Io
+        | ErrorCode::Internal
+        | ErrorCode::Unavailable
+        | ErrorCode::Timeout
+        | ErrorCode::Malformed
+        | ErrorCode::Checksum => tracing::warn!(error = %e, "request failed"),
+        _ => tracing::debug!(error = %e, "request refused"),
+    }
+    errno(&e)
+}
+
+impl PondFs {
+    fn entry(&self, a: &pond_proto::meta::InodeAttr) -> ReplyEntry {
+        ReplyEntry {
+            ttl: self.s.opts.entry_ttl,
+            attr: file_attr(a),
+            generation: 0,
+        }
+    }
+
+    fn file(&self, fh: u64) -> Result<Arc<FileHandle>> {
+        self.s
+            .files
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| Errno::from(libc::EBADF))
+    }
+
+    fn new_fh(&self) -> u64 {
+        self.s.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn add_file(&self, file: File) -> u64 {
+        let fh = self.new_fh();
+        self.s
+            .files
+            .lock()
+            .insert(fh, Arc::new(FileHandle { file }));
+        fh
+    }
+
+    fn remember_parent(&self, a: &pond_proto::meta::InodeAttr, parent: u64) {
+        if a.kind == pond_proto::meta::FileType::Dir {
+            self.s.parents.lock().insert(a.inode.0, parent);
+        }
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.s.opts.read_only {
+            return Err(libc::EROFS.into());
+        }
+        Ok(())
+    }
+
+    /// Pins the inode `name` in `parent` names if this mount has it open, so it stays readable
+    /// after the name goes.
+    async fn pin_target(&self, parent: u64, name: &str) -> Result<()> {
+        if self.s.open_files() == 0 {
+            return Ok(());
+        }
+        match self.s.client.lookup(InodeId(parent), name).await {
+            Ok(a) => self.s.client.pin_if_open(a.inode).await.map_err(fail),
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(()),
+            Err(e) => Err(fail(e)),
+        }
+    }
+
+    async fn zero_range(&self, h: &FileHandle, offset: u64, len: u64) -> Result<()> {
+        let zeros = vec![0u8; ZERO_STEP_BYTES.min(len as usize)];
+        let mut at = offset;
+        let end = offset + len;
+        while at < end {
+            let n = ((end - at) as usize).min(zeros.len());
+            h.file
+                .open_inode()
+                .write_at(at, &zeros[..n])
+                .await
+                .map_err(fail)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+}
+
+impl Filesystem for PondFs {
+    async fn init(&self, _req: Request) -> Result<ReplyInit> {
+        let max_write = NonZeroU32::new(self.s.opts.max_write).expect("max_write checked at mount");
+        let mut r = ReplyInit::new(max_write);
+        // Async reads/writes the kernel keeps in flight: enough to keep several chains busy.
+        r.max_background = Some(64);
+        r.congestion_threshold = Some(48);
+        Ok(r)
+    }
+
+    async fn destroy(&self, _req: Request) {
+        self.s.close_all().await;
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, req), fields(uid = req.uid))]
+    async fn lookup(&self, req: Request, parent: u64, name: &OsStr) -> Result<ReplyEntry> {
+        let Some(name) = name.to_str() else {
+            return Err(libc::ENOENT.into());
+        };
+        let a = self
+            .s
+            .client
+            .lookup(InodeId(parent), name)
+            .await
+            .map_err(fail)?;
+        self.remember_parent(&a, parent);
+        Ok(self.entry(&a))
+    }
+
+    async fn forget(&self, _req: Request, _inode: u64, _nlookup: u64) {}
+
+    async fn batch_forget(&self, _req: Request, _inodes: &[(u64, u64)]) {}
+
+    #[tracing::instrument(level = "debug", skip(self, _req))]
+    async fn getattr(
+        &self,
+        _req: Request,
+        inode: u64,
+        _fh: Option<u64>,
+        _flags: u32,
+    ) -> Result<ReplyAttr> {
+        let a = self.s.client.getattr(InodeId(inode)).await.map_err(fail)?;
+        Ok(ReplyAttr {
+            ttl: self.s.opts.attr_ttl,
+            attr: file_attr(&a),
+        })
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, req), fields(uid = req.uid))]
+    async fn setattr(
+        &self,
+        req: Request,
+        inode: u64,
+        _fh: Option<u64>,
+        set: SetAttr,
+    ) -> Result<ReplyAttr> {
+        self.check_writable()?;
+        let _ = req;
+        let p = PondSetAttr {
+            mode: set.mode.map(|m| m & 0o7777),
+            uid: set.uid,
+            gid: set.gid,
+            size: set.size,
+            atime: set.atime.map(from_time),
+            mtime: set.mtime.map(from_time),
+        };
+        let a = self
+            .s
+            .client
+            .setattr(InodeId(inode), p)
+            .await
+            .map_err(fail)?;
+        Ok(ReplyAttr {
+            ttl: self.s.opts.attr_ttl,
+            attr: file_attr(&a),
+        })
+    }
+
+    async fn readlink(&self, _req: Request, inode: u64) -> Result<ReplyData> {
+        let t = self.s.client.readlink(InodeId(inode)).await.map_err(fail)?;
+        Ok(ReplyData {
+            data: Bytes::from(t.into_bytes()),
+        })
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, req), fields(uid = req.uid))]
+    async fn symlink(
+        &self,
+        req: Request,
+        parent: u64,
+        name: &OsStr,
+        link: &OsStr,
+    ) -> Result<ReplyEntry> {
+        self.check_writable()?;
+        let (name, target) = (name_of(name)?, name_of(link)?);
+        let a = self
+            .s
+            .client
+            .symlink(InodeId(parent), name, target, caller(&req))
+            .await
+            .map_err(fail)?;
+        Ok(self.entry(&a))
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, req), fields(uid = req.uid))]
+    async fn mknod(
+        &self,
+        req: Request,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        _rdev: u32,
+    ) -> Result<ReplyEntry> {
+        self.check_writable()?;
+        let fmt = mode & libc::S_IFMT;
+        if fmt != libc::S_IFREG && fmt != 0 {
+            // Only regular files exist in pond (mknod(2): EPERM for unsupported node types).
+            return Err(libc::EPERM.into());
+        }
+        let name = name_of(name)?;
+        let a = self
+            .s
+            .client
+            .create(InodeId(parent), name, mode & 0o7777, caller(&req), true)
+            .await
+            .map_err(fail)?;
+        Ok(self.entry(&a))
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, req), fields(uid = req.uid))]
+    async fn mkdir(
+        &self,
+        req: Request,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+    ) -> Result<ReplyEntry> {
+        self.check_writable()?;
+        let name = name_of(name)?;
+        let a = self
+            .s
+            .client
+            .mkdir(InodeId(parent), name, mode & 0o7777, caller(&req))
+            .await
+            .map_err(fail)?;
+        self.remember_parent(&a, parent);
+        Ok(self.entry(&a))
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, _req))]
+    async fn unlink(&self, _req: Request, parent: u64, name: &OsStr) -> Result<()> {
+        self.check_writable()?;
+        let name = name_of(name)?;
+        self.pin_target(parent, name).await?;
+        self.s
+            .client
+            .unlink(InodeId(parent), name)
+            .await
+            .map_err(fail)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, _req))]
+    async fn rmdir(&self, _req: Request, parent: u64, name: &OsStr) -> Result<()> {
+        self.check_writable()?;
+        let name = name_of(name)?;
+        self.s
+            .client
+            .rmdir(InodeId(parent), name)
+            .await
+            .map_err(fail)
+    }
+
+    async fn rename(
+        &self,
+        req: Request,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+    ) -> Result<()> {
+        self.rename2(req, parent, name, new_parent, new_name, 0)
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, _req))]
+    async fn rename2(
+        &self,
+        _req: Request,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        self.check_writable()?;
+        let (name, new_name) = (name_of(name)?, name_of(new_name)?);
+        let mode = match flags {
+            0 => RenameMode::Replace,
+            f if f == libc::RENAME_NOREPLACE => RenameMode::NoReplace,
+            f if f == libc::RENAME_EXCHANGE => RenameMode::Exchange,
+            _ => return Err(libc::EINVAL.into()),
+        };
+        if mode == RenameMode::Replace {
+            self.pin_target(new_parent, new_name).await?;
+        }
+        self.s
+            .client
+            .rename(InodeId(parent), name, InodeId(new_parent), new_name, mode)
+            .await
+            .map_err(fail)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, _req))]
+    async fn link(
+        &self,
+        _req: Request,
+        inode: u64,
+        new_parent: u64,
+        new_name: &OsStr,
+    ) -> Result<ReplyEntry> {
+        self.check_writable()?;
+        let name = name_of(new_name)?;
+        let a = self
+            .s
+            .client
+            .link(InodeId(inode), InodeId(new_parent), name)
+            .await
+            .map_err(fail)?;
+        Ok(self.entry(&a))
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, _req))]
+    async fn open(&self, _req: Request, inode: u64, flags: u32) -> Result<ReplyOpen> {
+        let flags = flags as i32;
+        let mode = OpenMode::from_flags(flags);
+        if mode.write {
+            self.check_writable()?;
+        }
+        let truncate = flags & libc::O_TRUNC != 0 && mode.write;
+        let file = self
+            .s
+            .client
+            .open_inode(InodeId(inode), mode, truncate)
+            .await
+            .map_err(fail)?;
+        Ok(ReplyOpen {
+            fh: self.add_file(file),
+            flags: 0,
+        })
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, _req))]
+    async fn read(
+        &self,
+        _req: Request,
+        _inode: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<ReplyData> {
+        let h = self.file(fh)?;
+        // Not `File::pread`: the kernel may read pages of a write-only handle (mmap).
+        let data = h
+            .file
+            .open_inode()
+            .read_at(offset, size as usize)
+            .await
+            .map_err(fail)?;
+        Ok(ReplyData { data })
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, _req, data), fields(len = data.len()))]
+    async fn write(
+        &self,
+        _req: Request,
+        _inode: u64,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        _write_flags: u32,
+        _flags: u32,
+    ) -> Result<ReplyWrite> {
+        let h = self.file(fh)?;
+        h.file.pwrite(offset, data).await.map_err(fail)?;
+        Ok(ReplyWrite {
+            written: data.len() as u32,
+        })
+    }
+
+    async fn statfs(&self, _req: Request, _inode: u64) -> Result<ReplyStatFs> {
+        let s = self.s.client.statfs().await.map_err(fail)?;
+        const BS: u64 = 4096;
+        Ok(ReplyStatFs {
+            blocks: s.total_bytes / BS,
+            bfree: s.free_bytes / BS,
+            bavail: s.free_bytes / BS,
+            // Inode ids are 64-bit and never run out; report plenty free.
+            files: s.inodes + (1 << 32),
+            ffree: 1 << 32,
+            bsize: BS as u32,
+            namelen: pond_proto::limits::NAME_BYTES_MAX as u32,
+            frsize: BS as u32,
+        })
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, _req))]
+    async fn release(
+        &self,
+        _req: Request,
+        _inode: u64,
+        fh: u64,
+        _flags: u32,
+        _lock_owner: u64,
+        _flush: bool,
+    ) -> Result<()> {
+        let h = self.s.files.lock().remove(&fh);
+        let Some(h) = h else {
+            return Err(libc::EBADF.into());
+        };
+        if let Err(e) = h.file.close().await {
+            // close(2) has already returned; the error was reported by flush if it happened
+            // before, otherwise it can only be logged.
+            tracing::warn!(inode = %h.file.inode(), error = %e, "release failed");
+            return Err(errno(&e));
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, _req))]
+    async fn fsync(&self, _req: Request, _inode: u64, fh: u64, _datasync: bool) -> Result<()> {
+        let h = self.file(fh)?;
+        h.file.fsync().await.map_err(fail)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, _req))]
+    async fn flush(&self, _req: Request, _inode: u64, fh: u64, _lock_owner: u64) -> Result<()> {
+        let h = self.file(fh)?;
+        if !h.file.mode().write {
+            return Ok(());
+        }
+        h.file.fsync().await.map_err(fail)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, _req))]
+    async fn opendir(&self, _req: Request, inode: u64, _flags: u32) -> Result<ReplyOpen> {
+        let a = self.s.client.getattr(InodeId(inode)).await.map_err(fail)?;
+        if a.kind != pond_proto::meta::FileType::Dir {
+            return Err(libc::ENOTDIR.into());
+        }
+        let parent = if inode == InodeId::ROOT.0 {
+            inode
+        } else {
+            self.s.parents.lock().get(&inode).copied().unwrap_or(inode)
+        };
+        let fh = self.new_fh();
+        self.s.dirs.lock().insert(
+            fh,
+            Arc::new(DirHandle::new(InodeId(inode), InodeId(parent))),
+        );
+        Ok(ReplyOpen { fh, flags: 0 })
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, _req))]
+    async fn readdir<'a>(
+        &'a self,
+        _req: Request,
+        _parent: u64,
+        fh: u64,
+        offset: i64,
+    ) -> Result<ReplyDirectory<impl Stream<Item = Result<DirectoryEntry>> + Send + 'a>> {
+        let d = self
+            .s
+            .dirs
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| Errno::from(libc::EBADF))?;
+        let listed = d
+            .list(&self.s.client, offset, READDIR_BATCH)
+            .await
+            .map_err(fail)?;
+        let entries: Vec<Result<DirectoryEntry>> = listed
+            .into_iter()
+            .map(|l| {
+                Ok(DirectoryEntry {
+                    inode: l.inode.0,
+                    kind: kind(l.kind),
+                    name: l.name.into(),
+                    offset: l.next_offset,
+                })
+            })
+            .collect();
+        Ok(ReplyDirectory {
+            entries: stream::iter(entries),
+        })
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, _req))]
+    async fn readdirplus<'a>(
+        &'a self,
+        _req: Request,
+        parent: u64,
+        fh: u64,
+        offset: u64,
+        _lock_owner: u64,
+    ) -> Result<ReplyDirectoryPlus<impl Stream<Item = Result<DirectoryEntryPlus>> + Send + 'a>>
+    {
+        let d = self
+            .s
+            .dirs
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| Errno::from(libc::EBADF))?;
+        let listed = d
+            .list(&self.s.client, offset as i64, READDIRPLUS_BATCH)
+            .await
+            .map_err(fail)?;
+        let mut dot_attr = None;
+        let mut entries = Vec::with_capacity(listed.len());
+        for l in listed {
+            let attr = match l.attr {
+                Some(a) => {
+                    self.remember_parent(&a, parent);
+                    file_attr(&a)
+                }
+                None => {
+                    // "." and "..": the kernel ignores their attributes; send the directory's.
+                    if dot_attr.is_none() {
+                        dot_attr = Some(self.s.client.getattr(d.dir).await.map_err(fail)?);
+                    }
+                    let mut fa = file_attr(dot_attr.as_ref().expect("fetched above"));
+                    fa.ino = l.inode.0;
+                    fa
+                }
+            };
+            entries.push(Ok(DirectoryEntryPlus {
+                inode: l.inode.0,
+                generation: 0,
+                kind: kind(l.kind),
+                name: l.name.into(),
+                offset: l.next_offset,
+                attr,
+                entry_ttl: self.s.opts.entry_ttl,
+                attr_ttl: self.s.opts.attr_ttl,
+            }));
+        }
+        Ok(ReplyDirectoryPlus {
+            entries: stream::iter(entries),
+        })
+    }
+
+    async fn releasedir(&self, _req: Request, _inode: u64, fh: u64, _flags: u32) -> Result<()> {
+        self.s.dirs.lock().remove(&fh);
+        Ok(())
+    }
+
+    async fn fsyncdir(&self, _req: Request, _inode: u64, _fh: u64, _datasync: bool) -> Result<()> {
+        // Namespace changes are durable on a Raft majority before they are acknowledged.
+        Ok(())
+    }
+
+    async fn access(&self, req: Request, inode: u64, mask: u32) -> Result<()> {
+        let a = self.s.client.getattr(InodeId(inode)).await.map_err(fail)?;
+        if mask as i32 & libc::W_OK != 0 && self.s.opts.read_only {
+            return Err(libc::EROFS.into());
+        }
+        if access_ok(&a, req.uid, req.gid, mask as i32) {
+            Ok(())
+        } else {
+            Err(libc::EACCES.into())
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, req), fields(uid = req.uid))]
+    async fn create(
+        &self,
+        req: Request,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: u32,
+    ) -> Result<ReplyCreated> {
+        self.check_writable()?;
+        let name = name_of(name)?;
+        let flags = flags as i32;
+        let om = OpenMode::from_flags(flags);
+        let exclusive = flags & libc::O_EXCL != 0;
+        let (mut a, file) = self
+            .s
+            .client
+            .create_open(
+                InodeId(parent),
+                name,
+                mode & 0o7777,
+                caller(&req),
+                exclusive,
+                PlacementHint::Any,
+                om,
+            )
+            .await
+            .map_err(fail)?;
+        if flags & libc::O_TRUNC != 0 && om.write && a.size > 0 {
+            match file.truncate(0).await {
+                Ok(t) => a = t,
+                Err(e) => {
+                    let _ = file.close().await;
+                    return Err(fail(e));
+                }
+            }
+        }
+        let fh = self.add_file(file);
+        Ok(ReplyCreated {
+            ttl: self.s.opts.entry_ttl,
+            attr: file_attr(&a),
+            generation: 0,
+            fh,
+            flags: 0,
+        })
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, _req))]
+    async fn fallocate(
+        &self,
+        _req: Request,
+        _inode: u64,
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: u32,
+    ) -> Result<()> {
+        self.check_writable()?;
+        let h = self.file(fh)?;
+        if !h.file.mode().write {
+            return Err(libc::EBADF.into());
+        }
+        let end = offset
+            .checked_add(length)
+            .ok_or_else(|| Errno::from(libc::EFBIG))?;
+        let mode = mode as i32;
+        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let size = h.file.size();
+        match mode & !libc::FALLOC_FL_KEEP_SIZE {
+            // Allocate: pond does not reserve space ahead (chunks are written on demand), but the
+            // size change is honoured, which is what callers observe.
+            0 => {
+                if !keep && end > size {
+                    h.file.open_inode().truncate(end).await.map_err(fail)?;
+                }
+                Ok(())
+            }
+            // Punch a hole: the range reads as zeros afterwards; the size never changes.
+            m if m == libc::FALLOC_FL_PUNCH_HOLE && keep => {
+                let stop = end.min(size);
+                if stop > offset {
+                    self.zero_range(&h, offset, stop - offset).await?;
+                }
+                Ok(())
+            }
+            m if m == libc::FALLOC_FL_ZERO_RANGE => {
+                let stop = if keep { end.min(size) } else { end };
+                if stop > offset {
+                    self.zero_range(&h, offset, stop - offset).await?;
+                }
+                Ok(())
+            }
+            _ => Err(libc::EOPNOTSUPP.into()),
+        }
+    }
+}
