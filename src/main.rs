@@ -46,6 +46,9 @@ enum Command {
     Admin(cmd::admin::AdminCmd),
     /// Benchmarks with same-run baselines: `pond bench meta|all [--quick]`.
     Bench(cmd::bench::BenchArgs),
+    /// File tools on the client library (no mount needed).
+    #[command(flatten)]
+    Fs(cmd::fs::FsCmd),
     /// Internal: the supervisor process of `pond up --detach`.
     #[command(hide = true)]
     Supervise {
@@ -65,6 +68,7 @@ fn main() -> Result<()> {
         Command::Down { dir } => cmd::up::down(&dir),
         Command::Status { json } => cmd::status::status(cli.cluster.as_deref(), json),
         Command::Bench(b) => cmd::bench::bench(cli.cluster.as_deref(), b),
+        Command::Fs(f) => cmd::fs::run(cli.cluster.as_deref(), f),
         Command::Admin(a) => cmd::admin::admin(cli.cluster.as_deref(), a),
     }
 }

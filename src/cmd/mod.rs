@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod fs;
 pub mod roles;
 pub mod status;
 pub mod up;
