@@ -403,6 +403,11 @@ pub enum DataRequest {
     },
     /// Local states of the node's targets (tests and `pond status`).
     TargetStates,
+    /// RDMA transport setup over the TCP connection: the client's queue-pair endpoint
+    /// (opaque bytes owned by the RDMA transport). Answered by `RdmaAccept` or an error.
+    RdmaConnect {
+        endpoint: Vec<u8>,
+    },
 }
 
 impl DataRequest {
@@ -419,6 +424,7 @@ impl DataRequest {
             DataRequest::SyncRemove { .. } => "sync_remove",
             DataRequest::SyncDone { .. } => "sync_done",
             DataRequest::TargetStates => "target_states",
+            DataRequest::RdmaConnect { .. } => "rdma_connect",
         }
     }
 }
@@ -448,6 +454,10 @@ pub enum DataResponse {
     },
     Done,
     Error(PondError),
+    /// The server's queue-pair endpoint for an `RdmaConnect`.
+    RdmaAccept {
+        endpoint: Vec<u8>,
+    },
 }
 
 #[cfg(test)]

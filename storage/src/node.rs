@@ -425,6 +425,10 @@ impl Node {
                 }
                 DataRequest::SyncRemove { at, chunk } => self.handle_sync_remove(at, chunk).await,
                 DataRequest::SyncDone { at } => self.handle_sync_done(at),
+                DataRequest::RdmaConnect { .. } => Err(err(
+                    ErrorCode::NotSupported,
+                    "this storage node does not accept RDMA connections; use TCP",
+                )),
                 DataRequest::TargetStates => Ok((
                     DataResponse::TargetStates {
                         targets: self.local_states(),

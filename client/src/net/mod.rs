@@ -14,6 +14,8 @@
 //! Wire format: `pond_proto::data`.
 
 pub mod limits;
+#[cfg(feature = "rdma")]
+pub mod rdma;
 pub mod tcp;
 
 use bytes::Bytes;
