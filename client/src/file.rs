@@ -851,3 +851,12 @@ impl Drop for File {
         }
     }
 }
+
+impl std::fmt::Debug for File {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("File")
+            .field("inode", &self.oi.inode)
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
