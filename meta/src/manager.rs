@@ -222,15 +222,22 @@ impl Manager {
                 tracing::debug!(error = %e, "propose node down");
             }
         }
-        let trash = (|| -> Result<bool, redb::Error> {
-            let txn = self.shared.db.begin_read()?;
-            let t = txn.open_table(TRASH)?;
-            Ok(t.first()?.is_some())
-        })();
-        if let Ok(true) = trash
-            && let Err(e) = self.propose(ClusterCmd::ExpandTrash).await
-        {
-            tracing::debug!(error = %e, "propose trash step");
+        // Removed trees: a few bounded steps per tick, so a huge tree is detached at
+        // ~TRASH_STEPS_PER_TICK x TRASH_STEP_ENTRIES_MAX entries per tick without starving
+        // client writes (each step is one Raft entry in the same proposer queue).
+        for _ in 0..TRASH_STEPS_PER_TICK {
+            let trash = (|| -> Result<bool, redb::Error> {
+                let txn = self.shared.db.begin_read()?;
+                let t = txn.open_table(TRASH)?;
+                Ok(t.first()?.is_some())
+            })();
+            if !matches!(trash, Ok(true)) {
+                break;
+            }
+            if let Err(e) = self.propose(ClusterCmd::ExpandTrash).await {
+                tracing::debug!(error = %e, "propose trash step");
+                break;
+            }
         }
     }
 }
@@ -273,4 +280,83 @@ pub fn change_for(routing: &RoutingInfo, hb: &Heartbeat, usage_due: bool) -> Opt
         });
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ClusterState;
+    use pond_proto::cluster::{LocalState, TargetReport};
+    use pond_proto::{RoutingVersion, TargetId};
+
+    fn hb(state: LocalState, used: u64) -> Heartbeat {
+        Heartbeat {
+            node: NodeId(1),
+            data_addr: "127.0.0.1:1".into(),
+            targets: vec![TargetReport {
+                id: TargetId(1),
+                local_state: state,
+                used_bytes: used,
+                capacity_bytes: 100,
+            }],
+            routing_version: RoutingVersion(0),
+            gc_done: vec![],
+        }
+    }
+
+    #[test]
+    fn heartbeat_proposes_only_on_change() {
+        let mut c = ClusterState::default();
+        let h = hb(LocalState::UpToDate, 1);
+        assert!(matches!(
+            change_for(&c.routing, &h, false),
+            Some(ClusterCmd::Register { .. })
+        ));
+        c.register(h.node, &h.data_addr, &h.targets);
+        assert!(
+            change_for(&c.routing, &h, false).is_none(),
+            "nothing changed"
+        );
+        assert!(
+            change_for(&c.routing, &h, true).is_none(),
+            "usage unchanged"
+        );
+        assert!(
+            change_for(&c.routing, &hb(LocalState::UpToDate, 2), false).is_none(),
+            "usage not due"
+        );
+        assert!(matches!(
+            change_for(&c.routing, &hb(LocalState::UpToDate, 2), true),
+            Some(ClusterCmd::Report { usage: true, .. })
+        ));
+        assert!(matches!(
+            change_for(&c.routing, &hb(LocalState::Online, 1), false),
+            Some(ClusterCmd::Report { .. })
+        ));
+        let mut moved = h.clone();
+        moved.data_addr = "127.0.0.1:2".into();
+        assert!(matches!(
+            change_for(&c.routing, &moved, false),
+            Some(ClusterCmd::Register { .. })
+        ));
+        let mut more = h.clone();
+        more.targets.push(TargetReport {
+            id: TargetId(2),
+            local_state: LocalState::UpToDate,
+            used_bytes: 0,
+            capacity_bytes: 0,
+        });
+        assert!(matches!(
+            change_for(&c.routing, &more, false),
+            Some(ClusterCmd::Register { .. })
+        ));
+        c.node_down(NodeId(1));
+        assert!(
+            matches!(
+                change_for(&c.routing, &h, false),
+                Some(ClusterCmd::Report { .. })
+            ),
+            "back from the dead"
+        );
+    }
 }

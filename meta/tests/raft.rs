@@ -543,3 +543,130 @@ async fn throughput_smoke() {
     println!("lookups: {:.0}/s", n as f64 / dt.as_secs_f64());
     c.shutdown().await;
 }
+
+mod raw {
+    //! A bytes codec to send arbitrary (malformed) bodies to `pond.Meta`.
+    use bytes::{Buf, BufMut};
+    use tonic::Status;
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+    #[derive(Default)]
+    pub struct Raw;
+    pub struct E;
+    pub struct D;
+
+    impl Encoder for E {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            buf.put_slice(&item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for D {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+            Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+        }
+    }
+
+    impl Codec for Raw {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = E;
+        type Decoder = D;
+        fn encoder(&mut self) -> E {
+            E
+        }
+        fn decoder(&mut self) -> D {
+            D
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_over_grpc_changes_nothing_and_retries_dedupe() {
+    use pond_proto::rpc::meta_service::meta_client::MetaClient as Raw;
+    use tonic::metadata::MetadataValue;
+    let c = Cluster::start(1, 10_000).await;
+    c.leader().await;
+    let client = c.client();
+    mkdir(&client, "keep").await.unwrap();
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.cfgs[0].listen))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    // Malformed body: refused, connection-level only.
+    let mut grpc = tonic::client::Grpc::new(ch.clone());
+    grpc.ready().await.unwrap();
+    let mut req = tonic::Request::new(vec![0xFFu8, 0xFF, 0xFF, 0x01, 0x02]);
+    req.metadata_mut().insert(
+        pond_proto::rpc::TOKEN_HEADER,
+        MetadataValue::from_static(TOKEN),
+    );
+    let e = grpc
+        .unary::<Vec<u8>, Vec<u8>, raw::Raw>(
+            req,
+            tonic::codegen::http::uri::PathAndQuery::from_static("/pond.Meta/Op"),
+            raw::Raw,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+
+    // Oversized request: refused by the server's message limit.
+    let mut raw = Raw::new(ch.clone());
+    let mut req = tonic::Request::new(MetaRequest::Mkdir {
+        parent: InodeId::ROOT,
+        name: "x".repeat(pond_proto::limits::CONTROL_MESSAGE_BYTES_MAX + 1),
+        mode: 0o755,
+        caller: Caller::default(),
+    });
+    req.metadata_mut().insert(
+        pond_proto::rpc::TOKEN_HEADER,
+        MetadataValue::from_static(TOKEN),
+    );
+    assert!(raw.op(req).await.is_err());
+
+    // Over-long name: a clear ENAMETOOLONG.
+    let e = mkdir(&client, &"n".repeat(256)).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::NameTooLong);
+    assert_eq!(c.root_names(0), vec!["keep".to_string()]);
+
+    // The same (client, request) twice is applied once and answered twice alike.
+    let send = |request: u64| {
+        let mut raw = raw.clone();
+        async move {
+            let mut req = tonic::Request::new(MetaRequest::Mkdir {
+                parent: InodeId::ROOT,
+                name: "once".into(),
+                mode: 0o755,
+                caller: Caller::default(),
+            });
+            let md = req.metadata_mut();
+            md.insert(
+                pond_proto::rpc::TOKEN_HEADER,
+                MetadataValue::from_static(TOKEN),
+            );
+            md.insert(CLIENT_ID_HEADER, MetadataValue::from(77u64));
+            md.insert(REQUEST_ID_HEADER, MetadataValue::from(request));
+            raw.op(req)
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| pond_proto::error::from_status(&s))
+        }
+    };
+    let first = send(1).await.unwrap();
+    let again = send(1).await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(send(2).await.unwrap_err().code, ErrorCode::Exists);
+    assert_eq!(
+        c.root_names(0),
+        vec!["keep".to_string(), "once".to_string()]
+    );
+    c.shutdown().await;
+}
