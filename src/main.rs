@@ -49,6 +49,10 @@ enum Command {
     /// File tools on the client library (no mount needed).
     #[command(flatten)]
     Fs(cmd::fs::FsCmd),
+    /// Mount the cluster through FUSE.
+    Mount(cmd::mount::MountArgs),
+    /// Unmount a FUSE mount of pond.
+    Unmount { mountpoint: PathBuf },
     /// Internal: the supervisor process of `pond up --detach`.
     #[command(hide = true)]
     Supervise {
@@ -69,6 +73,8 @@ fn main() -> Result<()> {
         Command::Status { json } => cmd::status::status(cli.cluster.as_deref(), json),
         Command::Bench(b) => cmd::bench::bench(cli.cluster.as_deref(), b),
         Command::Fs(f) => cmd::fs::run(cli.cluster.as_deref(), f),
+        Command::Mount(m) => cmd::mount::mount(cli.cluster.as_deref(), m),
+        Command::Unmount { mountpoint } => cmd::mount::unmount(&mountpoint),
         Command::Admin(a) => cmd::admin::admin(cli.cluster.as_deref(), a),
     }
 }

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod bench;
 pub mod fs;
+pub mod mount;
 pub mod roles;
 pub mod status;
 pub mod up;
