@@ -402,6 +402,12 @@ impl StateStore {
         }
         let snap_dir = dir.join("snapshots");
         std::fs::create_dir_all(&snap_dir)?;
+        // Half-built or half-received snapshots of a crashed run.
+        for e in std::fs::read_dir(&snap_dir)?.flatten() {
+            if e.path().extension().is_some_and(|x| x == "tmp") {
+                std::fs::remove_file(e.path())?;
+            }
+        }
         let cluster = load_cluster(&db).map_err(|e| anyhow::anyhow!("load cluster map: {e}"))?;
         let applied: Option<LogId> = read_meta_value(&db, K_LAST_APPLIED)
             .map_err(|e| anyhow::anyhow!("read last applied: {e}"))?;
