@@ -53,6 +53,9 @@ enum Command {
     Mount(cmd::mount::MountArgs),
     /// Unmount a FUSE mount of pond.
     Unmount { mountpoint: PathBuf },
+    /// The main job: start (or reuse) the local cluster, write and read a sample dataset
+    /// through the client library and a FUSE mount, and report.
+    Demo(cmd::demo::DemoArgs),
     /// Internal: the supervisor process of `pond up --detach`.
     #[command(hide = true)]
     Supervise {
@@ -75,6 +78,7 @@ fn main() -> Result<()> {
         Command::Fs(f) => cmd::fs::run(cli.cluster.as_deref(), f),
         Command::Mount(m) => cmd::mount::mount(cli.cluster.as_deref(), m),
         Command::Unmount { mountpoint } => cmd::mount::unmount(&mountpoint),
+        Command::Demo(d) => cmd::demo::demo(d),
         Command::Admin(a) => cmd::admin::admin(cli.cluster.as_deref(), a),
     }
 }
