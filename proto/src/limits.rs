@@ -30,4 +30,4 @@ pub const SYMLINK_FOLLOW_MAX: usize = 40;
 
 const _: () = assert!(CHUNK_BYTES_MIN.is_power_of_two());
 const _: () = assert!(CHUNK_BYTES_MAX.is_power_of_two());
-const _: () = assert!(CHUNK_BYTES_MAX % 4096 == 0, "O_DIRECT alignment");
+const _: () = assert!(CHUNK_BYTES_MAX.is_multiple_of(4096), "O_DIRECT alignment");
