@@ -79,6 +79,19 @@ pub fn need_dir<T: ReadableTable<u64, &'static [u8]>>(t: &T, id: InodeId) -> R<I
     Ok(r)
 }
 
+/// A directory that may receive new entries: a directory removed by `RemoveTree` (nlink 0,
+/// waiting for the collector) is gone for POSIX purposes.
+pub fn need_live_dir<T: ReadableTable<u64, &'static [u8]>>(t: &T, id: InodeId) -> R<InodeRec> {
+    let r = need_dir(t, id)?;
+    if r.attr.nlink == 0 {
+        return fail(
+            ErrorCode::NotFound,
+            format!("directory {id} has been removed"),
+        );
+    }
+    Ok(r)
+}
+
 pub fn get_entry<D: ReadableTable<&'static [u8], &'static [u8]>>(
     d: &D,
     parent: InodeId,
@@ -765,7 +778,7 @@ impl<'t> Tx<'t> {
     /// Checks shared by every op that adds `name` to `parent`.
     fn check_new_entry(&self, parent: InodeId, name: &str) -> R<InodeRec> {
         validate_name(name)?;
-        let p = need_dir(&self.inodes, parent)?;
+        let p = need_live_dir(&self.inodes, parent)?;
         if get_entry(&self.dirents, parent, name)?.is_some() {
             return fail(ErrorCode::Exists, format!("{name:?} exists in {parent}"));
         }
@@ -808,7 +821,7 @@ impl<'t> Tx<'t> {
         session: Option<(pond_proto::ClientId, pond_proto::SessionId)>,
     ) -> R<MetaReply> {
         validate_name(name)?;
-        let mut p = need_dir(&self.inodes, parent)?;
+        let mut p = need_live_dir(&self.inodes, parent)?;
         if let Some((child, kind)) = get_entry(&self.dirents, parent, name)? {
             if exclusive {
                 return fail(ErrorCode::Exists, format!("{name:?} exists in {parent}"));
@@ -971,7 +984,7 @@ impl<'t> Tx<'t> {
         validate_name(sname)?;
         validate_name(dname)?;
         need_dir(&self.inodes, sp)?;
-        need_dir(&self.inodes, dp)?;
+        need_live_dir(&self.inodes, dp)?;
         let Some((src, skind)) = get_entry(&self.dirents, sp, sname)? else {
             return fail(ErrorCode::NotFound, format!("no entry {sname:?} in {sp}"));
         };
@@ -1173,7 +1186,7 @@ impl<'t> Tx<'t> {
         self.remove_entry(parent, name)?;
         if kind == FileType::Dir {
             p.attr.nlink -= 1;
-            self.trash.insert(child.0, ())?;
+            self.detach_dir(child)?;
         } else {
             let rec = need_inode(&self.inodes, child)?;
             self.drop_link(rec)?;
@@ -1181,6 +1194,17 @@ impl<'t> Tx<'t> {
         self.touch_dir(&mut p);
         self.put(&p)?;
         Ok(MetaReply::Done)
+    }
+
+    /// Put a directory on the trash list; nlink 0 marks it removed (no new entries).
+    fn detach_dir(&mut self, dir: InodeId) -> R<()> {
+        if let Some(mut rec) = get_inode(&self.inodes, dir)? {
+            rec.attr.nlink = 0;
+            rec.attr.ctime = self.now;
+            self.put(&rec)?;
+        }
+        self.trash.insert(dir.0, ())?;
+        Ok(())
     }
 
     /// One bounded step of the collector over removed trees: detach up to
@@ -1207,9 +1231,7 @@ impl<'t> Tx<'t> {
             for e in entries {
                 self.remove_entry(dir, &e.name)?;
                 match e.kind {
-                    FileType::Dir => {
-                        self.trash.insert(e.inode.0, ())?;
-                    }
+                    FileType::Dir => self.detach_dir(e.inode)?,
                     _ => {
                         if let Some(rec) = get_inode(&self.inodes, e.inode)? {
                             self.drop_link(rec)?;

@@ -1093,6 +1093,21 @@ fn remove_tree_detaches_then_collects_iteratively() {
     })
     .unwrap();
     assert_eq!(h.lookup(ROOT, "t"), Err(ErrorCode::NotFound));
+    // The detached tree takes no new entries while the collector works.
+    h.refused(create_req(t, "late", true), ErrorCode::NotFound);
+    h.refused(
+        MetaRequest::Mkdir {
+            parent: t,
+            name: "late".into(),
+            mode: 0o755,
+            caller: Caller::default(),
+        },
+        ErrorCode::NotFound,
+    );
+    h.refused(
+        rename(ROOT, "kept", t, "late", RenameMode::Replace),
+        ErrorCode::NotFound,
+    );
     assert_eq!(h.attr(ROOT).nlink, root_links - 1);
     let mut steps = 0;
     while h.with_tx(|tx| tx.expand_trash()) {
