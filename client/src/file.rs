@@ -242,23 +242,25 @@ impl OpenInode {
 
     /// Writes `data` at `offset` through the write-behind buffer.
     pub async fn write_at(self: &Arc<Self>, offset: u64, data: &[u8]) -> Result<()> {
-        let end = offset
-            .checked_add(data.len() as u64)
-            .filter(|e| *e <= pond_proto::limits::FILE_BYTES_MAX);
-        if end.is_none() {
-            return Err(ClientError::new(
-                ErrorCode::FileTooBig,
-                "write beyond the largest file size",
-            ));
-        }
+        self.write_buffered(Some(offset), data).await.map(|_| ())
+    }
+
+    /// Appends `data` at the end of the file as this client knows it; returns where it went.
+    /// The offset is chosen under the same lock that buffers the bytes, so concurrent appends
+    /// of this client never overlap (appends over `WRITE_BUFFER_BYTES_MAX` may interleave).
+    pub async fn append(self: &Arc<Self>, data: &[u8]) -> Result<u64> {
+        self.write_buffered(None, data).await
+    }
+
+    async fn write_buffered(self: &Arc<Self>, offset: Option<u64>, data: &[u8]) -> Result<u64> {
         if let Some(e) = self.st.lock().error.take() {
             return Err(e.into());
         }
         let step = limits::WRITE_BUFFER_BYTES_MAX;
         let mut done = 0usize;
-        while done < data.len() {
+        let mut base = offset;
+        while done < data.len() || (data.is_empty() && base.is_none()) {
             let part = &data[done..(done + step).min(data.len())];
-            let at = offset + done as u64;
             self.budget
                 .acquire_many(part.len() as u32)
                 .await
@@ -266,6 +268,19 @@ impl OpenInode {
                 .forget();
             let released = {
                 let mut st = self.st.lock();
+                let b = *base.get_or_insert(st.meta_size.max(st.written_end));
+                let at = b + done as u64;
+                if at
+                    .checked_add(part.len() as u64)
+                    .is_none_or(|e| e > pond_proto::limits::FILE_BYTES_MAX)
+                {
+                    drop(st);
+                    self.budget.add_permits(part.len());
+                    return Err(ClientError::new(
+                        ErrorCode::FileTooBig,
+                        "write beyond the largest file size",
+                    ));
+                }
                 let before = st.buf.bytes();
                 st.buf.insert(at, part);
                 let replaced = before + part.len() - st.buf.bytes();
@@ -281,8 +296,11 @@ impl OpenInode {
                 self.budget.add_permits(released);
             }
             done += part.len();
+            if data.is_empty() {
+                break;
+            }
         }
-        Ok(())
+        Ok(base.expect("set by the first part or given"))
     }
 
     /// Writes `data` at `offset` straight to storage (no buffer, no copy) and waits for it.
