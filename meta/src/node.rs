@@ -227,6 +227,7 @@ impl MetaNode {
         let _ = tokio::task::spawn_blocking(move || -> Result<(), redb::Error> {
             let mut txn = db.begin_write()?;
             txn.set_durability(redb::Durability::Immediate)?;
+            txn.set_quick_repair(true);
             txn.commit()?;
             Ok(())
         })

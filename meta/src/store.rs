@@ -440,8 +440,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let dir = self.snap_dir.clone();
         let (meta, path) = tokio::task::spawn_blocking(move || -> Result<_, BoxErr> {
             // 1. make every earlier apply durable (the log behind this snapshot gets purged).
+            //    Quick-repair stores the allocator state, so opening after a crash does not
+            //    walk the whole (possibly large) state file.
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
+            txn.set_quick_repair(true);
             txn.commit()?;
             // 2. dump a consistent view.
             let rtxn = db.begin_read()?;
