@@ -257,3 +257,67 @@ async fn corrupted_chunk_file_is_detected_served_and_repaired() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// Set `capacity_bytes` on every target of every storage node's config.
+fn cap_targets(cluster: &Cluster, nodes: u32, bytes: u64) {
+    for n in 1..=nodes {
+        let p = cluster.path().join(format!("storage-{n}/storage.toml"));
+        let mut v: toml::Table = toml::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let targets = v.get_mut("targets").and_then(|t| t.as_array_mut()).expect("targets");
+        for t in targets.iter_mut() {
+            t.as_table_mut()
+                .unwrap()
+                .insert("capacity_bytes".into(), toml::Value::Integer(bytes as i64));
+        }
+        std::fs::write(&p, toml::to_string(&v).unwrap()).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_target_says_no_space_and_damages_nothing() {
+    let mut cluster =
+        Cluster::start(BIN, Opts { meta: 1, storage: 3, targets_per_node: 1, replicas: 3 })
+            .expect("start cluster");
+    cluster.down().unwrap();
+    cap_targets(&cluster, 3, 4 << 20);
+    cluster.up_again().unwrap();
+    let cf = cluster.cluster_file().unwrap();
+    let client = Client::connect(&cf).await.unwrap();
+
+    let mut written = Vec::new();
+    let mut no_space = None;
+    for i in 0..64 {
+        let data = content(i, 1);
+        match client.write_file(&format!("/fill{i}"), &data).await {
+            Ok(()) => written.push(i),
+            Err(e) => {
+                no_space = Some(e);
+                break;
+            }
+        }
+    }
+    let e = no_space.expect("64 x 96 KiB never filled a 4 MiB target");
+    assert_eq!(e.code(), pond_proto::ErrorCode::NoSpace, "wrong error when full: {e}");
+    assert_eq!(e.errno(), libc::ENOSPC);
+    assert!(!written.is_empty(), "nothing fit at all");
+    for i in &written {
+        let got = client.read_file(&format!("/fill{i}")).await.unwrap();
+        assert_eq!(got, content(*i, 1), "file {i} damaged by a later failed write");
+    }
+    // Space comes back: removing files lets new writes succeed again once GC has run.
+    for i in &written {
+        client.unlink_path(&format!("/fill{i}")).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match client.write_file("/after", &content(99, 1)).await {
+            Ok(()) => break,
+            Err(e) if e.code() == pond_proto::ErrorCode::NoSpace => {
+                assert!(Instant::now() < deadline, "space never reclaimed after unlink");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("write after unlink: {e}"),
+        }
+    }
+    assert_eq!(client.read_file("/after").await.unwrap(), content(99, 1));
+}
