@@ -63,11 +63,17 @@ async fn pond_phase(
                         session: None,
                     },
                     Phase::Stat => MetaRequest::Lookup { parent: dir, name },
-                    Phase::Readdir => MetaRequest::ReadDir { dir, after: None, limit: 1000 },
+                    Phase::Readdir => MetaRequest::ReadDir {
+                        dir,
+                        after: None,
+                        limit: 1000,
+                    },
                     Phase::Unlink => MetaRequest::Unlink { parent: dir, name },
                 };
                 let t0 = Instant::now();
-                c.op(req).await.map_err(|e| anyhow::anyhow!("meta op: {e}"))?;
+                c.op(req)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("meta op: {e}"))?;
                 s.push(t0.elapsed());
             }
             anyhow::Ok(s)
@@ -96,7 +102,10 @@ fn local_phase(root: &Path, clients: usize, files: usize, phase: Phase) -> Resul
                     let t0 = Instant::now();
                     match phase {
                         Phase::Create => {
-                            std::fs::OpenOptions::new().write(true).create_new(true).open(&p)?;
+                            std::fs::OpenOptions::new()
+                                .write(true)
+                                .create_new(true)
+                                .open(&p)?;
                         }
                         Phase::Stat => {
                             std::fs::symlink_metadata(&p)?;
@@ -115,7 +124,10 @@ fn local_phase(root: &Path, clients: usize, files: usize, phase: Phase) -> Resul
         .collect();
     let mut all = Samples::default();
     for h in handles {
-        all.extend(h.join().map_err(|_| anyhow::anyhow!("bench thread panicked"))??);
+        all.extend(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("bench thread panicked"))??,
+        );
     }
     all.wall = start.elapsed();
     Ok(all)
@@ -123,7 +135,9 @@ fn local_phase(root: &Path, clients: usize, files: usize, phase: Phase) -> Resul
 
 /// Run the suite against one cluster; `label` names it in the table (e.g. "3 replicas").
 pub async fn run(client: &MetaClient, label: &str, opts: &MetaBenchOpts) -> Result<()> {
-    let local = tempfile::Builder::new().prefix("pond-bench-meta-").tempdir()?;
+    let local = tempfile::Builder::new()
+        .prefix("pond-bench-meta-")
+        .tempdir()?;
     let run_id = std::process::id();
     let mut rows = Vec::new();
     for &c in &opts.clients {
@@ -137,7 +151,9 @@ pub async fn run(client: &MetaClient, label: &str, opts: &MetaBenchOpts) -> Resu
             })
             .await
             .map_err(|e| anyhow::anyhow!("mkdir bench dir: {e}"))?;
-        let MetaReply::Attr(top_attr) = top_attr else { anyhow::bail!("mkdir: no attr") };
+        let MetaReply::Attr(top_attr) = top_attr else {
+            anyhow::bail!("mkdir: no attr")
+        };
         let mut dirs = Vec::new();
         let local_root = local.path().join(format!("n{c}"));
         for t in 0..c {
@@ -160,7 +176,11 @@ pub async fn run(client: &MetaClient, label: &str, opts: &MetaBenchOpts) -> Resu
         for (phase, name) in PHASES {
             let pond = pond_phase(client, &dirs, opts.files_per_client, phase).await?;
             let base = local_phase(&local_root, c, opts.files_per_client, phase)?;
-            rows.push(Row { what: format!("{name}, {c} clients"), pond, base });
+            rows.push(Row {
+                what: format!("{name}, {c} clients"),
+                pond,
+                base,
+            });
         }
     }
     print_table(&format!("meta: {label}"), "local fs", &mut rows);

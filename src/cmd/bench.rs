@@ -1,19 +1,26 @@
-//! `pond bench SUITE [--quick]`: starts its own local clusters (or uses `--cluster`) and runs
-//! the suites of the `pond-bench` crate, each figure next to a same-run baseline.
+//! `pond bench SUITE [--quick] [--json FILE]`: starts its own local clusters (or uses
+//! `--cluster`) and runs the suites of the `pond-bench` crate, each figure next to a same-run
+//! baseline. Suites: `meta`, `io` (client library + in-memory data plane), `fuse`, `all`.
+//! Clusters are started on 127.0.0.1 with `pond up --detach` and stopped (mounts unmounted)
+//! when the suite ends, also on error.
 
 use anyhow::{Context, Result, bail};
 use pond_client::config::ClusterFile;
 use pond_client::meta_client::MetaClient;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Suite: meta | all.
+    /// Suite: meta | io | fuse | all.
     pub suite: String,
-    /// Short runs (CI): fewer operations per client.
+    /// Short runs (CI): smaller files, fewer operations, shorter phases.
     #[arg(long)]
     pub quick: bool,
+    /// Also write every table row as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 /// A temporary cluster started with `pond up --detach`, stopped on drop.
@@ -28,27 +35,98 @@ impl TempCluster {
         let st = Command::new(exe)
             .args(["up", "--detach", "--dir"])
             .arg(dir.path())
-            .args(["--meta", &meta.to_string(), "--storage", &storage.to_string()])
-            .args(["--targets-per-node", "1", "--replicas", &storage.min(3).max(1).to_string()])
+            .args([
+                "--meta",
+                &meta.to_string(),
+                "--storage",
+                &storage.to_string(),
+            ])
+            .args([
+                "--targets-per-node",
+                "1",
+                "--replicas",
+                &storage.clamp(1, 3).to_string(),
+            ])
             .status()
             .context("run pond up")?;
+        let tc = TempCluster { dir };
         if !st.success() {
+            // Drop stops whatever did start.
             bail!("pond up failed for the benchmark cluster");
         }
-        Ok(TempCluster { dir })
+        Ok(tc)
+    }
+
+    fn cluster_path(&self) -> PathBuf {
+        self.dir.path().join("cluster.toml")
     }
 
     fn cluster_file(&self) -> Result<ClusterFile> {
-        Ok(ClusterFile::load(&self.dir.path().join("cluster.toml"))?)
+        Ok(ClusterFile::load(&self.cluster_path())?)
     }
 }
 
 impl Drop for TempCluster {
     fn drop(&mut self) {
         if let Ok(exe) = std::env::current_exe() {
-            let _ = Command::new(exe).args(["down", "--dir"]).arg(self.dir.path()).status();
+            let _ = Command::new(exe)
+                .args(["down", "--dir"])
+                .arg(self.dir.path())
+                .status();
         }
     }
+}
+
+/// A `pond mount --detach` of a cluster, unmounted on drop.
+struct TempMount {
+    mnt: tempfile::TempDir,
+}
+
+impl TempMount {
+    fn start(cluster: &Path, log: &Path) -> Result<TempMount> {
+        let mnt = tempfile::Builder::new()
+            .prefix("pond-bench-mnt-")
+            .tempdir()?;
+        let st = Command::new(std::env::current_exe()?)
+            .arg("--cluster")
+            .arg(cluster)
+            .args(["mount", "--detach", "--log"])
+            .arg(log)
+            .arg(mnt.path())
+            .status()
+            .context("run pond mount")?;
+        if !st.success() {
+            bail!("pond mount failed (FUSE needs /dev/fuse; as non-root, fusermount3)");
+        }
+        Ok(TempMount { mnt })
+    }
+
+    fn path(&self) -> &Path {
+        self.mnt.path()
+    }
+}
+
+impl Drop for TempMount {
+    fn drop(&mut self) {
+        if super::mount::is_pond_mount(self.mnt.path())
+            && let Err(e) = super::mount::unmount(self.mnt.path())
+        {
+            eprintln!("pond bench: unmount {}: {e:#}", self.mnt.path().display());
+        }
+    }
+}
+
+/// Where a suite's local-disk baseline goes: next to the cluster directory, so on the same
+/// filesystem.
+fn local_dir_near(cluster_file: &Path) -> Result<tempfile::TempDir> {
+    let parent = cluster_file
+        .parent()
+        .and_then(|d| d.parent())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(std::env::temp_dir);
+    Ok(tempfile::Builder::new()
+        .prefix("pond-bench-local-")
+        .tempdir_in(parent)?)
 }
 
 async fn meta_suite(cluster: Option<&Path>, quick: bool) -> Result<()> {
@@ -58,23 +136,101 @@ async fn meta_suite(cluster: Option<&Path>, quick: bool) -> Result<()> {
     };
     if let Some(p) = cluster {
         let cf = ClusterFile::load(p)?;
-        let c = MetaClient::connect(cf.meta_addrs(), cf.token).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let c =
+            MetaClient::connect(cf.meta_addrs(), cf.token).map_err(|e| anyhow::anyhow!("{e}"))?;
         return pond_bench::meta::run(&c, "given cluster", &opts).await;
     }
     for replicas in [1u32, 3] {
         let tc = TempCluster::start(replicas, 1)?;
         let cf = tc.cluster_file()?;
-        let c = MetaClient::connect(cf.meta_addrs(), cf.token).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let c =
+            MetaClient::connect(cf.meta_addrs(), cf.token).map_err(|e| anyhow::anyhow!("{e}"))?;
         pond_bench::meta::run(&c, &format!("{replicas} replica(s)"), &opts).await?;
     }
     Ok(())
 }
 
+fn file_bytes(quick: bool) -> u64 {
+    if quick { 64 << 20 } else { 512 << 20 }
+}
+
+fn phase(quick: bool) -> Duration {
+    Duration::from_millis(if quick { 1000 } else { 4000 })
+}
+
+async fn io_on(cluster: &Path, label: &str, quick: bool) -> Result<()> {
+    let client = pond_client::Client::from_cluster_file(cluster)
+        .await
+        .map_err(|e| anyhow::anyhow!("connect: {e}"))?;
+    let local = local_dir_near(cluster)?;
+    let opts = pond_bench::io::IoOpts {
+        file_bytes: file_bytes(quick),
+        phase: phase(quick),
+        local_dir: local.path().to_path_buf(),
+    };
+    let fig = pond_bench::io::run(&client, label, &opts).await?;
+    pond_bench::dataplane::run(opts.file_bytes, opts.phase, &fig).await
+}
+
+async fn io_suite(cluster: Option<&Path>, quick: bool) -> Result<()> {
+    if let Some(p) = cluster {
+        return io_on(p, "given cluster", quick).await;
+    }
+    let tc = TempCluster::start(3, 3)?;
+    io_on(&tc.cluster_path(), "3 meta, 3 storage, chains of 3", quick).await
+}
+
+fn fuse_on(cluster: &Path, label: &str, quick: bool) -> Result<()> {
+    let local = local_dir_near(cluster)?;
+    let log = local.path().join("mount.log");
+    let m = TempMount::start(cluster, &log)?;
+    let opts = pond_bench::fuse::FuseOpts {
+        file_bytes: file_bytes(quick),
+        phase: phase(quick),
+        ns_files: if quick { 320 } else { 2000 },
+        small_files: if quick { 1000 } else { 10_000 },
+        small_file_bytes: 64 << 10,
+        local_dir: local.path().join("work"),
+    };
+    let r = pond_bench::fuse::run(m.path(), label, &opts);
+    drop(m);
+    r
+}
+
+fn fuse_suite(cluster: Option<&Path>, quick: bool) -> Result<()> {
+    if let Some(p) = cluster {
+        return fuse_on(p, "given cluster", quick);
+    }
+    let tc = TempCluster::start(3, 3)?;
+    fuse_on(&tc.cluster_path(), "3 meta, 3 storage, chains of 3", quick)
+}
+
 pub fn bench(cluster: Option<&Path>, args: BenchArgs) -> Result<()> {
     super::print_machine();
     let rt = super::runtime()?;
-    match args.suite.as_str() {
-        "meta" | "all" => rt.block_on(meta_suite(cluster, args.quick)),
-        other => bail!("unknown suite {other:?} (have: meta, all)"),
+    let q = args.quick;
+    let r = match args.suite.as_str() {
+        "meta" => rt.block_on(meta_suite(cluster, q)),
+        "io" => rt.block_on(io_suite(cluster, q)),
+        "fuse" => fuse_suite(cluster, q),
+        "all" => rt
+            .block_on(meta_suite(cluster, q))
+            .and_then(|_| rt.block_on(io_suite(cluster, q)))
+            .and_then(|_| fuse_suite(cluster, q)),
+        other => bail!("unknown suite {other:?} (have: meta, io, fuse, all)"),
+    };
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({
+            "suite": args.suite,
+            "quick": q,
+            "unix_time": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            "rows": pond_bench::report::take_json(),
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
+            .with_context(|| format!("write {}", path.display()))?;
     }
+    r
 }
