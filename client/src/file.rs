@@ -38,6 +38,16 @@ use tokio::sync::{Semaphore, oneshot};
 
 type Done = Shared<BoxFuture<'static, ()>>;
 
+fn now() -> pond_proto::meta::Timestamp {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    pond_proto::meta::Timestamp {
+        sec: d.as_secs() as i64,
+        nsec: d.subsec_nanos(),
+    }
+}
+
 /// How a handle was opened.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct OpenMode {
@@ -89,6 +99,9 @@ struct WState {
     truncate_version: u64,
     /// First failure of a background write, returned by the next write/flush/fsync/close.
     error: Option<PondError>,
+    /// Bytes were written since the last report to meta (mtime must move even when the
+    /// length does not).
+    modified: bool,
     session: Option<SessionId>,
     writers: u32,
     handles: u32,
@@ -126,6 +139,7 @@ impl OpenInode {
                 meta_size: attr.size,
                 truncate_version: attr.truncate_version,
                 error: None,
+                modified: false,
                 session: None,
                 writers: 0,
                 handles: 0,
@@ -285,6 +299,7 @@ impl OpenInode {
                 st.buf.insert(at, part);
                 let replaced = before + part.len() - st.buf.bytes();
                 st.written_end = st.written_end.max(at + part.len() as u64);
+                st.modified |= !part.is_empty();
                 let mut ready = st.buf.take_ready();
                 if st.buf.bytes() > limits::WRITE_BUFFER_BYTES_MAX {
                     ready.extend(st.buf.take_all());
@@ -337,6 +352,7 @@ impl OpenInode {
             st.written_end = st
                 .written_end
                 .max(p.file_offset(self.layout.chunk_bytes) + p.len as u64);
+            st.modified = true;
         }
         for w in waits {
             match w.await {
@@ -418,28 +434,45 @@ impl OpenInode {
         }
     }
 
-    /// Flush, then report the length to meta if it grew.
+    /// Flush, then tell meta: the length if it grew (meta stamps mtime), else the new mtime if
+    /// bytes were overwritten.
     pub async fn sync(self: &Arc<Self>) -> Result<()> {
         self.flush().await?;
-        let (end, reported, tv) = {
-            let st = self.st.lock();
-            (st.written_end, st.reported_end, st.truncate_version)
-        };
-        if end > reported {
-            let reply = self
-                .core
-                .meta_op(MetaRequest::ReportLength {
-                    inode: self.inode,
-                    length: end,
-                    truncate_version: tv,
-                })
-                .await?;
-            let mut attr = expect_attr("ReportLength", reply)?;
+        let (end, reported, tv, modified) = {
             let mut st = self.st.lock();
-            st.reported_end = st.reported_end.max(end);
-            drop(st);
-            self.overlay(&mut attr);
-        }
+            let m = std::mem::take(&mut st.modified);
+            (st.written_end, st.reported_end, st.truncate_version, m)
+        };
+        let req = if end > reported {
+            MetaRequest::ReportLength {
+                inode: self.inode,
+                length: end,
+                truncate_version: tv,
+            }
+        } else if modified {
+            let set = SetAttr {
+                mtime: Some(now()),
+                ..Default::default()
+            };
+            MetaRequest::SetAttr {
+                inode: self.inode,
+                set,
+            }
+        } else {
+            return Ok(());
+        };
+        let reply = match self.core.meta_op(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.st.lock().modified |= modified;
+                return Err(e);
+            }
+        };
+        let mut attr = expect_attr("ReportLength", reply)?;
+        let mut st = self.st.lock();
+        st.reported_end = st.reported_end.max(end);
+        drop(st);
+        self.overlay(&mut attr);
         Ok(())
     }
 
@@ -593,8 +626,8 @@ impl OpenInode {
     /// One handle closes: flush; the last writer (or last handle of a pinned inode) closes the
     /// write session with the final length, others report the length.
     pub(crate) async fn handle_closed(self: &Arc<Self>, write: bool) -> Result<()> {
-        let flushed = if write { self.flush().await } else { Ok(()) };
-        let guard = self.session_lock.lock().await;
+        let flushed = if write { self.sync().await } else { Ok(()) };
+        let _guard = self.session_lock.lock().await;
         let (session, end_session) = {
             let mut st = self.st.lock();
             assert!(st.handles > 0, "close of a handle that was not opened");
@@ -614,10 +647,7 @@ impl OpenInode {
                 st.pinned = false;
                 r
             }
-            _ if write => {
-                drop(guard);
-                self.sync().await
-            }
+            // Writers already synced above; other handles keep the session.
             _ => Ok(()),
         };
         if self.st.lock().handles == 0 {
