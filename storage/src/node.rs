@@ -545,7 +545,14 @@ impl Node {
             Some(u) => {
                 // 3. Middle/tail: check u against our committed version.
                 let committed = info.committed_version();
-                if u <= committed {
+                // A full replace of the version we hold but with other content means our copy
+                // diverged (we committed an update the rest of the chain never did, e.g. as a
+                // tail that failed before replying): take the chain's content.
+                let diverged = req.op == UpdateOp::Replace
+                    && info.committed.is_some_and(|c| {
+                        c.version == u && c.crc != crate::store::content_digest(&data)
+                    });
+                if u <= committed && !diverged {
                     let len = info.committed.map(|c| c.length).unwrap_or(0);
                     return Ok(UpdateReply {
                         version: u,
@@ -668,7 +675,7 @@ impl Node {
         data: Bytes,
     ) -> Result<(), PondError> {
         let mut rx = self.routing.subscribe();
-        let mut full: Option<Bytes> = None;
+        let mut full: Option<(Bytes, u32)> = None;
         let mut force_full = false;
         let mut last = err(ErrorCode::Unavailable, "no attempt");
         for _attempt in 0..FORWARD_ATTEMPTS_MAX {
@@ -695,29 +702,32 @@ impl Node {
             let whole = force_full
                 || req.op == UpdateOp::Replace
                 || succ.public_state == PublicState::Syncing;
-            let (op, payload) = if whole {
+            let (op, payload, crc) = if whole {
                 if full.is_none() {
                     let chunk = req.chunk;
                     let b = on_store(&t.store, move |s| s.read(chunk, u, 0, u32::MAX))
                         .await
                         .map_err(store_err)?;
-                    full = Some(b);
+                    let crc = crc32c::crc32c(&b);
+                    full = Some((b, crc));
                 }
-                (UpdateOp::Replace, full.clone().expect("just set"))
+                let (b, crc) = full.clone().expect("just set");
+                (UpdateOp::Replace, b, crc)
             } else {
-                (req.op, data.clone())
+                // The payload we verified on receipt: its CRC travels on unchanged.
+                (req.op, data.clone(), req.crc)
             };
             let fwd = UpdateReq {
                 at: view.at(&succ),
                 chunk: req.chunk,
                 op,
                 chunk_bytes: req.chunk_bytes,
-                crc: 0,
+                crc,
                 version: Some(u),
                 client: req.client,
                 request: req.request,
             };
-            match self.peers.update(&addr, fwd, payload).await {
+            match self.peers.send_update(&addr, fwd, payload).await {
                 Ok(_) => return Ok(()),
                 Err(e) => {
                     let code = e.code();

@@ -163,6 +163,20 @@ impl DataClient {
         }
     }
 
+    /// Sends an update whose `crc` the caller already holds for `data` (replicas forwarding a
+    /// payload they verified on receipt), saving a pass over the bytes.
+    pub async fn send_update(
+        &self,
+        addr: &str,
+        req: UpdateReq,
+        data: Bytes,
+    ) -> Result<UpdateReply, NetError> {
+        match self.call(addr, DataRequest::Update(req), data).await? {
+            (DataResponse::Update(r), _) => Ok(r),
+            _ => Err(NetError::Unexpected("update")),
+        }
+    }
+
     /// Writes `data` at `offset` of `chunk` through the chain headed at `addr`.
     #[allow(clippy::too_many_arguments)]
     pub async fn write_chunk(

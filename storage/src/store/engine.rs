@@ -203,13 +203,15 @@ pub struct Engine<B: Backend> {
 static ZEROS: [u8; BLOCK_BYTES as usize] = [0; BLOCK_BYTES as usize];
 
 fn zero_crc(len: u32) -> u32 {
+    static FULL: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    if len == BLOCK_BYTES {
+        return *FULL.get_or_init(|| crc32c::crc32c(&ZEROS));
+    }
     crc32c::crc32c(&ZEROS[..len as usize])
 }
 
 fn chunk_crc(blocks: &[BlockRef]) -> u32 {
-    blocks.iter().fold(0, |acc, b| {
-        crc32c::crc32c_combine(acc, b.crc, b.len as usize)
-    })
+    super::digest_of(blocks.iter().map(|b| (b.crc, b.len)))
 }
 
 /// How one block of the new version is produced.
@@ -548,7 +550,9 @@ impl<B: Backend> ChunkStore for Engine<B> {
         length: u32,
     ) -> Result<Bytes, StoreError> {
         let (entry, _guard) = self.reader(chunk);
-        let v = [entry.committed.as_ref(), entry.pending.as_ref()]
+        // Pending first: it only shares a number with the committed version while it replaces
+        // a diverged copy, and then it is the content wanted.
+        let v = [entry.pending.as_ref(), entry.committed.as_ref()]
             .into_iter()
             .flatten()
             .find(|v| v.version == version.0)
@@ -616,16 +620,14 @@ impl<B: Backend> ChunkStore for Engine<B> {
 
     fn commit(&self, chunk: ChunkId, version: ChunkVersion) -> Result<VersionInfo, StoreError> {
         let (old, _guard) = self.reader(chunk);
-        if let Some(c) = &old.committed
-            && c.version == version.0
-        {
-            return Ok(c.info());
-        }
-        let p = old
-            .pending
-            .clone()
-            .filter(|p| p.version == version.0)
-            .ok_or(StoreError::NoSuchVersion { chunk, version })?;
+        // A pending version with this number wins over a committed one with the same number
+        // (a full replace that corrects a diverged copy during resync).
+        let Some(p) = old.pending.clone().filter(|p| p.version == version.0) else {
+            return match &old.committed {
+                Some(c) if c.version == version.0 => Ok(c.info()),
+                _ => Err(StoreError::NoSuchVersion { chunk, version }),
+            };
+        };
         let info = p.info();
         let new = Entry {
             committed: Some(p),

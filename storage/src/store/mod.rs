@@ -15,6 +15,28 @@ use pond_proto::data::ChunkSummary;
 use pond_proto::{ChainVersion, ChunkId, ChunkVersion, ClientId, ErrorCode, PondError, RequestId};
 use std::ops::Bound;
 
+/// Checksum of a chunk's content as stores record it (`VersionInfo::crc`): CRC32C over the
+/// CRC32C and length of each `BLOCK_BYTES` piece. Under copy-on-write blocks it is maintained
+/// from the block list alone — no re-read and no CRC combination, which costs as much as
+/// re-reading — and equal content always gives an equal digest.
+pub fn content_digest(data: &[u8]) -> u32 {
+    digest_of(
+        data.chunks(crate::limits::BLOCK_BYTES as usize)
+            .map(|b| (crc32c::crc32c(b), b.len() as u32)),
+    )
+}
+
+pub(crate) fn digest_of(blocks: impl Iterator<Item = (u32, u32)>) -> u32 {
+    let mut acc = 0;
+    for (crc, len) in blocks {
+        let mut rec = [0u8; 8];
+        rec[..4].copy_from_slice(&crc.to_le_bytes());
+        rec[4..].copy_from_slice(&len.to_le_bytes());
+        acc = crc32c::crc32c_append(acc, &rec);
+    }
+    acc
+}
+
 /// One version of a chunk, as the store describes it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct VersionInfo {
@@ -22,7 +44,7 @@ pub struct VersionInfo {
     /// Chain version the update was made under.
     pub chain_version: ChainVersion,
     pub length: u32,
-    /// CRC32C of the whole content.
+    /// `content_digest` of the content.
     pub crc: u32,
     /// The client request that produced it, for exactly-once retries across head changes.
     pub origin: Option<(ClientId, RequestId)>,
