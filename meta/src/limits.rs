@@ -50,6 +50,10 @@ pub const DEFAULT_STRIPE_MAX: u32 = 8;
 pub const RAFT_HEARTBEAT_MS: u64 = 100;
 pub const RAFT_ELECTION_MIN_MS: u64 = 800;
 pub const RAFT_ELECTION_MAX_MS: u64 = 1600;
+/// Apply commits are not fsynced (the log is durable); every this many entries one is, so
+/// that redb can reuse freed pages (it only does after a durable commit) and a crash replays
+/// at most this many entries.
+pub const STATE_DURABLE_EVERY_ENTRIES: u64 = 1024;
 /// Log entries kept after a snapshot so a briefly lagging follower catches up from the log
 /// instead of receiving a whole snapshot.
 pub const LOG_KEEP_AFTER_SNAPSHOT: u64 = 1000;

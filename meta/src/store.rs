@@ -45,6 +45,8 @@ pub struct StateStore {
     snap_dir: PathBuf,
     /// The file being received by `begin_receiving_snapshot`.
     receiving: Option<PathBuf>,
+    /// Entries applied since the last durable apply.
+    since_durable: u64,
 }
 
 fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
@@ -87,9 +89,15 @@ pub fn apply_entries(
     db: &Database,
     cluster: ClusterState,
     entries: Vec<Entry<TypeConfig>>,
+    durable: bool,
 ) -> Result<(Vec<BatchReply>, ClusterState, Option<LogId>), BoxErr> {
     let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::None)?;
+    if durable {
+        txn.set_durability(Durability::Immediate)?;
+        txn.set_quick_repair(true);
+    } else {
+        txn.set_durability(Durability::None)?;
+    }
     let mut replies = Vec::with_capacity(entries.len());
     let mut last = None;
     let cluster = {
@@ -420,6 +428,7 @@ impl StateStore {
             shared,
             snap_dir,
             receiving: None,
+            since_durable: 0,
         })
     }
 
@@ -541,11 +550,17 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         }
         let shared = self.shared.clone();
         let cluster = shared.cluster.read().clone();
-        let (replies, cluster, last) =
-            tokio::task::spawn_blocking(move || apply_entries(&shared.db, cluster, entries))
-                .await
-                .map_err(|e| sm_err(ErrorVerb::Write, e))?
-                .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        self.since_durable += entries.len() as u64;
+        let durable = self.since_durable >= crate::limits::STATE_DURABLE_EVERY_ENTRIES;
+        if durable {
+            self.since_durable = 0;
+        }
+        let (replies, cluster, last) = tokio::task::spawn_blocking(move || {
+            apply_entries(&shared.db, cluster, entries, durable)
+        })
+        .await
+        .map_err(|e| sm_err(ErrorVerb::Write, e))?
+        .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         *self.shared.cluster.write() = cluster;
         if let Some(l) = last {
             self.shared.applied.store(l.index, Ordering::Release);
