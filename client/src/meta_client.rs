@@ -22,8 +22,10 @@ use std::time::{Duration, Instant};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
-/// Deadline of one RPC attempt. Writes wait for a Raft commit (a few fsyncs); 5 s is far
-/// above that and below the server's own 8 s proposal deadline... plus a margin.
+/// Deadline of one RPC attempt. A write waits for a Raft commit (a few fsyncs, milliseconds);
+/// 5 s is far above that, and short enough that two attempts fit in the retry budget. A write
+/// that times out may still commit on the server: its retry carries the same request id and is
+/// answered from the dedupe table.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// Total time one call may spend retrying (leader elections take ~1-2 s).
 pub const RETRY_BUDGET: Duration = Duration::from_secs(10);
