@@ -152,8 +152,8 @@ impl Table {
 
     pub fn print(mut self) {
         println!("\n== {} ==", self.title);
-        let mut head = format!("{:<40} {:<5}", "operation", "unit");
-        let mut sub = format!("{:<40} {:<5}", "", "");
+        let mut head = format!("{:<46} {:<5}", "operation", "unit");
+        let mut sub = format!("{:<46} {:<5}", "", "");
         for c in &self.cols {
             let name: String = c.chars().take(CELL_W - 1).collect();
             head.push_str(&format!(" | {name:<w$}", w = CELL_W - 3));
@@ -175,7 +175,7 @@ impl Table {
                 Some(s) if s.bytes > 0 => "MiB/s",
                 _ => "ops/s",
             };
-            let mut line = format!("{what:<40} {unit:<5}");
+            let mut line = format!("{what:<46} {unit:<5}");
             let mut jcells = Vec::new();
             for (i, c) in cells.iter_mut().enumerate() {
                 match c {

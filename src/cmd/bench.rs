@@ -23,6 +23,18 @@ pub struct BenchArgs {
     pub json: Option<PathBuf>,
 }
 
+/// This very binary, for `pond up/down/mount` children: `/proc/self/exe` still runs it when
+/// the file on disk was replaced meanwhile (a rebuild during a long benchmark), where
+/// `current_exe()` would name a deleted path and the cluster would never be stopped.
+fn self_exe() -> PathBuf {
+    let proc = PathBuf::from("/proc/self/exe");
+    if proc.exists() {
+        proc
+    } else {
+        std::env::current_exe().unwrap_or(proc)
+    }
+}
+
 /// A temporary cluster started with `pond up --detach`, stopped on drop.
 struct TempCluster {
     dir: tempfile::TempDir,
@@ -31,7 +43,7 @@ struct TempCluster {
 impl TempCluster {
     fn start(meta: u32, storage: u32) -> Result<TempCluster> {
         let dir = tempfile::Builder::new().prefix("pond-bench-").tempdir()?;
-        let exe = std::env::current_exe()?;
+        let exe = self_exe();
         let st = Command::new(exe)
             .args(["up", "--detach", "--dir"])
             .arg(dir.path())
@@ -68,11 +80,18 @@ impl TempCluster {
 
 impl Drop for TempCluster {
     fn drop(&mut self) {
-        if let Ok(exe) = std::env::current_exe() {
-            let _ = Command::new(exe)
+        let exe = self_exe();
+        // `pond down` waits up to 30 s for the supervisor; try twice before the directory goes.
+        for _ in 0..2 {
+            match Command::new(&exe)
                 .args(["down", "--dir"])
                 .arg(self.dir.path())
-                .status();
+                .status()
+            {
+                Ok(st) if st.success() => return,
+                Ok(st) => eprintln!("pond bench: pond down {}: {st}", self.dir.path().display()),
+                Err(e) => eprintln!("pond bench: pond down {}: {e}", self.dir.path().display()),
+            }
         }
     }
 }
@@ -87,7 +106,7 @@ impl TempMount {
         let mnt = tempfile::Builder::new()
             .prefix("pond-bench-mnt-")
             .tempdir()?;
-        let st = Command::new(std::env::current_exe()?)
+        let st = Command::new(self_exe())
             .arg("--cluster")
             .arg(cluster)
             .args(["mount", "--detach", "--log"])
