@@ -39,6 +39,10 @@ pub struct MountOptions {
     pub read_only: bool,
     /// Shown as the mount's source in /proc/mounts.
     pub fs_name: String,
+    /// Kernel readahead for the mount (root only; `None` keeps the kernel's 128 KiB). Two
+    /// default chunks: sequential reads keep two chains busy; measured 128 KiB → 4 MiB took a
+    /// debug build from 94 to 276 MB/s on this machine.
+    pub read_ahead_kb: Option<u32>,
 }
 
 impl Default for MountOptions {
@@ -51,6 +55,7 @@ impl Default for MountOptions {
             max_write: 1 << 20,
             read_only: false,
             fs_name: "pond".to_string(),
+            read_ahead_kb: Some(8192),
         }
     }
 }
@@ -103,6 +108,7 @@ pub async fn mount(
         .default_permissions(true)
         .read_only(opts.read_only)
         .write_back(false);
+    let read_ahead_kb = opts.read_ahead_kb;
     let shared = Arc::new(Shared::new(client, opts));
     let fs = PondFs { s: shared.clone() };
     let session = fuse3::raw::Session::new(fo);
@@ -114,6 +120,11 @@ pub async fn mount(
         session.mount_with_unprivileged(fs, &mp).await
     }
     .map_err(|e| MountError::Mount(mp.clone(), e))?;
+    if let (true, Some(kb)) = (root, read_ahead_kb)
+        && let Err(e) = set_read_ahead(&mp, kb)
+    {
+        tracing::warn!(mountpoint = %mp.display(), error = %e, "could not set readahead");
+    }
     tracing::info!(mountpoint = %mp.display(), "mounted");
     Ok(Mount {
         handle: Some(handle),
@@ -195,6 +206,17 @@ impl Drop for Mount {
         // The fuse3 handle unmounts in the background when dropped unfinished.
         self.handle.take();
     }
+}
+
+/// Sets the readahead of the mount's backing device info (`/sys/class/bdi/MAJ:MIN`).
+fn set_read_ahead(mp: &Path, kb: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(mp)?.dev();
+    let (maj, min) = (libc::major(dev), libc::minor(dev));
+    std::fs::write(
+        format!("/sys/class/bdi/{maj}:{min}/read_ahead_kb"),
+        kb.to_string(),
+    )
 }
 
 /// `umount2(path, 0)`, falling back to a lazy detach when busy; `fusermount3 -u[z]` when not
