@@ -110,28 +110,34 @@ async fn run(label: &str, file_dirs: Option<&[std::path::PathBuf]>, mib: u64) {
         target: head.id,
     };
     let block = Bytes::from(vec![0x5au8; 1 << 20]);
-    // Sequential 1 MiB writes, 8 in flight.
+    // Sequential 1 MiB writes, 8 in flight: lane l fills chunks l, l+8, ... in order.
     let t0 = Instant::now();
     let mut hs = Vec::new();
+    let chunks = mib.div_ceil(4);
     for lane in 0..8u64 {
         let (c, haddr, block) = (c.clone(), haddr.clone(), block.clone());
         hs.push(tokio::spawn(async move {
-            let mut i = lane;
-            while i < mib {
-                let chunk = ChunkId::new(InodeId(1), i / 4);
-                let off = ((i % 4) << 20) as u32;
-                c.write_chunk(
-                    &haddr,
-                    at,
-                    chunk,
-                    off,
-                    CHUNK,
-                    block.clone(),
-                    c.next_request_id(),
-                )
-                .await
-                .expect("write");
-                i += 8;
+            let mut ch = lane;
+            while ch < chunks {
+                for k in 0..4u64 {
+                    if ch * 4 + k >= mib {
+                        break;
+                    }
+                    let chunk = ChunkId::new(InodeId(1), ch);
+                    let off = (k << 20) as u32;
+                    c.write_chunk(
+                        &haddr,
+                        at,
+                        chunk,
+                        off,
+                        CHUNK,
+                        block.clone(),
+                        c.next_request_id(),
+                    )
+                    .await
+                    .expect("write");
+                }
+                ch += 8;
             }
         }));
     }

@@ -107,6 +107,9 @@ pub trait Backend: Send + Sync + 'static {
     fn blocking(&self) -> bool;
     fn write_block(&self, slot: u32, data: &[u8]) -> std::io::Result<()>;
     fn read_block(&self, slot: u32, len: u32) -> std::io::Result<Bytes>;
+    /// Reads a block into `buf` (exactly `buf.len()` bytes), for multi-block reads that
+    /// assemble their reply in place.
+    fn read_block_into(&self, slot: u32, buf: &mut [u8]) -> std::io::Result<()>;
     /// Makes every written block durable.
     fn sync_data(&self) -> std::io::Result<()>;
     /// Applies all puts (`Some`) and deletes (`None`) atomically; durably if `durable`
@@ -569,15 +572,37 @@ impl<B: Backend> ChunkStore for Engine<B> {
             let s = (start - first * bb) as usize;
             return Ok(blk.slice(s..s + (end - start) as usize));
         }
-        let mut out = BytesMut::with_capacity((end - start) as usize);
+        // Whole blocks are read straight into one buffer (each checked in place), and the
+        // reply is a slice of it: no second copy.
+        let lo = first * bb;
+        let hi = (last * bb + v.blocks[last as usize].len as u64).min(v.length as u64);
+        let mut out = BytesMut::zeroed((hi - lo) as usize);
         for i in first..=last {
-            let blk = self.read_block_checked(chunk, i as usize, &v.blocks[i as usize])?;
-            let b_start = i * bb;
-            let s = start.max(b_start) - b_start;
-            let e = end.min(b_start + blk.len() as u64) - b_start;
-            out.extend_from_slice(&blk[s as usize..e as usize]);
+            let b = &v.blocks[i as usize];
+            let at = (i * bb - lo) as usize;
+            let dst = &mut out[at..at + b.len as usize];
+            if b.slot == HOLE {
+                continue; // already zeros
+            }
+            match self.backend.read_block_into(b.slot, dst) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Err(StoreError::Checksum {
+                        chunk,
+                        block: i as u32,
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if crc32c::crc32c(dst) != b.crc {
+                return Err(StoreError::Checksum {
+                    chunk,
+                    block: i as u32,
+                });
+            }
         }
-        Ok(out.freeze())
+        let out = out.freeze();
+        Ok(out.slice((start - lo) as usize..(end - lo) as usize))
     }
 
     fn stage(

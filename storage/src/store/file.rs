@@ -105,6 +105,10 @@ impl Backend for FileBackend {
         Ok(Bytes::from(buf))
     }
 
+    fn read_block_into(&self, slot: u32, buf: &mut [u8]) -> std::io::Result<()> {
+        self.data.read_exact_at(buf, Self::slot_offset(slot))
+    }
+
     fn sync_data(&self) -> std::io::Result<()> {
         self.data.sync_data()
     }

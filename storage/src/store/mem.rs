@@ -67,6 +67,19 @@ impl Backend for MemBackend {
         }
     }
 
+    fn read_block_into(&self, slot: u32, buf: &mut [u8]) -> std::io::Result<()> {
+        match self.inner.blocks.lock().get(&slot) {
+            Some(b) if b.len() >= buf.len() => {
+                buf.copy_from_slice(&b[..buf.len()]);
+                Ok(())
+            }
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "slot never written",
+            )),
+        }
+    }
+
     fn sync_data(&self) -> std::io::Result<()> {
         Ok(())
     }
