@@ -224,8 +224,18 @@ fn fuse_suite(cluster: Option<&Path>, quick: bool) -> Result<()> {
     fuse_on(&tc.cluster_path(), "3 meta, 3 storage, chains of 3", quick)
 }
 
+/// The load average, printed before and after the suites: the machine is shared, and a busy
+/// one moves every absolute figure (ratios within a row less so).
+fn print_load(when: &str) {
+    if let Ok(l) = std::fs::read_to_string("/proc/loadavg") {
+        let l: Vec<&str> = l.split_whitespace().take(3).collect();
+        println!("load average {when}: {}", l.join(" "));
+    }
+}
+
 pub fn bench(cluster: Option<&Path>, args: BenchArgs) -> Result<()> {
     super::print_machine();
+    print_load("at start");
     let rt = super::runtime()?;
     let q = args.quick;
     let r = match args.suite.as_str() {
@@ -238,6 +248,7 @@ pub fn bench(cluster: Option<&Path>, args: BenchArgs) -> Result<()> {
             .and_then(|_| fuse_suite(cluster, q)),
         other => bail!("unknown suite {other:?} (have: meta, io, fuse, all)"),
     };
+    print_load("at end");
     if let Some(path) = &args.json {
         let doc = serde_json::json!({
             "suite": args.suite,
