@@ -1,0 +1,174 @@
+"""pond: Python client of the pond distributed filesystem.
+
+    import pond
+    c = pond.connect("/tmp/c/cluster.toml")
+    c.write_file("/x", b"hello")
+    ds = c.dataset("/datasets/train")          # packed with `pond dataset pack`
+    for indices, samples in ds.reader(batch_size=64, seed=1, epoch=0):
+        ...
+
+Every object here is safe to carry across ``fork`` and to pickle (for ``spawn``): the native
+connection is made lazily, once per process, the first time it is needed. Native objects from
+``pond._pond`` themselves refuse to work in a forked child (a tokio runtime's threads do not
+survive fork); these wrappers never hand one across.
+
+PyTorch datasets live in :mod:`pond.torch` (imported only when used).
+"""
+
+import os
+
+from ._pond import BatchReader, CorruptIndexError, Sampler
+from ._pond import Client as _NativeClient
+
+__all__ = [
+    "connect",
+    "Client",
+    "Dataset",
+    "Sampler",
+    "BatchReader",
+    "CorruptIndexError",
+]
+
+
+class Client:
+    """A connection to one cluster, made lazily in each process that uses it."""
+
+    def __init__(self, cluster_file):
+        self.cluster_file = os.fspath(cluster_file)
+        self._native = None
+        self._pid = None
+
+    def native(self):
+        """The process-local native client (connects on first use in each process)."""
+        pid = os.getpid()
+        if self._native is None or self._pid != pid:
+            # After a fork the inherited native client is dropped here; its Rust side
+            # leaks rather than joining threads the child does not have.
+            self._native = _NativeClient(self.cluster_file)
+            self._pid = pid
+        return self._native
+
+    def __getstate__(self):
+        return {"cluster_file": self.cluster_file}
+
+    def __setstate__(self, state):
+        self.__init__(state["cluster_file"])
+
+    def __repr__(self):
+        return f"pond.Client({self.cluster_file!r})"
+
+    # Files.
+    def read_file(self, path):
+        return self.native().read_file(path)
+
+    def write_file(self, path, data):
+        self.native().write_file(path, bytes(data))
+
+    def pread(self, path, offset, length):
+        return self.native().pread(path, offset, length)
+
+    def stat(self, path):
+        return self.native().stat(path)
+
+    def exists(self, path):
+        return self.native().exists(path)
+
+    def listdir(self, path):
+        return self.native().listdir(path)
+
+    def mkdir(self, path, parents=True):
+        self.native().mkdir(path, parents)
+
+    def remove(self, path):
+        self.native().remove(path)
+
+    def put(self, local, remote):
+        return self.native().put(os.fspath(local), remote)
+
+    def get(self, remote, local):
+        return self.native().get(remote, os.fspath(local))
+
+    # Datasets.
+    def pack(self, src, dst, shard_bytes=None):
+        """Packs a local directory (a sample per file) or JSONL file (a sample per line)."""
+        return self.native().pack(os.fspath(src), dst, shard_bytes)
+
+    def dataset(self, path):
+        """A packed dataset: its pond directory or index file."""
+        return Dataset(self, path=path)
+
+    def fixed_dataset(self, paths, record_bytes):
+        """Fixed-size records spread over ``paths`` in order."""
+        return Dataset(self, paths=list(paths), record_bytes=record_bytes)
+
+
+def connect(cluster_file):
+    """Connects to the cluster described by ``cluster_file`` (what ``pond up`` writes)."""
+    c = Client(cluster_file)
+    c.native()
+    return c
+
+
+class Dataset:
+    """Samples addressed by number; opened lazily in each process."""
+
+    def __init__(self, client, path=None, paths=None, record_bytes=None):
+        if isinstance(client, (str, os.PathLike)):
+            client = Client(client)
+        if (path is None) == (paths is None):
+            raise ValueError("give either path (a packed dataset) or paths + record_bytes")
+        if paths is not None and record_bytes is None:
+            raise ValueError("fixed-size records need record_bytes")
+        self.client = client
+        self.path = path
+        self.paths = paths
+        self.record_bytes = record_bytes
+        self._native = None
+        self._pid = None
+
+    def native(self):
+        pid = os.getpid()
+        if self._native is None or self._pid != pid:
+            c = self.client.native()
+            if self.path is not None:
+                self._native = c.open_dataset(self.path)
+            else:
+                self._native = c.open_fixed(self.paths, self.record_bytes)
+            self._pid = pid
+        return self._native
+
+    def __getstate__(self):
+        return {
+            "client": self.client,
+            "path": self.path,
+            "paths": self.paths,
+            "record_bytes": self.record_bytes,
+        }
+
+    def __setstate__(self, s):
+        self.__init__(s["client"], s["path"], s["paths"], s["record_bytes"])
+
+    def __len__(self):
+        return len(self.native())
+
+    def __getitem__(self, i):
+        return self.native()[i]
+
+    def get_many(self, indices):
+        """Many samples with one batched read per storage node."""
+        return self.native().get_many(list(indices))
+
+    def sample_len(self, i):
+        return self.native().sample_len(i)
+
+    @property
+    def bytes_requested(self):
+        return self.native().bytes_requested
+
+    def reader(self, batch_size, **kw):
+        """A :class:`BatchReader` yielding ``(indices, samples)`` for this rank's epoch.
+
+        Keywords: seed, epoch, position (global, from a state dict), shuffle, drop_last, rank,
+        world_size, prefetch (batches in flight), worker, workers, drop_last_batch.
+        """
+        return self.native().reader(batch_size, **kw)
