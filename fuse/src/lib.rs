@@ -81,6 +81,8 @@ pub struct Mount {
     handle: Option<fuse3::raw::MountHandle>,
     mountpoint: PathBuf,
     shared: Arc<Shared>,
+    /// Device number of the mount (names its FUSE connection in fusectl).
+    dev: Option<u64>,
 }
 
 /// Mounts `client`'s cluster at `mountpoint`. Returns once the kernel mount exists (requests
@@ -120,8 +122,20 @@ pub async fn mount(
         session.mount_with_unprivileged(fs, &mp).await
     }
     .map_err(|e| MountError::Mount(mp.clone(), e))?;
-    if let (true, Some(kb)) = (root, read_ahead_kb)
-        && let Err(e) = set_read_ahead(&mp, kb)
+    // The stat is answered by this very filesystem: run it off the runtime's worker threads so
+    // a current-thread runtime can serve it.
+    let dev = {
+        let mp = mp.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(&mp).map(|m| m.dev())
+        })
+        .await
+        .expect("stat task does not panic")
+        .ok()
+    };
+    if let (true, Some(kb), Some(dev)) = (root, read_ahead_kb, dev)
+        && let Err(e) = set_read_ahead(dev, kb)
     {
         tracing::warn!(mountpoint = %mp.display(), error = %e, "could not set readahead");
     }
@@ -130,6 +144,7 @@ pub async fn mount(
         handle: Some(handle),
         mountpoint: mp,
         shared,
+        dev,
     })
 }
 
@@ -166,14 +181,23 @@ impl Mount {
             self.shared.close_all().await;
             return r2.map_err(|_| MountError::Unmount(self.mountpoint.clone(), e));
         }
-        match tokio::time::timeout(Duration::from_millis(UNMOUNT_WAIT_MS), h).await {
+        let mut h = h;
+        match tokio::time::timeout(Duration::from_millis(UNMOUNT_WAIT_MS), &mut h).await {
             Ok(r) => {
                 self.shared.close_all().await;
                 r.map_err(|e| MountError::Unmount(self.mountpoint.clone(), e))
             }
             Err(_) => {
-                tracing::warn!(mountpoint = %self.mountpoint.display(), "mount still in use after detach; stopping anyway");
+                // Still in use after the detach. Flush what we hold, then abort the connection
+                // so the session (blocked reading /dev/fuse) ends; remaining users get ENOTCONN.
+                tracing::warn!(mountpoint = %self.mountpoint.display(), "mount still in use after detach; aborting the connection");
                 self.shared.close_all().await;
+                if let Some(dev) = self.dev
+                    && let Err(e) = abort_connection(dev)
+                {
+                    tracing::warn!(error = %e, "abort FUSE connection");
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(2), &mut h).await;
                 Ok(())
             }
         }
@@ -208,10 +232,33 @@ impl Drop for Mount {
     }
 }
 
+/// Aborts the FUSE connection of device `dev` through fusectl (mounting fusectl if needed).
+fn abort_connection(dev: u64) -> std::io::Result<()> {
+    let dir = Path::new("/sys/fs/fuse/connections");
+    let conn = dir.join(libc::minor(dev).to_string());
+    if !conn.exists() {
+        let (src, fstype) = (c"fusectl", c"fusectl");
+        let target = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: valid NUL-terminated strings; no data argument.
+        let r = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    std::fs::write(conn.join("abort"), "1")
+}
+
 /// Sets the readahead of the mount's backing device info (`/sys/class/bdi/MAJ:MIN`).
-fn set_read_ahead(mp: &Path, kb: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let dev = std::fs::metadata(mp)?.dev();
+fn set_read_ahead(dev: u64, kb: u32) -> std::io::Result<()> {
     let (maj, min) = (libc::major(dev), libc::minor(dev));
     std::fs::write(
         format!("/sys/class/bdi/{maj}:{min}/read_ahead_kb"),
