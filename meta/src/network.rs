@@ -16,12 +16,37 @@ use pond_proto::rpc::TOKEN_HEADER;
 use pond_proto::rpc::meta_service::meta_client::MetaClient;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
+/// Creates Raft clients. Channels are cached per address: openraft asks for a new client for
+/// every read-index round (one per follower), and a fresh channel would mean a new TCP and
+/// HTTP/2 handshake each time.
 #[derive(Clone)]
 pub struct Network {
     pub token: String,
+    channels: Arc<parking_lot::Mutex<HashMap<String, Channel>>>,
+}
+
+impl Network {
+    pub fn new(token: String) -> Network {
+        Network {
+            token,
+            channels: Arc::default(),
+        }
+    }
+
+    fn channel_to(&self, addr: &str) -> Option<Channel> {
+        let mut m = self.channels.lock();
+        if let Some(c) = m.get(addr) {
+            return Some(c.clone());
+        }
+        let c = channel(addr).ok()?;
+        m.insert(addr.to_string(), c.clone());
+        Some(c)
+    }
 }
 
 pub struct PeerClient {
@@ -43,7 +68,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &PeerNode) -> PeerClient {
-        let client = channel(&node.addr).ok().map(|ch| {
+        let client = self.channel_to(&node.addr).map(|ch| {
             MetaClient::new(ch)
                 .max_decoding_message_size(pond_proto::limits::CONTROL_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(pond_proto::limits::CONTROL_MESSAGE_BYTES_MAX)

@@ -115,9 +115,7 @@ impl MetaNode {
         }
         .validate()
         .map_err(|e| MetaError::Config(e.to_string()))?;
-        let network = Network {
-            token: cfg.token.clone(),
-        };
+        let network = Network::new(cfg.token.clone());
         let raft = Raft::new(cfg.id, Arc::new(raft_cfg), network, log, sm)
             .await
             .map_err(|e| MetaError::Raft(e.to_string()))?;
