@@ -1040,3 +1040,47 @@ async fn resync_deletes_what_only_the_returning_target_has() {
         }
     }
 }
+
+/// A copy that diverged at the same version (it committed, as a tail, an update the rest of
+/// the chain dropped) is corrected by a full replace of that version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_replace_corrects_a_diverged_copy() {
+    let cl = Cluster::start([None, None, None]).await;
+    let c = client();
+    let r = cl.routing();
+    let (addr, at) = head(&r);
+    c.write_chunk(
+        &addr,
+        at,
+        chunk(0),
+        0,
+        CHUNK_BYTES,
+        data(1, 100),
+        c.next_request_id(),
+    )
+    .await
+    .unwrap();
+    let (taddr, tat) = at_of(&r, tid(3));
+    let replace = |v: u32| UpdateReq {
+        at: tat,
+        chunk: chunk(0),
+        op: UpdateOp::Replace,
+        chunk_bytes: CHUNK_BYTES,
+        crc: 0,
+        version: Some(ChunkVersion(v)),
+        client: ClientId(5),
+        request: RequestId(v as u64 + 100),
+    };
+    // Same version, same content: acked, nothing changes.
+    let same = data(1, 100);
+    c.update(&taddr, replace(1), same.clone())
+        .await
+        .unwrap();
+    // Same version, other content: the chain's content wins.
+    let other = data(2, 80);
+    c.update(&taddr, replace(1), other.clone())
+        .await
+        .unwrap();
+    let (ok, got) = read_from(&c, &r, tid(3), chunk(0)).await.unwrap();
+    assert_eq!((ok.version, got), (ChunkVersion(1), other));
+}
