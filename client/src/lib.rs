@@ -6,6 +6,7 @@
 //! **Invariant:** this crate never links DuckDB; training hosts build it without a C++ toolchain.
 
 pub mod config;
+pub mod dataframe;
 pub mod dataset;
 pub mod meta_client;
 pub mod net;

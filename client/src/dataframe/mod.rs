@@ -1,0 +1,748 @@
+//! A smallpond-style lazy DataFrame whose tasks run on the storage nodes' executors
+//! (`pond-compute`). This module plans and dispatches; it never links DuckDB.
+//!
+//! ```text
+//! read_parquet(glob) ── partitions: one per file
+//!   .partial_sql(sql)  ── one task per partition ({0} = that partition), output Parquet in
+//!                         /.pond/jobs/<job>/, placed with the executing node as chain head
+//!   .sql(sql)          ── one task over all partitions of its input ({0} = all of them)
+//!   .count() .take(n) .collect() .to_arrow() .write_parquet(dir)   ── actions: run the plan
+//! ```
+//!
+//! Placement: a task goes to the executor whose node holds (as any serving replica) the most
+//! bytes of the task's input files; ties go to the node with the fewest bytes assigned so far
+//! in the stage. A task that fails for a reason another node may not share (I/O, busy,
+//! connection) is retried on the next-best node, up to [`TASK_ATTEMPTS_MAX`] times.
+
+pub mod onestmt;
+pub mod wire;
+
+use crate::{Client, ClientError};
+use futures::StreamExt;
+use parking_lot::Mutex;
+use pond_proto::ids::NodeId;
+use pond_proto::meta::FileType;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use wire::{
+    COMPUTE_PROTOCOL_VERSION, FRAME_BYTES_MAX, FailureKind, Hello, ResultBody, RowSet, TaskInput,
+    TaskLimits, TaskOutput, TaskReply, TaskResult, TaskSpec,
+};
+
+/// Nodes one task is tried on before its failure is returned.
+pub const TASK_ATTEMPTS_MAX: usize = 3;
+/// Tasks in flight per executor from one action (executors refuse more than their own limit
+/// with `Busy`, which the planner treats as "try elsewhere").
+pub const TASKS_IN_FLIGHT_PER_EXECUTOR: usize = 2;
+/// Where jobs keep intermediate results; removed when the action ends.
+pub const JOBS_DIR: &str = "/.pond/jobs";
+/// Where executors register their addresses (`node-<id>` files holding `host:port`).
+pub const REGISTRY_DIR: &str = "/.pond/compute";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Slack over a task's own deadline before the client gives up on the reply.
+const REPLY_SLACK: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataFrameError {
+    /// A task failed on the executor (after retries where retrying made sense).
+    #[error("task {task} of stage {stage} failed on node {node} ({kind:?}): {message}")]
+    Task {
+        stage: String,
+        task: u32,
+        node: u32,
+        kind: FailureKind,
+        message: String,
+    },
+    #[error("no executor can run the task: {0}")]
+    NoExecutor(String),
+    #[error("plan: {0}")]
+    Plan(String),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+pub type Result<T, E = DataFrameError> = std::result::Result<T, E>;
+
+/// One task as it ran.
+#[derive(Clone, Debug)]
+pub struct TaskRecord {
+    pub stage: String,
+    pub task: u32,
+    pub node: u32,
+    pub attempts: usize,
+    pub rows: u64,
+    pub elapsed_ms: u64,
+    pub stats: wire::TaskStats,
+}
+
+/// How a session reaches executors and what each task may use.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    pub limits: TaskLimits,
+}
+
+impl Default for SessionOptions {
+    fn default() -> SessionOptions {
+        SessionOptions {
+            limits: TaskLimits::default(),
+        }
+    }
+}
+
+struct SessionInner {
+    client: Arc<Client>,
+    token: String,
+    opts: SessionOptions,
+    executors: Mutex<BTreeMap<NodeId, String>>,
+    next_job: AtomicU64,
+    log: Mutex<Vec<TaskRecord>>,
+}
+
+/// Entry point: a client, the cluster token and the executors it found.
+#[derive(Clone)]
+pub struct Session(Arc<SessionInner>);
+
+impl Session {
+    /// A session over `client`; finds executors in [`REGISTRY_DIR`].
+    pub async fn new(client: Arc<Client>, token: &str, opts: SessionOptions) -> Result<Session> {
+        let s = Session(Arc::new(SessionInner {
+            client,
+            token: token.to_string(),
+            opts,
+            executors: Mutex::new(BTreeMap::new()),
+            next_job: AtomicU64::new(0),
+            log: Mutex::new(Vec::new()),
+        }));
+        s.refresh_executors().await?;
+        Ok(s)
+    }
+
+    /// Re-reads the executor registry.
+    pub async fn refresh_executors(&self) -> Result<()> {
+        let c = &self.0.client;
+        let mut found = BTreeMap::new();
+        if c.exists(REGISTRY_DIR).await? {
+            for e in c.read_dir_all(REGISTRY_DIR).await? {
+                let Some(id) = e
+                    .name
+                    .strip_prefix("node-")
+                    .and_then(|n| n.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                let addr = c.read_file(&format!("{REGISTRY_DIR}/{}", e.name)).await?;
+                if let Ok(addr) = String::from_utf8(addr) {
+                    found.insert(NodeId(id), addr.trim().to_string());
+                }
+            }
+        }
+        *self.0.executors.lock() = found;
+        Ok(())
+    }
+
+    /// Executors by storage node.
+    pub fn executors(&self) -> BTreeMap<NodeId, String> {
+        self.0.executors.lock().clone()
+    }
+
+    pub fn client(&self) -> &Arc<Client> {
+        &self.0.client
+    }
+
+    /// Every task run so far, in completion order.
+    pub fn task_log(&self) -> Vec<TaskRecord> {
+        self.0.log.lock().clone()
+    }
+
+    pub fn clear_task_log(&self) {
+        self.0.log.lock().clear()
+    }
+
+    /// A dataset: the Parquet files matching `glob` (an absolute pond path whose last component
+    /// may contain `*` and `?`), one partition per file.
+    pub fn read_parquet(&self, glob: &str) -> DataFrame {
+        self.frame(Plan::Scan {
+            glob: glob.to_string(),
+        })
+    }
+
+    /// `sql` per partition of `inputs` (`{i}` names `inputs[i]`); an input with one partition
+    /// is broadcast to every partition of the others.
+    pub fn partial_sql(&self, sql: &str, inputs: &[&DataFrame]) -> DataFrame {
+        self.frame(Plan::Partial {
+            sql: sql.to_string(),
+            inputs: inputs.iter().map(|d| d.plan.clone()).collect(),
+        })
+    }
+
+    /// One-statement mode: `SELECT … FROM read_parquet('/glob') …`, split into partial and
+    /// final aggregation when it has the recognised shape (see [`onestmt`]), else run whole on
+    /// one executor.
+    pub fn sql(&self, statement: &str) -> Result<DataFrame> {
+        match onestmt::plan(statement).map_err(|e| DataFrameError::Plan(e.0))? {
+            onestmt::OneStatement::Split {
+                glob,
+                partial,
+                final_sql,
+            } => Ok(self
+                .read_parquet(&glob)
+                .partial_sql(&partial)
+                .sql(&final_sql)),
+            onestmt::OneStatement::Whole { glob, sql } => Ok(self.read_parquet(&glob).sql(&sql)),
+        }
+    }
+
+    fn frame(&self, plan: Plan) -> DataFrame {
+        DataFrame {
+            session: self.clone(),
+            plan: Arc::new(plan),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Plan {
+    Scan { glob: String },
+    Partial { sql: String, inputs: Vec<Arc<Plan>> },
+    Final { sql: String, input: Arc<Plan> },
+}
+
+/// A lazy plan; nothing runs until an action (`count`, `take`, `collect`, `to_arrow`,
+/// `write_parquet`).
+#[derive(Clone)]
+pub struct DataFrame {
+    session: Session,
+    plan: Arc<Plan>,
+}
+
+/// A partition: the pond files that `{i}` expands to for one task.
+type Partition = Vec<String>;
+
+impl DataFrame {
+    /// `sql` per partition of this frame (`{0}`).
+    pub fn partial_sql(&self, sql: &str) -> DataFrame {
+        self.session.frame(Plan::Partial {
+            sql: sql.to_string(),
+            inputs: vec![self.plan.clone()],
+        })
+    }
+
+    /// `sql` once over all partitions of this frame combined (`{0}`), on one executor.
+    pub fn sql(&self, sql: &str) -> DataFrame {
+        self.session.frame(Plan::Final {
+            sql: sql.to_string(),
+            input: self.plan.clone(),
+        })
+    }
+
+    /// Human-readable plan.
+    pub fn explain(&self) -> String {
+        fn walk(p: &Plan, depth: usize, out: &mut String) {
+            let pad = "  ".repeat(depth);
+            match p {
+                Plan::Scan { glob } => out.push_str(&format!(
+                    "{pad}read_parquet {glob} (one partition per file)\n"
+                )),
+                Plan::Partial { sql, inputs } => {
+                    out.push_str(&format!("{pad}partial_sql per partition: {sql}\n"));
+                    for i in inputs {
+                        walk(i, depth + 1, out);
+                    }
+                }
+                Plan::Final { sql, input } => {
+                    out.push_str(&format!("{pad}sql on one executor: {sql}\n"));
+                    walk(input, depth + 1, out);
+                }
+            }
+        }
+        let mut s = String::new();
+        walk(&self.plan, 0, &mut s);
+        s
+    }
+
+    /// Number of rows.
+    pub async fn count(&self) -> Result<u64> {
+        let rows = self
+            .run_final(
+                |sql| format!("SELECT count(*) AS n FROM ({sql})"),
+                TaskOutput::Rows,
+            )
+            .await?;
+        match rows.body {
+            ResultBody::Rows(r) => match r.rows.first().and_then(|row| row.first()) {
+                Some(wire::Value::Int(n)) => Ok(*n as u64),
+                other => Err(DataFrameError::Plan(format!("count returned {other:?}"))),
+            },
+            other => Err(DataFrameError::Plan(format!("count returned {other:?}"))),
+        }
+    }
+
+    /// The first `n` rows (in the order the final SQL produces; add ORDER BY for a stable one).
+    pub async fn take(&self, n: u64) -> Result<RowSet> {
+        self.rows_of(|sql| format!("SELECT * FROM ({sql}) LIMIT {n}"))
+            .await
+    }
+
+    /// Every row as plain values (for small results).
+    pub async fn collect(&self) -> Result<RowSet> {
+        self.rows_of(|sql| sql.to_string()).await
+    }
+
+    /// The result as one Arrow IPC stream (decode with `arrow_ipc::reader::StreamReader`).
+    pub async fn to_arrow(&self) -> Result<Vec<u8>> {
+        match self
+            .run_final(|sql| sql.to_string(), TaskOutput::ArrowIpc)
+            .await?
+            .body
+        {
+            ResultBody::ArrowIpc(b) => Ok(b),
+            other => Err(DataFrameError::Plan(format!(
+                "expected arrow, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Writes the result as Parquet files `dir/part-NNNNN.parquet` (one per partition for a
+    /// `partial_sql` frame, one file otherwise). Returns the paths.
+    pub async fn write_parquet(&self, dir: &str) -> Result<Vec<String>> {
+        let dir = dir.trim_end_matches('/').to_string();
+        self.session.0.client.mkdir_all(&dir, 0o755).await?;
+        let job = Job::new(&self.session);
+        let r = async {
+            match &*self.plan {
+                Plan::Partial { sql, inputs } => {
+                    let parts = job.run_partial(sql, inputs, Some(&dir)).await?;
+                    Ok(parts.into_iter().flatten().collect())
+                }
+                _ => {
+                    let path = format!("{dir}/part-00000.parquet");
+                    let out = TaskOutput::Parquet { path: path.clone() };
+                    job.run_final(&self.plan, |s| s.to_string(), out).await?;
+                    Ok(vec![path])
+                }
+            }
+        }
+        .await;
+        job.cleanup().await;
+        r
+    }
+
+    async fn rows_of(&self, wrap: impl Fn(&str) -> String) -> Result<RowSet> {
+        match self.run_final(wrap, TaskOutput::Rows).await?.body {
+            ResultBody::Rows(r) => Ok(r),
+            other => Err(DataFrameError::Plan(format!(
+                "expected rows, got {other:?}"
+            ))),
+        }
+    }
+
+    async fn run_final(
+        &self,
+        wrap: impl Fn(&str) -> String,
+        output: TaskOutput,
+    ) -> Result<TaskResult> {
+        let job = Job::new(&self.session);
+        let r = job.run_final(&self.plan, wrap, output).await;
+        job.cleanup().await;
+        r
+    }
+}
+
+/// One action's run: names its intermediate files and places its tasks.
+struct Job {
+    session: Session,
+    id: String,
+    stages: AtomicU64,
+    /// Per file: bytes per node holding a serving replica.
+    bytes_by_node: Mutex<HashMap<String, BTreeMap<NodeId, u64>>>,
+    used_dir: Mutex<bool>,
+}
+
+impl Job {
+    fn new(session: &Session) -> Job {
+        let n = session.0.next_job.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{}-{n}", std::process::id(), rand::random::<u32>());
+        Job {
+            session: session.clone(),
+            id,
+            stages: AtomicU64::new(0),
+            bytes_by_node: Mutex::new(HashMap::new()),
+            used_dir: Mutex::new(false),
+        }
+    }
+
+    fn dir(&self) -> String {
+        format!("{JOBS_DIR}/{}", self.id)
+    }
+
+    async fn cleanup(&self) {
+        if *self.used_dir.lock() {
+            let _ = self.session.0.client.remove_tree(&self.dir()).await;
+        }
+    }
+
+    async fn ensure_dir(&self) -> Result<()> {
+        if !*self.used_dir.lock() {
+            self.session.0.client.mkdir_all(&self.dir(), 0o755).await?;
+            *self.used_dir.lock() = true;
+        }
+        Ok(())
+    }
+
+    /// The final task of an action: `wrap(sql)` over every file of the plan's result.
+    async fn run_final(
+        &self,
+        plan: &Arc<Plan>,
+        wrap: impl Fn(&str) -> String,
+        output: TaskOutput,
+    ) -> Result<TaskResult> {
+        let (sql, input) = match &**plan {
+            Plan::Final { sql, input } => (wrap(sql), input),
+            _ => (wrap("SELECT * FROM {0}"), plan),
+        };
+        let parts = self.partitions(input).await?;
+        let files: Vec<String> = parts.into_iter().flatten().collect();
+        self.run_task("final", 0, vec![TaskInput { files }], sql, output)
+            .await
+    }
+
+    /// Evaluates a plan to its partitions (running partial stages). Boxed: plans nest.
+    fn partitions<'a>(
+        &'a self,
+        plan: &'a Arc<Plan>,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<Partition>>> {
+        Box::pin(async move {
+            match &**plan {
+                Plan::Scan { glob } => {
+                    let files = expand_glob(&self.session.0.client, glob).await?;
+                    if files.is_empty() {
+                        return Err(DataFrameError::Plan(format!("no file matches {glob}")));
+                    }
+                    Ok(files.into_iter().map(|f| vec![f]).collect())
+                }
+                Plan::Partial { sql, inputs } => self.run_partial(sql, inputs, None).await,
+                Plan::Final { .. } => {
+                    let stage = self.stages.fetch_add(1, Ordering::Relaxed);
+                    let path = format!("{}/s{stage}.parquet", self.dir());
+                    self.ensure_dir().await?;
+                    let out = TaskOutput::Parquet { path: path.clone() };
+                    self.run_final(plan, |s| s.to_string(), out).await?;
+                    Ok(vec![vec![path]])
+                }
+            }
+        })
+    }
+
+    /// One task per partition; outputs go to `out_dir/part-NNNNN.parquet` or the job dir.
+    async fn run_partial(
+        &self,
+        sql: &str,
+        inputs: &[Arc<Plan>],
+        out_dir: Option<&str>,
+    ) -> Result<Vec<Partition>> {
+        let mut evaluated = Vec::with_capacity(inputs.len());
+        for i in inputs {
+            evaluated.push(self.partitions(i).await?);
+        }
+        let n = evaluated.iter().map(Vec::len).max().unwrap_or(0);
+        if n == 0 {
+            return Err(DataFrameError::Plan(
+                "partial_sql without inputs".to_string(),
+            ));
+        }
+        for (i, e) in evaluated.iter().enumerate() {
+            if e.len() != 1 && e.len() != n {
+                return Err(DataFrameError::Plan(format!(
+                    "input {i} has {} partitions, others {n}: partial_sql needs equal counts or one (broadcast)",
+                    e.len()
+                )));
+            }
+        }
+        let stage_no = self.stages.fetch_add(1, Ordering::Relaxed);
+        let stage = format!("s{stage_no}");
+        let out_dir = match out_dir {
+            Some(d) => d.to_string(),
+            None => {
+                self.ensure_dir().await?;
+                format!("{}/{stage}", self.dir())
+            }
+        };
+        self.session.0.client.mkdir_all(&out_dir, 0o755).await?;
+        let executors = self.session.executors().len().max(1);
+        let tasks = (0..n).map(|p| {
+            let inputs: Vec<TaskInput> = evaluated
+                .iter()
+                .map(|e| TaskInput {
+                    files: e[if e.len() == 1 { 0 } else { p }].clone(),
+                })
+                .collect();
+            let path = format!("{out_dir}/part-{p:05}.parquet");
+            let stage = stage.clone();
+            async move {
+                self.run_task(
+                    &stage,
+                    p as u32,
+                    inputs,
+                    sql.to_string(),
+                    TaskOutput::Parquet { path: path.clone() },
+                )
+                .await
+                .map(|_| vec![path])
+            }
+        });
+        let results: Vec<Result<Partition>> = futures::stream::iter(tasks)
+            .buffered(executors * TASKS_IN_FLIGHT_PER_EXECUTOR)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    /// Bytes of each file per node with a serving replica of its chunks.
+    async fn locality(&self, files: &[String]) -> Result<BTreeMap<NodeId, u64>> {
+        let client = &self.session.0.client;
+        let routing = client.routing();
+        let mut total: BTreeMap<NodeId, u64> = BTreeMap::new();
+        for f in files {
+            let known = self.bytes_by_node.lock().get(f).cloned();
+            let per = match known {
+                Some(p) => p,
+                None => {
+                    let attr = client.stat(f).await?;
+                    let mut per: BTreeMap<NodeId, u64> = BTreeMap::new();
+                    if let Some(layout) = &attr.layout {
+                        let cb = u64::from(layout.chunk_bytes);
+                        for i in 0..attr.size.div_ceil(cb) {
+                            let len = cb.min(attr.size - i * cb);
+                            let mut nodes: Vec<NodeId> = routing
+                                .serving_targets(layout.chain_of(i))
+                                .iter()
+                                .map(|t| t.node)
+                                .collect();
+                            nodes.sort();
+                            nodes.dedup();
+                            for n in nodes {
+                                *per.entry(n).or_default() += len;
+                            }
+                        }
+                    }
+                    self.bytes_by_node.lock().insert(f.clone(), per.clone());
+                    per
+                }
+            };
+            for (n, b) in per {
+                *total.entry(n).or_default() += b;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Runs one task on the best node, retrying elsewhere on failures another node may not
+    /// share.
+    async fn run_task(
+        &self,
+        stage: &str,
+        task: u32,
+        inputs: Vec<TaskInput>,
+        sql: String,
+        output: TaskOutput,
+    ) -> Result<TaskResult> {
+        let files: Vec<String> = inputs
+            .iter()
+            .flat_map(|i| i.files.iter().cloned())
+            .collect();
+        let local = self.locality(&files).await?;
+        let spec = TaskSpec {
+            job: self.id.clone(),
+            task,
+            inputs,
+            sql,
+            output,
+            limits: self.session.0.opts.limits,
+        };
+        let mut excluded: Vec<NodeId> = Vec::new();
+        let mut last: Option<DataFrameError> = None;
+        for attempt in 1..=TASK_ATTEMPTS_MAX {
+            let Some((node, addr)) = self.session.pick(&local, &excluded) else {
+                break;
+            };
+            let started = Instant::now();
+            let reply = self.session.send(&addr, &spec).await;
+            self.session.release(node, &local);
+            match reply {
+                Ok(TaskReply::Done(r)) => {
+                    self.session.0.log.lock().push(TaskRecord {
+                        stage: stage.to_string(),
+                        task,
+                        node: node.0,
+                        attempts: attempt,
+                        rows: r.rows,
+                        elapsed_ms: started.elapsed().as_millis() as u64,
+                        stats: r.stats.clone(),
+                    });
+                    return Ok(r);
+                }
+                Ok(TaskReply::Failed(f)) => {
+                    let e = DataFrameError::Task {
+                        stage: stage.to_string(),
+                        task,
+                        node: f.node,
+                        kind: f.kind,
+                        message: f.message,
+                    };
+                    if !f.kind.retryable() {
+                        return Err(e);
+                    }
+                    tracing::warn!(%e, "task failed; retrying on another node");
+                    last = Some(e);
+                }
+                Err(e) => {
+                    tracing::warn!(node = node.0, error = %e, "executor unreachable; retrying on another node");
+                    last = Some(DataFrameError::Task {
+                        stage: stage.to_string(),
+                        task,
+                        node: node.0,
+                        kind: FailureKind::Io,
+                        message: format!("executor {addr}: {e}"),
+                    });
+                }
+            }
+            excluded.push(node);
+        }
+        Err(last.unwrap_or_else(|| {
+            DataFrameError::NoExecutor(format!("no live executor left (tried {excluded:?})"))
+        }))
+    }
+}
+
+impl Session {
+    /// Picks the executor with the most local bytes, then the least load; records the load.
+    fn pick(&self, local: &BTreeMap<NodeId, u64>, excluded: &[NodeId]) -> Option<(NodeId, String)> {
+        let routing = self.0.client.routing();
+        let executors = self.0.executors.lock();
+        let mut load = LOAD.lock();
+        let best = executors
+            .iter()
+            .filter(|(n, _)| !excluded.contains(n))
+            .filter(|(n, _)| routing.nodes.get(n).is_none_or(|i| i.alive))
+            .map(|(n, a)| {
+                let l = local.get(n).copied().unwrap_or(0);
+                let busy = load
+                    .get(&(Arc::as_ptr(&self.0) as usize, *n))
+                    .copied()
+                    .unwrap_or(0);
+                (l, std::cmp::Reverse(busy), std::cmp::Reverse(*n), a.clone())
+            })
+            .max()?;
+        let node = (best.2).0;
+        *load
+            .entry((Arc::as_ptr(&self.0) as usize, node))
+            .or_default() += best.0.max(1);
+        Some((node, best.3))
+    }
+
+    fn release(&self, node: NodeId, local: &BTreeMap<NodeId, u64>) {
+        let mut load = LOAD.lock();
+        let key = (Arc::as_ptr(&self.0) as usize, node);
+        if let Some(v) = load.get_mut(&key) {
+            *v = v.saturating_sub(local.get(&node).copied().unwrap_or(0).max(1));
+        }
+    }
+
+    /// One round trip to an executor. Dropping the future closes the connection, which
+    /// cancels the task there.
+    async fn send(&self, addr: &str, spec: &TaskSpec) -> std::io::Result<TaskReply> {
+        let mut sock = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
+        sock.set_nodelay(true)?;
+        let hello = Hello {
+            version: COMPUTE_PROTOCOL_VERSION,
+            token: self.0.token.clone(),
+        };
+        wire::write_frame(&mut sock, &hello).await?;
+        wire::write_frame(&mut sock, spec).await?;
+        let wait = Duration::from_millis(spec.limits.deadline_ms) + REPLY_SLACK;
+        tokio::time::timeout(wait, wire::read_frame(&mut sock, FRAME_BYTES_MAX))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "no reply before the deadline")
+            })?
+    }
+}
+
+/// Bytes assigned per (session, node) while tasks run: the load that breaks locality ties.
+static LOAD: Mutex<BTreeMap<(usize, NodeId), u64>> = Mutex::new(BTreeMap::new());
+
+/// Files matching `glob`: a literal directory, then a last component with `*`/`?`. A path
+/// without wildcards names one file.
+pub async fn expand_glob(client: &Client, glob: &str) -> Result<Vec<String>> {
+    if !glob.starts_with('/') {
+        return Err(DataFrameError::Plan(format!(
+            "{glob:?} is not an absolute pond path"
+        )));
+    }
+    let (dir, pat) = glob.rsplit_once('/').expect("starts with '/'");
+    if dir.contains(['*', '?']) {
+        return Err(DataFrameError::Plan(format!(
+            "{glob}: wildcards only in the last component"
+        )));
+    }
+    if !pat.contains(['*', '?']) {
+        return Ok(vec![glob.to_string()]);
+    }
+    let dir = if dir.is_empty() { "/" } else { dir };
+    let mut out: Vec<String> = client
+        .read_dir_all(dir)
+        .await?
+        .into_iter()
+        .filter(|e| e.kind == FileType::File && wildcard(pat.as_bytes(), e.name.as_bytes()))
+        .map(|e| format!("{}/{}", dir.trim_end_matches('/'), e.name))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// `*` and `?` matching, iterative (no recursion).
+fn wildcard(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
+            pi += 1;
+            si += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if let Some((sp, ss)) = star {
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == b'*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wildcard;
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard(b"*.parquet", b"a.parquet"));
+        assert!(wildcard(b"part-?.parquet", b"part-1.parquet"));
+        assert!(!wildcard(b"*.parquet", b"a.csv"));
+        assert!(wildcard(b"*", b""));
+        assert!(wildcard(b"a*b*c", b"axxbyyc"));
+        assert!(!wildcard(b"a*b*c", b"axxbyy"));
+    }
+}
