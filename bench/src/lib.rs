@@ -13,6 +13,7 @@
 pub mod dataplane;
 pub mod fuse;
 pub mod io;
+pub mod loader;
 pub mod meta;
 pub mod passthrough;
 pub mod posix;
