@@ -936,6 +936,41 @@ impl Client {
         self.read_dir(path).await?.try_collect().await
     }
 
+    /// Walks the tree under `root` depth-first (no recursion: an explicit stack), calling
+    /// `visit(path, attr)` for every entry below `root`, directory listings fetched in pages
+    /// with attributes. Symlinks are reported, not followed. For `ls -R`, `du`, `cp -r`.
+    pub async fn walk(&self, root: &str, mut visit: impl FnMut(&str, &InodeAttr)) -> Result<()> {
+        let top = self.stat(root).await?;
+        if top.kind != FileType::Dir {
+            return Err(ClientError::new(
+                ErrorCode::NotDir,
+                format!("{root} is not a directory"),
+            ));
+        }
+        let base = root.trim_end_matches('/').to_string();
+        let mut stack = vec![(base, top.inode)];
+        while let Some((dir_path, dir)) = stack.pop() {
+            let mut after = None;
+            loop {
+                let (page, more) = self
+                    .readdir_plus_page(dir, after.take(), limits::READDIR_PAGE)
+                    .await?;
+                for (e, a) in &page {
+                    let p = format!("{dir_path}/{}", e.name);
+                    visit(&p, a);
+                    if a.kind == FileType::Dir {
+                        stack.push((p, a.inode));
+                    }
+                }
+                match page.last() {
+                    Some((last, _)) if more => after = Some(last.name.clone()),
+                    _ => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes `data` as the whole content of `path` (created or truncated) and closes it.
     pub async fn write_file(&self, path: &str, data: &[u8]) -> Result<()> {
         let f = self.create_file(path).await?;

@@ -115,6 +115,18 @@ async fn namespace_operations_and_errors() {
         .map(|e| e.name)
         .collect();
     assert_eq!(names, vec!["b", "s"]);
+    let mut walked = Vec::new();
+    c.walk("/a", |p, a| walked.push((p.to_string(), a.kind)))
+        .await
+        .unwrap();
+    walked.sort_by(|x, y| x.0.cmp(&y.0));
+    let want = [
+        ("/a/b", FileType::Dir),
+        ("/a/b/c", FileType::Dir),
+        ("/a/b/c/x", FileType::File),
+        ("/a/s", FileType::Symlink),
+    ];
+    assert_eq!(walked, want.map(|(p, k)| (p.to_string(), k)).to_vec());
     // Many entries, listed in pages.
     c.mkdir_path("/many", 0o755).await.unwrap();
     let dir = c.stat("/many").await.unwrap().inode;
