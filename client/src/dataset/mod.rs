@@ -21,7 +21,7 @@ pub mod sampler;
 
 pub use index::{Entry, Index};
 pub use pack::{PackOptions, PackReport, pack};
-pub use reader::{Batch, BatchReader, ReaderOptions};
+pub use reader::{Batch, BatchReader, EpochStats, ReaderOptions, read_epoch};
 pub use sampler::{Permutation, Sampler, SamplerOptions, SamplerState};
 
 use crate::client::{Client, OpenOptions};

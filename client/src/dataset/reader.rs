@@ -198,3 +198,48 @@ impl Drop for BatchReader {
         }
     }
 }
+
+/// What one epoch read by [`read_epoch`] took.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EpochStats {
+    pub batches: u64,
+    pub samples: u64,
+    pub bytes: u64,
+    pub wall: std::time::Duration,
+}
+
+impl EpochStats {
+    pub fn samples_per_sec(&self) -> f64 {
+        self.samples as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    pub fn mb_per_sec(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.wall.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Reads the rest of `sampler`'s epoch in batches, calling `each` on every batch (in order);
+/// what `pond demo` and `pond dataset read` show.
+pub async fn read_epoch(
+    ds: Arc<Dataset>,
+    sampler: Sampler,
+    opts: ReaderOptions,
+    mut each: impl FnMut(&Batch),
+) -> Result<EpochStats, DatasetError> {
+    let start = std::time::Instant::now();
+    let mut r = BatchReader::new(ds, sampler, opts)?;
+    let mut st = EpochStats {
+        batches: 0,
+        samples: 0,
+        bytes: 0,
+        wall: std::time::Duration::ZERO,
+    };
+    while let Some(b) = r.next_batch().await? {
+        st.batches += 1;
+        st.samples += b.samples.len() as u64;
+        st.bytes += b.bytes();
+        each(&b);
+    }
+    st.wall = start.elapsed();
+    Ok(st)
+}

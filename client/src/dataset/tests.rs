@@ -23,7 +23,7 @@ fn write_dir(n: u64) -> tempfile::TempDir {
 
 #[tokio::test]
 async fn pack_a_directory_and_read_every_sample_exactly() {
-    let (c, _meta, _storage) = testkit::client().await;
+    let (c, _meta, storage) = testkit::client().await;
     let src = write_dir(300);
     let rep = pack(
         &c,
@@ -90,6 +90,18 @@ async fn pack_a_directory_and_read_every_sample_exactly() {
     }
     assert_eq!(seen.len(), 300, "every sample once");
     assert!(seen.values().all(|n| *n == 1));
+    // One batch of 100 samples: a handful of batched requests (one per node), not 100.
+    let calls = storage.calls.load(std::sync::atomic::Ordering::Relaxed);
+    let ix: Vec<u64> = (0..100).map(|k| (k * 37) % 300).collect();
+    let got = ds.read_batch(&ix).await.unwrap();
+    for (i, g) in ix.iter().zip(&got) {
+        assert_eq!(&g[..], &sample(*i)[..]);
+    }
+    let calls = storage.calls.load(std::sync::atomic::Ordering::Relaxed) - calls;
+    assert!(
+        calls <= 6,
+        "batched per storage node: {calls} calls for 100 samples"
+    );
     // Out of range.
     let e = ds.get(300).await.unwrap_err();
     assert!(
