@@ -147,8 +147,9 @@ pub async fn run(cluster_file: &Path, quick: bool) -> Result<()> {
         }
         let remote = format!("/bench-loader/{}.bin", case.sample_bytes);
         client.put(&local, &remote, |_| {}).await?;
-        let ds =
-            Arc::new(Dataset::open_fixed(&client, &[remote.clone()], case.sample_bytes).await?);
+        let ds = Arc::new(
+            Dataset::open_fixed(&client, std::slice::from_ref(&remote), case.sample_bytes).await?,
+        );
         // pond batch reader.
         let mut r = BatchReader::new(
             ds.clone(),
