@@ -1,0 +1,382 @@
+//! Near-data SQL against real `pond` processes: a local cluster (`pond up`), one in-process
+//! `pond-compute` executor per storage node (until `pond storage` hosts them itself), Parquet
+//! files written into pond, and every answer compared with single-process DuckDB over the same
+//! files on the local disk. Also: the lockdown (no `/etc/passwd`, no URLs, no settings), the
+//! memory limit and the deadline fail cleanly while the node keeps serving, and a dead executor
+//! is routed around.
+//!
+//! Needs DuckDB: build with `--features pond-compute/duckdb` and DUCKDB_LIB_DIR set (see
+//! docs/compute.md). Without it every test here prints why it did not run; with
+//! `POND_REQUIRE_DUCKDB=1` in the environment it fails instead.
+
+use pond_client::Client;
+use pond_client::dataframe::wire::{FailureKind, RowSet, TaskLimits, Value};
+use pond_client::dataframe::{DataFrameError, Session, SessionOptions};
+use pond_compute::{ComputeConfig, Executor};
+use pond_tests::{Cluster, Opts};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pond");
+
+/// False (after saying so loudly) when this build has no DuckDB.
+fn duckdb_or_skip(test: &str) -> bool {
+    if pond_compute::DUCKDB_LINKED {
+        return true;
+    }
+    let msg = format!(
+        "\n!!! compute::{test} DID NOT RUN: pond-compute was built without DuckDB.\n\
+         !!! Run `bash compute/fetch-duckdb.sh target/duckdb`, export DUCKDB_LIB_DIR=$PWD/target/duckdb\n\
+         !!! DUCKDB_INCLUDE_DIR=$PWD/target/duckdb LD_LIBRARY_PATH=$PWD/target/duckdb and test with\n\
+         !!! `--features pond-compute/duckdb` (docs/compute.md).\n"
+    );
+    if std::env::var_os("POND_REQUIRE_DUCKDB").is_some() {
+        panic!("{msg}");
+    }
+    eprintln!("{msg}");
+    false
+}
+
+struct Env {
+    _cluster: Cluster,
+    client: Arc<Client>,
+    token: String,
+    local: tempfile::TempDir,
+    stops: Vec<(u32, tokio::sync::oneshot::Sender<()>)>,
+}
+
+impl Env {
+    async fn start() -> Env {
+        let cluster = Cluster::start(
+            BIN,
+            Opts {
+                meta: 1,
+                storage: 3,
+                targets_per_node: 1,
+                replicas: 3,
+            },
+        )
+        .expect("start cluster");
+        let cf = cluster.cluster_file().expect("cluster file");
+        let client = Arc::new(Client::connect(&cf).await.expect("connect"));
+        let local = tempfile::tempdir().expect("tempdir");
+        let mut stops = Vec::new();
+        for s in &cf.storage {
+            let c = Arc::new(Client::connect(&cf).await.expect("executor client"));
+            let cfg = ComputeConfig {
+                node_id: s.id,
+                listen: "127.0.0.1:0".to_string(),
+                advertise: None,
+                token: cf.token.clone(),
+                work_dir: local.path().join(format!("exec-{}", s.id)),
+            };
+            let ex = Executor::bind(cfg, c).await.expect("bind executor");
+            ex.register().await.expect("register executor");
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(ex.run(async move {
+                let _ = rx.await;
+            }));
+            stops.push((s.id, tx));
+        }
+        Env {
+            _cluster: cluster,
+            client,
+            token: cf.token,
+            local,
+            stops,
+        }
+    }
+
+    async fn session(&self, limits: TaskLimits) -> Session {
+        Session::new(self.client.clone(), &self.token, SessionOptions { limits })
+            .await
+            .expect("session")
+    }
+
+    /// Generates Parquet files locally with DuckDB (`select` per file, `{i}` = file number)
+    /// and copies them into pond under `remote_dir`. Returns the local directory.
+    async fn dataset(&self, name: &str, remote_dir: &str, selects: &[String]) -> PathBuf {
+        let dir = self.local.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        self.client
+            .mkdir_all(remote_dir, 0o755)
+            .await
+            .expect("mkdir");
+        for (i, sel) in selects.iter().enumerate() {
+            let p = dir.join(format!("part-{i}.parquet"));
+            pond_compute::local_exec(&format!(
+                "COPY ({sel}) TO '{}' (FORMAT parquet)",
+                p.display()
+            ))
+            .expect("write local parquet");
+            self.client
+                .put(&p, &format!("{remote_dir}/part-{i}.parquet"), |_| {})
+                .await
+                .expect("put");
+        }
+        dir
+    }
+}
+
+/// Rows in a canonical order with floats rounded, so that group order and summation order
+/// do not matter.
+fn canon(r: &RowSet) -> Vec<Vec<String>> {
+    let mut rows: Vec<Vec<String>> = r
+        .rows
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|v| match v {
+                    // Numbers compare by value: a partial sum of integers is HUGEINT, which
+                    // DuckDB stores in Parquet as DOUBLE, so the final sum comes back as a
+                    // float (docs/compute.md, gaps).
+                    Value::Float(f) => format!("{:.6e}", f),
+                    Value::Int(x) => format!("{:.6e}", *x as f64),
+                    Value::HugeInt(x) => format!("{:.6e}", *x as f64),
+                    Value::UInt(x) => format!("{:.6e}", *x as f64),
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+fn local_glob(dir: &Path) -> String {
+    format!("{}/*.parquet", dir.display())
+}
+
+fn events(i: usize, rows: usize) -> String {
+    // k: 7 groups, v: ints with NULLs every 13th row, d: doubles, s: strings.
+    format!(
+        "SELECT (r % 7)::INT AS k, CASE WHEN r % 13 = 0 THEN NULL ELSE (r * 31 + {i}) % 1000 END::BIGINT AS v, \
+         (r * 0.5 + {i})::DOUBLE AS d, 'u' || (r % 11) AS s FROM range({rows}) t(r)"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queries_equal_single_process_duckdb() {
+    if !duckdb_or_skip("queries_equal_single_process_duckdb") {
+        return;
+    }
+    let env = Env::start().await;
+    // Four files, one of them empty (an empty partition).
+    let mut selects: Vec<String> = (0..3).map(|i| events(i, 20_000 + i * 1000)).collect();
+    selects.push(format!("{} WHERE false", events(3, 10)));
+    let local = env.dataset("events", "/data/events", &selects).await;
+    let lg = local_glob(&local);
+    let s = env.session(TaskLimits::default()).await;
+    assert_eq!(s.executors().len(), 3, "one executor per storage node");
+
+    let statements = [
+        // Split: partial + final aggregation.
+        "SELECT k, sum(v) AS s, count(*) AS n, count(v) AS nv, min(v) AS mn, max(v) AS mx, avg(v) AS a \
+         FROM read_parquet('{G}') WHERE v IS NULL OR v > 100 GROUP BY k ORDER BY k",
+        "SELECT count(*) AS n, sum(d) AS sd, min(s) AS ms FROM read_parquet('{G}')",
+        "SELECT s, k, max(d) AS md FROM read_parquet('{G}') AS t WHERE t.k <> 3 GROUP BY s, k ORDER BY s, k LIMIT 20",
+        // Whole on one executor.
+        "SELECT k, v FROM read_parquet('{G}') WHERE v > 990 ORDER BY k, v",
+        "SELECT k, count(DISTINCT v) AS dv FROM read_parquet('{G}') GROUP BY k HAVING count(*) > 10 ORDER BY k",
+    ];
+    for st in statements {
+        let want = pond_compute::local_rows(&st.replace("{G}", &lg)).expect("local duckdb");
+        let df = s
+            .sql(&st.replace("{G}", "/data/events/*.parquet"))
+            .expect("plan");
+        s.clear_task_log();
+        let got = df.collect().await.unwrap_or_else(|e| panic!("{st}: {e}"));
+        assert_eq!(canon(&got), canon(&want), "{st}\nplan:\n{}", df.explain());
+        assert!(!got.rows.is_empty(), "{st}: test data should give rows");
+        let log = s.task_log();
+        let nodes: std::collections::BTreeSet<u32> = log.iter().map(|t| t.node).collect();
+        eprintln!("{st}\n  tasks {} on nodes {nodes:?}", log.len());
+    }
+
+    // The explicit API, with the partial step over every file.
+    let df = s
+        .read_parquet("/data/events/*.parquet")
+        .partial_sql("SELECT k, count(*) AS c, sum(v) AS sv FROM {0} GROUP BY k")
+        .sql("SELECT k, sum(c) AS c, sum(sv) AS sv FROM {0} GROUP BY k ORDER BY k");
+    s.clear_task_log();
+    let got = df.collect().await.expect("explicit plan");
+    let want = pond_compute::local_rows(&format!(
+        "SELECT k, count(*) AS c, sum(v) AS sv FROM read_parquet('{lg}') GROUP BY k ORDER BY k"
+    ))
+    .unwrap();
+    assert_eq!(canon(&got), canon(&want));
+    let log = s.task_log();
+    assert_eq!(log.len(), 5, "4 partial tasks + 1 final: {log:?}");
+    let nodes: std::collections::BTreeSet<u32> = log.iter().map(|t| t.node).collect();
+    assert!(nodes.len() >= 2, "partitions spread over replicas: {log:?}");
+    let input: u64 = log.iter().map(|t| t.stats.input_bytes).sum();
+    let local_b: u64 = log.iter().map(|t| t.stats.input_local_bytes).sum();
+    eprintln!(
+        "explicit plan: {} tasks on {nodes:?}, input {input} B, on-node replicas {local_b} B",
+        log.len()
+    );
+
+    // Actions.
+    let all = s.read_parquet("/data/events/*.parquet");
+    assert_eq!(all.count().await.unwrap(), 20_000 + 21_000 + 22_000);
+    let t = all
+        .sql("SELECT * FROM {0} ORDER BY d DESC")
+        .take(5)
+        .await
+        .unwrap();
+    assert_eq!(t.rows.len(), 5);
+    assert_eq!(t.columns, vec!["k", "v", "d", "s"]);
+    let ipc = all
+        .sql("SELECT k, v FROM {0} WHERE k = 1")
+        .to_arrow()
+        .await
+        .unwrap();
+    assert_eq!(
+        &ipc[..4],
+        &[0xff, 0xff, 0xff, 0xff],
+        "arrow IPC stream continuation marker"
+    );
+
+    // write_parquet of a partial frame: one file per partition, readable again.
+    let written = s
+        .read_parquet("/data/events/*.parquet")
+        .partial_sql("SELECT k, v FROM {0} WHERE v < 500")
+        .write_parquet("/out/small")
+        .await
+        .unwrap();
+    assert_eq!(written.len(), 4);
+    let n = s
+        .read_parquet("/out/small/*.parquet")
+        .count()
+        .await
+        .unwrap();
+    let want = pond_compute::local_rows(&format!(
+        "SELECT count(*) FROM read_parquet('{lg}') WHERE v < 500"
+    ))
+    .unwrap();
+    assert_eq!(Value::Int(n as i64), want.rows[0][0]);
+    // Intermediate files of jobs are removed.
+    let jobs = env.client.read_dir_all("/.pond/jobs").await.unwrap();
+    assert!(jobs.is_empty(), "job dirs left behind: {jobs:?}");
+    drop(env);
+}
+
+fn failure_kind(r: Result<RowSet, DataFrameError>) -> (FailureKind, String) {
+    match r {
+        Err(DataFrameError::Task { kind, message, .. }) => (kind, message),
+        other => panic!("expected a task failure, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lockdown_limits_and_failover() {
+    if !duckdb_or_skip("lockdown_limits_and_failover") {
+        return;
+    }
+    let mut env = Env::start().await;
+    env.dataset("one", "/data/one", &[events(0, 1000)]).await;
+    let s = env.session(TaskLimits::default()).await;
+    let one = s.read_parquet("/data/one/part-0.parquet");
+
+    // 1. Nothing outside the task's own inputs: host files, URLs, settings, extensions.
+    for sql in [
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "SELECT * FROM read_text('/etc/hostname')",
+        "SELECT * FROM read_parquet('https://example.com/x.parquet')",
+        "SELECT * FROM read_csv_auto('http://127.0.0.1:1/x.csv')",
+        "SELECT * FROM glob('/etc/*')",
+    ] {
+        let (kind, msg) = failure_kind(
+            one.sql(&format!("SELECT count(*) FROM {{0}}, ({sql}) x"))
+                .collect()
+                .await,
+        );
+        assert!(
+            matches!(kind, FailureKind::Refused),
+            "{sql}: expected Refused, got {kind:?}: {msg}"
+        );
+        eprintln!("refused {sql}: {msg}");
+    }
+    for sql in [
+        "SET enable_external_access = true",
+        "SET memory_limit = '100GB'",
+        "INSTALL httpfs",
+        "LOAD httpfs",
+        "COPY (SELECT 1) TO '/tmp/pond-escape.csv'",
+        "ATTACH '/tmp/pond-escape.db'",
+    ] {
+        let r = one.sql(sql).collect().await;
+        let (kind, msg) = failure_kind(r);
+        assert!(
+            matches!(kind, FailureKind::Refused | FailureKind::Sql),
+            "{sql}: {kind:?}: {msg}"
+        );
+        eprintln!("refused {sql}: {kind:?} {msg}");
+    }
+    assert!(!Path::new("/tmp/pond-escape.csv").exists());
+    assert!(!Path::new("/tmp/pond-escape.db").exists());
+
+    // 2. Over the memory limit: a clean failure, and the node keeps serving.
+    let tight = env
+        .session(TaskLimits {
+            memory_bytes: 32 << 20,
+            threads: 1,
+            deadline_ms: 120_000,
+        })
+        .await;
+    let big = tight
+        .read_parquet("/data/one/part-0.parquet")
+        .sql("SELECT length(string_agg(repeat('x', 1000), ',')) FROM range(400000), {0}");
+    let (kind, msg) = failure_kind(big.collect().await);
+    assert_eq!(kind, FailureKind::MemoryLimit, "{msg}");
+    eprintln!("memory limit: {msg}");
+    env.client
+        .write_file("/after-oom", b"still serving")
+        .await
+        .unwrap();
+    assert_eq!(
+        env.client.read_file("/after-oom").await.unwrap(),
+        b"still serving"
+    );
+    assert_eq!(one.count().await.unwrap(), 1000);
+
+    // 3. Past the deadline: interrupted, reported as such.
+    let short = env
+        .session(TaskLimits {
+            memory_bytes: 256 << 20,
+            threads: 1,
+            deadline_ms: 500,
+        })
+        .await;
+    let slow = short
+        .read_parquet("/data/one/part-0.parquet")
+        .sql("SELECT sum(a.r * b.r) FROM range(100000) a(r), range(100000) b(r)");
+    let t = std::time::Instant::now();
+    let (kind, msg) = failure_kind(slow.collect().await);
+    assert_eq!(kind, FailureKind::Deadline, "{msg}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(20),
+        "interrupt took {:?}",
+        t.elapsed()
+    );
+
+    // 4. A bad SQL error is not retried and says what is wrong.
+    let (kind, msg) = failure_kind(one.sql("SELECT no_such_column FROM {0}").collect().await);
+    assert_eq!(kind, FailureKind::Sql);
+    assert!(msg.contains("no_such_column"), "{msg}");
+
+    // 5. An executor goes away: its tasks run on another replica.
+    let (dead, stop) = env.stops.remove(0);
+    let _ = stop.send(());
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    s.clear_task_log();
+    for _ in 0..3 {
+        assert_eq!(one.count().await.unwrap(), 1000);
+    }
+    assert!(
+        s.task_log().iter().all(|t| t.node != dead),
+        "{:?}",
+        s.task_log()
+    );
+    drop(env);
+}
