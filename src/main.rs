@@ -56,6 +56,9 @@ enum Command {
     /// The main job: start (or reuse) the local cluster, write and read a sample dataset
     /// through the client library and a FUSE mount, and report.
     Demo(cmd::demo::DemoArgs),
+    /// Training datasets: pack files into shards + index, read shuffled epochs.
+    #[command(subcommand)]
+    Dataset(cmd::dataset::DatasetCmd),
     /// Internal: the supervisor process of `pond up --detach`.
     #[command(hide = true)]
     Supervise {
@@ -79,6 +82,7 @@ fn main() -> Result<()> {
         Command::Mount(m) => cmd::mount::mount(cli.cluster.as_deref(), m),
         Command::Unmount { mountpoint } => cmd::mount::unmount(&mountpoint),
         Command::Demo(d) => cmd::demo::demo(d),
+        Command::Dataset(d) => cmd::dataset::run(cli.cluster.as_deref(), d),
         Command::Admin(a) => cmd::admin::admin(cli.cluster.as_deref(), a),
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Suite: meta | io | fuse | all.
+    /// Suite: meta | io | fuse | loader | all.
     pub suite: String,
     /// Short runs (CI): smaller files, fewer operations, shorter phases.
     #[arg(long)]
@@ -216,6 +216,14 @@ fn fuse_on(cluster: &Path, label: &str, quick: bool) -> Result<()> {
     r
 }
 
+async fn loader_suite(cluster: Option<&Path>, quick: bool) -> Result<()> {
+    if let Some(p) = cluster {
+        return pond_bench::loader::run(p, quick).await;
+    }
+    let tc = TempCluster::start(3, 3)?;
+    pond_bench::loader::run(&tc.cluster_path(), quick).await
+}
+
 fn fuse_suite(cluster: Option<&Path>, quick: bool) -> Result<()> {
     if let Some(p) = cluster {
         return fuse_on(p, "given cluster", quick);
@@ -242,11 +250,13 @@ pub fn bench(cluster: Option<&Path>, args: BenchArgs) -> Result<()> {
         "meta" => rt.block_on(meta_suite(cluster, q)),
         "io" => rt.block_on(io_suite(cluster, q)),
         "fuse" => fuse_suite(cluster, q),
+        "loader" => rt.block_on(loader_suite(cluster, q)),
         "all" => rt
             .block_on(meta_suite(cluster, q))
             .and_then(|_| rt.block_on(io_suite(cluster, q)))
-            .and_then(|_| fuse_suite(cluster, q)),
-        other => bail!("unknown suite {other:?} (have: meta, io, fuse, all)"),
+            .and_then(|_| fuse_suite(cluster, q))
+            .and_then(|_| rt.block_on(loader_suite(cluster, q))),
+        other => bail!("unknown suite {other:?} (have: meta, io, fuse, loader, all)"),
     };
     print_load("at end");
     if let Some(path) = &args.json {
