@@ -79,17 +79,9 @@ pub struct TaskRecord {
 }
 
 /// How a session reaches executors and what each task may use.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct SessionOptions {
     pub limits: TaskLimits,
-}
-
-impl Default for SessionOptions {
-    fn default() -> SessionOptions {
-        SessionOptions {
-            limits: TaskLimits::default(),
-        }
-    }
 }
 
 struct SessionInner {

@@ -312,9 +312,9 @@ fn split(s: &str, src_start: usize, src_end: usize, glob: &str) -> Option<OneSta
         for item in split_top(body, b',') {
             let mut words = item.split_whitespace();
             let target = words.next()?;
-            if !(is_ident_path(target) && !target.contains('.'))
-                && !target.bytes().all(|c| c.is_ascii_digit())
-            {
+            let name_ok = is_ident_path(target) && !target.contains('.');
+            let ordinal = target.bytes().all(|c| c.is_ascii_digit());
+            if !name_ok && !ordinal {
                 return None;
             }
         }
