@@ -15,7 +15,12 @@ fn main() {
     let meta = tonic_build::manual::Service::builder()
         .name("Meta")
         .package("pond")
-        .method(method("op", "Op", "crate::meta::MetaRequest", "crate::meta::MetaReply"))
+        .method(method(
+            "op",
+            "Op",
+            "crate::meta::MetaRequest",
+            "crate::meta::MetaReply",
+        ))
         .method(method(
             "cluster",
             "Cluster",

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "pond", version, about = "pond: a distributed filesystem for AI data teams")]
+#[command(
+    name = "pond",
+    version,
+    about = "pond: a distributed filesystem for AI data teams"
+)]
 struct Cli {
     /// Cluster file written by `pond up` (default: ./.pond/cluster.toml when it exists).
     #[arg(long, global = true, env = "POND_CLUSTER")]

@@ -37,9 +37,15 @@ pub struct ClusterFile {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("read cluster file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("parse cluster file {path}: {source}")]
-    Parse { path: String, source: toml::de::Error },
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
     #[error("cluster file {path} lists no meta replicas")]
     NoMeta { path: String },
 }
@@ -47,10 +53,14 @@ pub enum ConfigError {
 impl ClusterFile {
     pub fn load(path: &Path) -> Result<ClusterFile, ConfigError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: p.clone(), source })?;
-        let cf: ClusterFile =
-            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: p.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        let cf: ClusterFile = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: p.clone(),
+            source,
+        })?;
         if cf.meta.is_empty() {
             return Err(ConfigError::NoMeta { path: p });
         }
@@ -74,8 +84,16 @@ mod tests {
     fn roundtrip() {
         let cf = ClusterFile {
             token: "t".into(),
-            meta: vec![MetaEndpoint { id: 1, addr: "127.0.0.1:1".into(), pid: Some(7) }],
-            storage: vec![StorageEndpoint { id: 1, addr: "127.0.0.1:2".into(), pid: None }],
+            meta: vec![MetaEndpoint {
+                id: 1,
+                addr: "127.0.0.1:1".into(),
+                pid: Some(7),
+            }],
+            storage: vec![StorageEndpoint {
+                id: 1,
+                addr: "127.0.0.1:2".into(),
+                pid: None,
+            }],
         };
         let back: ClusterFile = toml::from_str(&cf.to_toml()).unwrap();
         assert_eq!(back, cf);

@@ -5,18 +5,18 @@
 //!
 //! **Invariant:** this crate never links DuckDB; training hosts build it without a C++ toolchain.
 
-pub mod config;
-pub mod dataframe;
-pub mod dataset;
-pub mod meta_client;
-pub mod net;
 pub mod batch;
 pub mod blocking;
 pub mod client;
+pub mod config;
+pub mod dataframe;
+pub mod dataset;
 pub mod error;
 pub mod file;
 pub mod io;
 pub mod limits;
+pub mod meta_client;
+pub mod net;
 pub mod routing;
 pub mod service;
 pub mod stripe;

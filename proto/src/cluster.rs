@@ -104,13 +104,17 @@ pub struct RoutingInfo {
 impl RoutingInfo {
     /// Targets of a chain that serve reads, head first.
     pub fn serving_targets(&self, chain: ChainId) -> Vec<&TargetInfo> {
-        self.chain_targets(chain).filter(|t| t.public_state.serves_reads()).collect()
+        self.chain_targets(chain)
+            .filter(|t| t.public_state.serves_reads())
+            .collect()
     }
 
     /// Targets of a chain that receive writes (serving and syncing), head first. The first
     /// one is the head the client writes to.
     pub fn write_targets(&self, chain: ChainId) -> Vec<&TargetInfo> {
-        self.chain_targets(chain).filter(|t| t.public_state.receives_writes()).collect()
+        self.chain_targets(chain)
+            .filter(|t| t.public_state.receives_writes())
+            .collect()
     }
 
     fn chain_targets(&self, chain: ChainId) -> impl Iterator<Item = &TargetInfo> {

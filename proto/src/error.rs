@@ -140,7 +140,11 @@ pub struct PondError {
 
 impl PondError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> PondError {
-        PondError { code, message: message.into(), leader_hint: None }
+        PondError {
+            code,
+            message: message.into(),
+            leader_hint: None,
+        }
     }
 
     pub fn errno(&self) -> i32 {
@@ -150,7 +154,11 @@ impl PondError {
 
 impl From<ErrorCode> for PondError {
     fn from(code: ErrorCode) -> PondError {
-        PondError { code, message: String::new(), leader_hint: None }
+        PondError {
+            code,
+            message: String::new(),
+            leader_hint: None,
+        }
     }
 }
 

@@ -97,7 +97,10 @@ pub fn validate_name(name: &str) -> Result<(), PondError> {
         ));
     }
     if name.is_empty() || name == "." || name == ".." {
-        return Err(PondError::new(ErrorCode::InvalidArgument, format!("invalid name {name:?}")));
+        return Err(PondError::new(
+            ErrorCode::InvalidArgument,
+            format!("invalid name {name:?}"),
+        ));
     }
     if name.bytes().any(|b| b == b'/' || b == 0) {
         return Err(PondError::new(
@@ -147,21 +150,45 @@ mod tests {
     #[test]
     fn names() {
         assert!(validate_name("a").is_ok());
-        assert_eq!(validate_name("").unwrap_err().code, ErrorCode::InvalidArgument);
-        assert_eq!(validate_name(".").unwrap_err().code, ErrorCode::InvalidArgument);
-        assert_eq!(validate_name("..").unwrap_err().code, ErrorCode::InvalidArgument);
-        assert_eq!(validate_name("a/b").unwrap_err().code, ErrorCode::InvalidArgument);
-        assert_eq!(validate_name("a\0b").unwrap_err().code, ErrorCode::InvalidArgument);
+        assert_eq!(
+            validate_name("").unwrap_err().code,
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            validate_name(".").unwrap_err().code,
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            validate_name("..").unwrap_err().code,
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            validate_name("a/b").unwrap_err().code,
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            validate_name("a\0b").unwrap_err().code,
+            ErrorCode::InvalidArgument
+        );
         assert!(validate_name(&"x".repeat(255)).is_ok());
-        assert_eq!(validate_name(&"x".repeat(256)).unwrap_err().code, ErrorCode::NameTooLong);
+        assert_eq!(
+            validate_name(&"x".repeat(256)).unwrap_err().code,
+            ErrorCode::NameTooLong
+        );
     }
 
     #[test]
     fn paths() {
         assert_eq!(split_path("/").unwrap(), Vec::<&str>::new());
         assert_eq!(split_path("/a//b/./c/").unwrap(), vec!["a", "b", "c"]);
-        assert_eq!(split_path("a/b").unwrap_err().code, ErrorCode::InvalidArgument);
-        assert_eq!(split_path("/a/../b").unwrap_err().code, ErrorCode::InvalidArgument);
+        assert_eq!(
+            split_path("a/b").unwrap_err().code,
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            split_path("/a/../b").unwrap_err().code,
+            ErrorCode::InvalidArgument
+        );
         let long = format!("/{}", "a/".repeat(2100));
         assert_eq!(split_path(&long).unwrap_err().code, ErrorCode::NameTooLong);
     }
@@ -177,7 +204,10 @@ mod tests {
         assert_eq!(l.chain_of(0), ChainId(5));
         assert_eq!(l.chain_of(4), ChainId(2));
         assert_eq!(l.locate((3 << 20) + 7), (3, 7));
-        let bad = Layout { chunk_bytes: 3 << 20, ..l.clone() };
+        let bad = Layout {
+            chunk_bytes: 3 << 20,
+            ..l.clone()
+        };
         assert_eq!(bad.validate().unwrap_err().code, ErrorCode::InvalidArgument);
     }
 }

@@ -14,7 +14,9 @@ pub enum FileType {
 }
 
 /// Nanoseconds since the Unix epoch, stamped by the Raft leader so that apply is deterministic.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize,
+)]
 pub struct Timestamp {
     pub sec: i64,
     pub nsec: u32,
@@ -87,20 +89,45 @@ pub const REQUEST_ID_HEADER: &str = "x-pond-request";
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum MetaRequest {
     // --- reads ---
-    Lookup { parent: InodeId, name: String },
-    GetAttr { inode: InodeId },
+    Lookup {
+        parent: InodeId,
+        name: String,
+    },
+    GetAttr {
+        inode: InodeId,
+    },
     /// Entries with names strictly after `after`, in name order, at most `limit`.
-    ReadDir { dir: InodeId, after: Option<String>, limit: u32 },
+    ReadDir {
+        dir: InodeId,
+        after: Option<String>,
+        limit: u32,
+    },
     /// Like `ReadDir`, with each entry's attributes (FUSE `readdirplus`).
-    ReadDirPlus { dir: InodeId, after: Option<String>, limit: u32 },
-    ReadLink { inode: InodeId },
+    ReadDirPlus {
+        dir: InodeId,
+        after: Option<String>,
+        limit: u32,
+    },
+    ReadLink {
+        inode: InodeId,
+    },
     /// Resolve an absolute path (no symlink following in the last component unless
     /// `follow` is set).
-    Resolve { path: String, follow: bool },
+    Resolve {
+        path: String,
+        follow: bool,
+    },
     StatFs,
-    GetDirLayout { dir: InodeId },
+    GetDirLayout {
+        dir: InodeId,
+    },
     // --- writes ---
-    Mkdir { parent: InodeId, name: String, mode: u32, caller: Caller },
+    Mkdir {
+        parent: InodeId,
+        name: String,
+        mode: u32,
+        caller: Caller,
+    },
     /// Create a file; with `exclusive` an existing entry is EEXIST, otherwise an existing
     /// file is returned as is. Opens a write session when `session` is given.
     Create {
@@ -112,10 +139,25 @@ pub enum MetaRequest {
         hint: PlacementHint,
         session: Option<(ClientId, SessionId)>,
     },
-    Symlink { parent: InodeId, name: String, target: String, caller: Caller },
-    Link { inode: InodeId, new_parent: InodeId, new_name: String },
-    Unlink { parent: InodeId, name: String },
-    Rmdir { parent: InodeId, name: String },
+    Symlink {
+        parent: InodeId,
+        name: String,
+        target: String,
+        caller: Caller,
+    },
+    Link {
+        inode: InodeId,
+        new_parent: InodeId,
+        new_name: String,
+    },
+    Unlink {
+        parent: InodeId,
+        name: String,
+    },
+    Rmdir {
+        parent: InodeId,
+        name: String,
+    },
     Rename {
         src_parent: InodeId,
         src_name: String,
@@ -123,12 +165,23 @@ pub enum MetaRequest {
         dst_name: String,
         mode: RenameMode,
     },
-    SetAttr { inode: InodeId, set: SetAttr },
+    SetAttr {
+        inode: InodeId,
+        set: SetAttr,
+    },
     /// Open an existing file for writing.
-    OpenWrite { inode: InodeId, client: ClientId, session: SessionId },
+    OpenWrite {
+        inode: InodeId,
+        client: ClientId,
+        session: SessionId,
+    },
     /// Report the highest written offset (at fsync and periodically); adopted when larger
     /// and no truncate raced it.
-    ReportLength { inode: InodeId, length: u64, truncate_version: u64 },
+    ReportLength {
+        inode: InodeId,
+        length: u64,
+        truncate_version: u64,
+    },
     /// Close a write session, reporting the final length.
     CloseWrite {
         inode: InodeId,
@@ -137,9 +190,15 @@ pub enum MetaRequest {
         length: u64,
         truncate_version: u64,
     },
-    SetDirLayout { dir: InodeId, layout: DirLayout },
+    SetDirLayout {
+        dir: InodeId,
+        layout: DirLayout,
+    },
     /// Detach a whole tree in one request; the collector deletes it in the background.
-    RemoveTree { parent: InodeId, name: String },
+    RemoveTree {
+        parent: InodeId,
+        name: String,
+    },
 }
 
 impl MetaRequest {
@@ -168,9 +227,15 @@ pub struct StatFs {
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum MetaReply {
     Attr(InodeAttr),
-    Dir { entries: Vec<DirEntry>, more: bool },
+    Dir {
+        entries: Vec<DirEntry>,
+        more: bool,
+    },
     /// Reply to `ReadDirPlus`.
-    DirPlus { entries: Vec<(DirEntry, InodeAttr)>, more: bool },
+    DirPlus {
+        entries: Vec<(DirEntry, InodeAttr)>,
+        more: bool,
+    },
     Link(String),
     StatFs(StatFs),
     DirLayout(DirLayout),
@@ -184,10 +249,14 @@ pub type MetaResult = Result<MetaReply, PondError>;
 pub enum ClusterRequest {
     Heartbeat(Heartbeat),
     /// The current routing table if newer than `have`.
-    GetRouting { have: RoutingVersion },
+    GetRouting {
+        have: RoutingVersion,
+    },
     /// Build chains of `replicas` targets each from the registered targets (each chain's
     /// replicas on distinct nodes) and a chain table over them. Refused if chains exist.
-    BootstrapChains { replicas: u32 },
+    BootstrapChains {
+        replicas: u32,
+    },
     /// Raft membership and leadership of the meta group.
     MetaStatus,
 }
@@ -204,7 +273,11 @@ pub enum ClusterReply {
     Heartbeat(HeartbeatReply),
     Routing(Option<RoutingInfo>),
     Bootstrapped(ChainTable),
-    MetaStatus { leader: Option<u64>, members: Vec<MetaMember>, last_applied: u64 },
+    MetaStatus {
+        leader: Option<u64>,
+        members: Vec<MetaMember>,
+        last_applied: u64,
+    },
 }
 
 /// An opaque Raft message (postcard-encoded openraft request/response, owned by `meta`).

@@ -41,7 +41,9 @@ impl<U: serde::de::DeserializeOwned> Decoder for PostcardDecoder<U> {
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         let len = buf.remaining();
         if len > crate::limits::CONTROL_MESSAGE_BYTES_MAX {
-            return Err(Status::invalid_argument(format!("control message of {len} bytes")));
+            return Err(Status::invalid_argument(format!(
+                "control message of {len} bytes"
+            )));
         }
         let bytes = buf.copy_to_bytes(len);
         let item = postcard::from_bytes(&bytes)

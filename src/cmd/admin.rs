@@ -21,7 +21,10 @@ pub fn admin(cluster: Option<&Path>, cmd: AdminCmd) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         match cmd {
             AdminCmd::BootstrapChains { replicas } => {
-                match client.cluster(ClusterRequest::BootstrapChains { replicas }).await {
+                match client
+                    .cluster(ClusterRequest::BootstrapChains { replicas })
+                    .await
+                {
                     Ok(ClusterReply::Bootstrapped(t)) => {
                         println!(
                             "chain table {}: chains {:?}",

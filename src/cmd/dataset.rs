@@ -2,7 +2,9 @@
 
 use anyhow::Result;
 use pond_client::Client;
-use pond_client::dataset::{Dataset, PackOptions, ReaderOptions, Sampler, SamplerOptions, pack, read_epoch};
+use pond_client::dataset::{
+    Dataset, PackOptions, ReaderOptions, Sampler, SamplerOptions, pack, read_epoch,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -63,18 +65,45 @@ pub async fn read_one_epoch(
 pub fn run(cluster: Option<&Path>, cmd: DatasetCmd) -> Result<()> {
     let cf = super::load_cluster(cluster)?;
     super::runtime()?.block_on(async {
-        let c = Client::connect(&cf).await.map_err(|e| anyhow::anyhow!("connect: {e}"))?;
+        let c = Client::connect(&cf)
+            .await
+            .map_err(|e| anyhow::anyhow!("connect: {e}"))?;
         match cmd {
             DatasetCmd::Pack { src, dst, shard_mb } => {
-                let r = pack(&c, &src, &dst, &PackOptions { shard_bytes: shard_mb << 20 }).await?;
+                let r = pack(
+                    &c,
+                    &src,
+                    &dst,
+                    &PackOptions {
+                        shard_bytes: shard_mb << 20,
+                    },
+                )
+                .await?;
                 println!(
                     "packed {} samples ({} bytes) into {} shard(s); index {}",
                     r.samples, r.bytes, r.shards, r.index_path
                 );
             }
-            DatasetCmd::Read { path, batch_size, seed, epoch, rank, world_size, prefetch } => {
-                let so = SamplerOptions { seed, rank, world_size, ..Default::default() };
-                let ro = ReaderOptions { batch_size, prefetch, ..Default::default() };
+            DatasetCmd::Read {
+                path,
+                batch_size,
+                seed,
+                epoch,
+                rank,
+                world_size,
+                prefetch,
+            } => {
+                let so = SamplerOptions {
+                    seed,
+                    rank,
+                    world_size,
+                    ..Default::default()
+                };
+                let ro = ReaderOptions {
+                    batch_size,
+                    prefetch,
+                    ..Default::default()
+                };
                 read_one_epoch(&c, &path, so, epoch, ro).await?;
             }
         }

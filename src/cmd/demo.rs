@@ -47,7 +47,12 @@ fn mib_s(bytes: u64, secs: f64) -> f64 {
 
 pub fn demo(args: DemoArgs) -> Result<()> {
     let exe = std::env::current_exe()?;
-    let st = Command::new(&exe).arg("up").arg("--detach").arg("--dir").arg(&args.dir).status()?;
+    let st = Command::new(&exe)
+        .arg("up")
+        .arg("--detach")
+        .arg("--dir")
+        .arg(&args.dir)
+        .status()?;
     if !st.success() {
         bail!("pond up failed");
     }
@@ -73,7 +78,11 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     rt.block_on(async {
         let mut tasks = Vec::new();
         for (i, d) in data.iter().enumerate() {
-            let (c, d, p) = (client.clone(), d.clone(), format!("/{run}/client/shard-{i:03}.bin"));
+            let (c, d, p) = (
+                client.clone(),
+                d.clone(),
+                format!("/{run}/client/shard-{i:03}.bin"),
+            );
             tasks.push(tokio::spawn(async move { c.write_file(&p, &d).await }));
         }
         for t in tasks {
@@ -81,7 +90,11 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         }
         anyhow::Ok(())
     })?;
-    lines.push(Line { what: "write via client library".into(), bytes: total, secs: t.elapsed().as_secs_f64() });
+    lines.push(Line {
+        what: "write via client library".into(),
+        bytes: total,
+        secs: t.elapsed().as_secs_f64(),
+    });
 
     // 2. Mount, write through FUSE.
     let mnt = dir.join("mnt");
@@ -108,13 +121,18 @@ pub fn demo(args: DemoArgs) -> Result<()> {
             }
             f.sync_all()?;
         }
-        lines.push(Line { what: "write via FUSE mount".into(), bytes: total, secs: t.elapsed().as_secs_f64() });
+        lines.push(Line {
+            what: "write via FUSE mount".into(),
+            bytes: total,
+            secs: t.elapsed().as_secs_f64(),
+        });
 
         // 3. Cross-read: client-written files through FUSE, FUSE-written through the client.
         let t = Instant::now();
         let mut buf = vec![0u8; 1 << 20];
         for (i, d) in data.iter().enumerate() {
-            let mut f = std::fs::File::open(mnt.join(&run).join(format!("client/shard-{i:03}.bin")))?;
+            let mut f =
+                std::fs::File::open(mnt.join(&run).join(format!("client/shard-{i:03}.bin")))?;
             let mut off = 0;
             loop {
                 let n = f.read(&mut buf)?;
@@ -127,10 +145,17 @@ pub fn demo(args: DemoArgs) -> Result<()> {
                 off += n;
             }
             if off != d.len() {
-                bail!("shard {i}: {off} bytes read through FUSE, {} written", d.len());
+                bail!(
+                    "shard {i}: {off} bytes read through FUSE, {} written",
+                    d.len()
+                );
             }
         }
-        lines.push(Line { what: "read via FUSE (client-written)".into(), bytes: total, secs: t.elapsed().as_secs_f64() });
+        lines.push(Line {
+            what: "read via FUSE (client-written)".into(),
+            bytes: total,
+            secs: t.elapsed().as_secs_f64(),
+        });
         let t = Instant::now();
         rt.block_on(async {
             let mut tasks = Vec::new();
@@ -146,14 +171,24 @@ pub fn demo(args: DemoArgs) -> Result<()> {
             }
             anyhow::Ok(())
         })?;
-        lines.push(Line { what: "read via client (FUSE-written)".into(), bytes: total, secs: t.elapsed().as_secs_f64() });
+        lines.push(Line {
+            what: "read via client (FUSE-written)".into(),
+            bytes: total,
+            secs: t.elapsed().as_secs_f64(),
+        });
         Ok(())
     })();
     let _ = super::mount::unmount(&mnt);
     result?;
 
-    println!("\npond demo: {} files x {} MiB per path, 3-way replicated, every byte verified", args.files, args.file_mib);
-    println!("{:<34} {:>10} {:>9} {:>10}", "step", "MiB", "seconds", "MiB/s");
+    println!(
+        "\npond demo: {} files x {} MiB per path, 3-way replicated, every byte verified",
+        args.files, args.file_mib
+    );
+    println!(
+        "{:<34} {:>10} {:>9} {:>10}",
+        "step", "MiB", "seconds", "MiB/s"
+    );
     for l in &lines {
         println!(
             "{:<34} {:>10.0} {:>9.2} {:>10.1}",
@@ -163,8 +198,13 @@ pub fn demo(args: DemoArgs) -> Result<()> {
             mib_s(l.bytes, l.secs)
         );
     }
-    println!("\ndata is in pond under /{run}; try `pond --cluster {} ls -l /{run}/client`", cluster.display());
-    println!("the cluster keeps running: `pond status`, `pond down --dir {}`", args.dir.display());
+    println!(
+        "\ndata is in pond under /{run}; try `pond --cluster {} ls -l /{run}/client`",
+        cluster.display()
+    );
+    println!(
+        "the cluster keeps running: `pond status`, `pond down --dir {}`",
+        args.dir.display()
+    );
     Ok(())
 }
-

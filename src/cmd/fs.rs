@@ -135,11 +135,20 @@ fn fmt_time(t: &pond_proto::meta::Timestamp) -> String {
     let days = t.sec.div_euclid(86_400);
     let secs = t.sec.rem_euclid(86_400);
     let (y, mo, d) = civil_from_days(days);
-    format!("{y:04}-{mo:02}-{d:02} {:02}:{:02}", secs / 3600, (secs % 3600) / 60)
+    format!(
+        "{y:04}-{mo:02}-{d:02} {:02}:{:02}",
+        secs / 3600,
+        (secs % 3600) / 60
+    )
 }
 
 fn fmt_time_full(t: &pond_proto::meta::Timestamp) -> String {
-    format!("{}:{:02}.{:09} +0000", fmt_time(t), t.sec.rem_euclid(60), t.nsec)
+    format!(
+        "{}:{:02}.{:09} +0000",
+        fmt_time(t),
+        t.sec.rem_euclid(60),
+        t.nsec
+    )
 }
 
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.
@@ -157,7 +166,11 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 fn join(dir: &str, name: &str) -> String {
-    if dir.ends_with('/') { format!("{dir}{name}") } else { format!("{dir}/{name}") }
+    if dir.ends_with('/') {
+        format!("{dir}{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
 }
 
 fn bar(total: u64, what: &str) -> ProgressBar {
@@ -238,7 +251,10 @@ async fn print_entry(c: &Client, full: &str, shown: &str, a: &InodeAttr, long: b
         return;
     }
     let target = if a.kind == FileType::Symlink {
-        c.readlink(a.inode).await.map(|t| format!(" -> {t}")).unwrap_or_default()
+        c.readlink(a.inode)
+            .await
+            .map(|t| format!(" -> {t}"))
+            .unwrap_or_default()
     } else {
         String::new()
     };
@@ -264,7 +280,13 @@ async fn stat(c: &Client, paths: &[String]) -> bool {
                     "  Size: {:<12} Type: {:?}  Inode: {}  Links: {}",
                     a.size, a.kind, a.inode, a.nlink
                 );
-                println!("Access: ({:04o}/{})  Uid: {}  Gid: {}", a.mode, mode_string(&a), a.uid, a.gid);
+                println!(
+                    "Access: ({:04o}/{})  Uid: {}  Gid: {}",
+                    a.mode,
+                    mode_string(&a),
+                    a.uid,
+                    a.gid
+                );
                 println!("Access: {}", fmt_time_full(&a.atime));
                 println!("Modify: {}", fmt_time_full(&a.mtime));
                 println!("Change: {}", fmt_time_full(&a.ctime));
@@ -316,7 +338,11 @@ async fn put(c: &Client, args: &[String]) -> bool {
         match c.put(local, &target, |n| pb.set_position(n)).await {
             Ok(n) => {
                 pb.finish_and_clear();
-                tracing::debug!(bytes = n, secs = t0.elapsed().as_secs_f64(), "put {src} -> {target}");
+                tracing::debug!(
+                    bytes = n,
+                    secs = t0.elapsed().as_secs_f64(),
+                    "put {src} -> {target}"
+                );
             }
             Err(e) => {
                 pb.abandon();
@@ -479,8 +505,10 @@ async fn du(c: &Client, summarize: bool, paths: &[String]) -> bool {
                     stack.push((join(&p, &e.name), false));
                 }
             } else {
-                let sum: u64 =
-                    entries.iter().filter_map(|e| total_of.get(&join(&p, &e.name))).sum();
+                let sum: u64 = entries
+                    .iter()
+                    .filter_map(|e| total_of.get(&join(&p, &e.name)))
+                    .sum();
                 if !summarize {
                     println!("{sum}\t{p}");
                 }
@@ -495,7 +523,12 @@ async fn du(c: &Client, summarize: bool, paths: &[String]) -> bool {
     ok
 }
 
-async fn setlayout(c: &Client, dir: &str, chunk: Option<String>, stripe: Option<u32>) -> Result<bool> {
+async fn setlayout(
+    c: &Client,
+    dir: &str,
+    chunk: Option<String>,
+    stripe: Option<u32>,
+) -> Result<bool> {
     let a = match c.stat(dir).await {
         Ok(a) => a,
         Err(e) => {
@@ -503,7 +536,10 @@ async fn setlayout(c: &Client, dir: &str, chunk: Option<String>, stripe: Option<
             return Ok(false);
         }
     };
-    let cur = c.get_dir_layout(a.inode).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cur = c
+        .get_dir_layout(a.inode)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let new = DirLayout {
         chain_table: cur.chain_table,
         chunk_bytes: match chunk {
@@ -527,9 +563,15 @@ pub fn run(cluster: Option<&Path>, cmd: FsCmd) -> Result<()> {
     let cf = super::load_cluster(cluster)?;
     let rt = super::runtime()?;
     let ok = rt.block_on(async {
-        let c = Client::connect(&cf).await.map_err(|e| anyhow::anyhow!("connect: {e}"))?;
+        let c = Client::connect(&cf)
+            .await
+            .map_err(|e| anyhow::anyhow!("connect: {e}"))?;
         let ok = match cmd {
-            FsCmd::Ls { long, recursive, paths } => ls(&c, long, recursive, &paths).await,
+            FsCmd::Ls {
+                long,
+                recursive,
+                paths,
+            } => ls(&c, long, recursive, &paths).await,
             FsCmd::Stat { paths } => stat(&c, &paths).await,
             FsCmd::Mkdir { parents, paths } => {
                 let mut ok = true;
@@ -570,12 +612,18 @@ pub fn run(cluster: Option<&Path>, cmd: FsCmd) -> Result<()> {
                     }
                 }
             }
-            FsCmd::Rm { recursive, force, paths } => rm(&c, recursive, force, &paths).await,
+            FsCmd::Rm {
+                recursive,
+                force,
+                paths,
+            } => rm(&c, recursive, force, &paths).await,
             FsCmd::Cat { paths } => cat(&c, &paths).await,
             FsCmd::Du { summarize, paths } => du(&c, summarize, &paths).await,
-            FsCmd::Setlayout { dir, chunk_size, stripe } => {
-                setlayout(&c, &dir, chunk_size, stripe).await?
-            }
+            FsCmd::Setlayout {
+                dir,
+                chunk_size,
+                stripe,
+            } => setlayout(&c, &dir, chunk_size, stripe).await?,
         };
         anyhow::Ok(ok)
     })?;

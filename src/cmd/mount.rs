@@ -26,8 +26,12 @@ pub struct MountArgs {
 
 /// Whether `mp` is currently a FUSE mount of pond (from /proc/self/mountinfo).
 pub fn is_pond_mount(mp: &Path) -> bool {
-    let Ok(canon) = std::fs::canonicalize(mp) else { return false };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(canon) = std::fs::canonicalize(mp) else {
+        return false;
+    };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
     let want = canon.to_string_lossy();
     info.lines().any(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
@@ -37,23 +41,27 @@ pub fn is_pond_mount(mp: &Path) -> bool {
 }
 
 pub fn mount(cluster: Option<&Path>, args: MountArgs) -> Result<()> {
-    let cluster_path = std::fs::canonicalize(super::cluster_path(cluster)?)
-        .context("locate the cluster file")?;
+    let cluster_path =
+        std::fs::canonicalize(super::cluster_path(cluster)?).context("locate the cluster file")?;
     if args.detach {
         let exe = std::env::current_exe()?;
-        let log_path = args
-            .log
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("/tmp/pond-mount-{}.log", std::process::id())));
+        let log_path = args.log.clone().unwrap_or_else(|| {
+            PathBuf::from(format!("/tmp/pond-mount-{}.log", std::process::id()))
+        });
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("create {}", log_path.display()))?;
         let mut cmd = Command::new(exe);
-        cmd.arg("--cluster").arg(&cluster_path).arg("mount").arg(&args.mountpoint);
+        cmd.arg("--cluster")
+            .arg(&cluster_path)
+            .arg("mount")
+            .arg(&args.mountpoint);
         cmd.args(["--ttl-secs", &args.ttl_secs.to_string()]);
         if args.read_only {
             cmd.arg("--read-only");
         }
-        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
         // SAFETY: setsid is async-signal-safe; the daemon outlives this command's session.
         unsafe {
             cmd.pre_exec(|| {
@@ -108,7 +116,10 @@ pub fn unmount(mountpoint: &Path) -> Result<()> {
     let e = std::io::Error::last_os_error();
     // Not root: let fusermount3 do it.
     if e.raw_os_error() == Some(libc::EPERM) {
-        let st = Command::new("fusermount3").arg("-u").arg(mountpoint).status()?;
+        let st = Command::new("fusermount3")
+            .arg("-u")
+            .arg(mountpoint)
+            .status()?;
         if st.success() {
             return Ok(());
         }

@@ -21,18 +21,26 @@ pub async fn fetch(client: &MetaClient) -> Result<Snapshot> {
         .await
         .context("ask meta for its status")?
     {
-        ClusterReply::MetaStatus { leader, members, .. } => (leader, members),
+        ClusterReply::MetaStatus {
+            leader, members, ..
+        } => (leader, members),
         other => anyhow::bail!("unexpected reply to MetaStatus: {other:?}"),
     };
     let routing = match client
-        .cluster(ClusterRequest::GetRouting { have: RoutingVersion(0) })
+        .cluster(ClusterRequest::GetRouting {
+            have: RoutingVersion(0),
+        })
         .await
         .context("fetch the routing table")?
     {
         ClusterReply::Routing(r) => r.unwrap_or_default(),
         other => anyhow::bail!("unexpected reply to GetRouting: {other:?}"),
     };
-    Ok(Snapshot { leader, members, routing })
+    Ok(Snapshot {
+        leader,
+        members,
+        routing,
+    })
 }
 
 pub fn to_json(cf: &ClusterFile, s: &Snapshot) -> Value {
@@ -102,18 +110,29 @@ fn human_bytes(b: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{b} B") } else { format!("{v:.1} {}", U[i]) }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
 }
 
 pub fn print_table(cf: &ClusterFile, s: &Snapshot) {
-    println!("meta (leader: {})", s.leader.map(|l| l.to_string()).unwrap_or("none".into()));
+    println!(
+        "meta (leader: {})",
+        s.leader.map(|l| l.to_string()).unwrap_or("none".into())
+    );
     for m in &s.members {
         let pid = cf.meta.iter().find(|e| e.id == m.id).and_then(|e| e.pid);
         println!(
             "  {:>3}  {:<21} {:<8} {}",
             m.id,
             m.addr,
-            if s.leader == Some(m.id) { "leader" } else { "follower" },
+            if s.leader == Some(m.id) {
+                "leader"
+            } else {
+                "follower"
+            },
             pid.map(|p| format!("pid {p}")).unwrap_or_default()
         );
     }
@@ -140,19 +159,37 @@ pub fn print_table(cf: &ClusterFile, s: &Snapshot) {
             );
         }
     }
-    println!("chains ({}, routing version {})", s.routing.chains.len(), s.routing.version.0);
+    println!(
+        "chains ({}, routing version {})",
+        s.routing.chains.len(),
+        s.routing.version.0
+    );
     for c in s.routing.chains.values() {
         let names: Vec<String> = c
             .targets
             .iter()
             .map(|t| {
-                let st = s.routing.targets.get(t).map(|x| x.public_state.as_str()).unwrap_or("?");
+                let st = s
+                    .routing
+                    .targets
+                    .get(t)
+                    .map(|x| x.public_state.as_str())
+                    .unwrap_or("?");
                 format!("{}:{st}", t.0)
             })
             .collect();
-        println!("  {:>4}  v{:<4} {}", c.id.0, c.version.0, names.join(" -> "));
+        println!(
+            "  {:>4}  v{:<4} {}",
+            c.id.0,
+            c.version.0,
+            names.join(" -> ")
+        );
     }
-    println!("capacity: {} used of {}", human_bytes(used), human_bytes(cap));
+    println!(
+        "capacity: {} used of {}",
+        human_bytes(used),
+        human_bytes(cap)
+    );
 }
 
 pub fn status(cluster: Option<&Path>, json_out: bool) -> Result<()> {

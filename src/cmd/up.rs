@@ -64,7 +64,9 @@ fn free_port() -> Result<u16> {
 fn random_token() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
-    (0..32).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect()
+    (0..32)
+        .map(|_| format!("{:x}", rng.random_range(0..16u8)))
+        .collect()
 }
 
 pub fn meta_config_path(dir: &Path, id: u64) -> PathBuf {
@@ -121,10 +123,19 @@ fn prepare(args: &UpArgs) -> Result<(Topology, ClusterFile)> {
     let token = random_token();
     let mut meta = Vec::new();
     for id in 1..=topo.meta as u64 {
-        meta.push(MetaEndpoint { id, addr: format!("127.0.0.1:{}", free_port()?), pid: None });
+        meta.push(MetaEndpoint {
+            id,
+            addr: format!("127.0.0.1:{}", free_port()?),
+            pid: None,
+        });
     }
-    let peers: Vec<pond_meta::MetaPeer> =
-        meta.iter().map(|m| pond_meta::MetaPeer { id: m.id, addr: m.addr.clone() }).collect();
+    let peers: Vec<pond_meta::MetaPeer> = meta
+        .iter()
+        .map(|m| pond_meta::MetaPeer {
+            id: m.id,
+            addr: m.addr.clone(),
+        })
+        .collect();
     for m in &meta {
         let cfg = pond_meta::MetaConfig {
             id: m.id,
@@ -134,7 +145,10 @@ fn prepare(args: &UpArgs) -> Result<(Topology, ClusterFile)> {
             peers: peers.clone(),
             ..default_meta_config()
         };
-        write_file(&meta_config_path(&dir, m.id), &toml::to_string_pretty(&cfg)?)?;
+        write_file(
+            &meta_config_path(&dir, m.id),
+            &toml::to_string_pretty(&cfg)?,
+        )?;
     }
     let mut storage = Vec::new();
     for id in 1..=topo.storage {
@@ -155,20 +169,29 @@ fn prepare(args: &UpArgs) -> Result<(Topology, ClusterFile)> {
             targets,
             ..default_storage_config()
         };
-        write_file(&storage_config_path(&dir, id), &toml::to_string_pretty(&cfg)?)?;
-        storage.push(StorageEndpoint { id, addr, pid: None });
+        write_file(
+            &storage_config_path(&dir, id),
+            &toml::to_string_pretty(&cfg)?,
+        )?;
+        storage.push(StorageEndpoint {
+            id,
+            addr,
+            pid: None,
+        });
     }
-    let cf = ClusterFile { token, meta, storage };
+    let cf = ClusterFile {
+        token,
+        meta,
+        storage,
+    };
     write_file(&topo_path, &toml::to_string_pretty(&topo)?)?;
     write_file(&cluster_path, &cf.to_toml())?;
     Ok((topo, cf))
 }
 
 fn default_meta_config() -> pond_meta::MetaConfig {
-    toml::from_str(
-        "id = 0\nlisten = \"\"\ndata_dir = \"\"\ntoken = \"\"\npeers = []\n",
-    )
-    .expect("meta config defaults")
+    toml::from_str("id = 0\nlisten = \"\"\ndata_dir = \"\"\ntoken = \"\"\npeers = []\n")
+        .expect("meta config defaults")
 }
 
 fn default_storage_config() -> pond_storage::StorageConfig {
@@ -190,7 +213,10 @@ pub fn up(args: UpArgs) -> Result<()> {
     let dir = std::fs::canonicalize(&args.dir)?;
     if let Some(pid) = read_pid(&dir.join("supervisor.pid")) {
         if pid_alive(pid) {
-            println!("pond: cluster in {} is already running (supervisor pid {pid})", dir.display());
+            println!(
+                "pond: cluster in {} is already running (supervisor pid {pid})",
+                dir.display()
+            );
             return Ok(());
         }
     }
@@ -211,7 +237,9 @@ pub fn up(args: UpArgs) -> Result<()> {
     let exe = std::env::current_exe().context("locate the pond binary")?;
     let mut cmd = Command::new(exe);
     cmd.arg("supervise").arg("--dir").arg(&dir);
-    cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
     // SAFETY: setsid is async-signal-safe; it detaches the supervisor from our session so
     // that it outlives this command and a Ctrl-C in this terminal.
     unsafe {
@@ -247,7 +275,10 @@ pub fn up(args: UpArgs) -> Result<()> {
         cf.storage.len(),
         dir.join("cluster.toml").display()
     );
-    println!("pond: stop it with `pond down --dir {}`", args.dir.display());
+    println!(
+        "pond: stop it with `pond down --dir {}`",
+        args.dir.display()
+    );
     Ok(())
 }
 
@@ -272,7 +303,9 @@ fn spawn_role(dir: &Path, role: &str, id: u64, config: &Path) -> Result<Role> {
     let exe = std::env::current_exe().context("locate the pond binary")?;
     let mut cmd = Command::new(exe);
     cmd.arg(role).arg("--config").arg(config);
-    cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
     // SAFETY: prctl is async-signal-safe. A child gets SIGTERM if the supervisor dies, so a
     // crashed supervisor leaves no orphaned roles behind.
     unsafe {
@@ -305,7 +338,9 @@ fn supervise_inner(dir: &Path, healthy_within: Option<Duration>) -> Result<()> {
     }
     write_file(&cluster_path, &cf.to_toml())?;
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let result = rt.block_on(async {
         let client = MetaClient::connect(cf.meta_addrs(), cf.token.clone())
             .map_err(|e| anyhow::anyhow!("connect to meta: {e}"))?;
@@ -374,7 +409,10 @@ async fn health_step(
     topo: &Topology,
     storage_nodes: usize,
 ) -> Result<Option<String>, String> {
-    let st = client.cluster(ClusterRequest::MetaStatus).await.map_err(|e| e.to_string())?;
+    let st = client
+        .cluster(ClusterRequest::MetaStatus)
+        .await
+        .map_err(|e| e.to_string())?;
     if let ClusterReply::MetaStatus { leader: None, .. } = st {
         return Ok(Some("no meta leader yet".into()));
     }
@@ -383,7 +421,9 @@ async fn health_step(
         return Ok(None);
     }
     let routing = match client
-        .cluster(ClusterRequest::GetRouting { have: RoutingVersion(0) })
+        .cluster(ClusterRequest::GetRouting {
+            have: RoutingVersion(0),
+        })
         .await
         .map_err(|e| e.to_string())?
     {
@@ -392,10 +432,17 @@ async fn health_step(
     };
     let alive = routing.nodes.values().filter(|n| n.alive).count();
     if alive < storage_nodes {
-        return Ok(Some(format!("{alive}/{storage_nodes} storage nodes registered")));
+        return Ok(Some(format!(
+            "{alive}/{storage_nodes} storage nodes registered"
+        )));
     }
     if routing.chains.is_empty() {
-        match client.cluster(ClusterRequest::BootstrapChains { replicas: topo.replicas }).await {
+        match client
+            .cluster(ClusterRequest::BootstrapChains {
+                replicas: topo.replicas,
+            })
+            .await
+        {
             Ok(_) => return Ok(Some("chains bootstrapped".into())),
             Err(e) if e.code == ErrorCode::Exists => {}
             Err(e) => return Err(format!("bootstrap chains: {e}")),

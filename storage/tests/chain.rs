@@ -1073,14 +1073,10 @@ async fn full_replace_corrects_a_diverged_copy() {
     };
     // Same version, same content: acked, nothing changes.
     let same = data(1, 100);
-    c.update(&taddr, replace(1), same.clone())
-        .await
-        .unwrap();
+    c.update(&taddr, replace(1), same.clone()).await.unwrap();
     // Same version, other content: the chain's content wins.
     let other = data(2, 80);
-    c.update(&taddr, replace(1), other.clone())
-        .await
-        .unwrap();
+    c.update(&taddr, replace(1), other.clone()).await.unwrap();
     let (ok, got) = read_from(&c, &r, tid(3), chunk(0)).await.unwrap();
     assert_eq!((ok.version, got), (ChunkVersion(1), other));
 }

@@ -27,9 +27,16 @@ fn ok(o: &Output) -> String {
 
 #[test]
 fn status_json_keys_tools_and_restart_keep_bytes() {
-    let mut cluster =
-        Cluster::start(BIN, Opts { meta: 3, storage: 3, targets_per_node: 2, replicas: 3 })
-            .expect("start cluster");
+    let mut cluster = Cluster::start(
+        BIN,
+        Opts {
+            meta: 3,
+            storage: 3,
+            targets_per_node: 2,
+            replicas: 3,
+        },
+    )
+    .expect("start cluster");
 
     let v: serde_json::Value =
         serde_json::from_str(&ok(&pond(&cluster, &["status", "--json"]))).expect("status JSON");
@@ -40,7 +47,10 @@ fn status_json_keys_tools_and_restart_keep_bytes() {
         for k in ["id", "addr", "role", "pid"] {
             assert!(m.get(k).is_some(), "meta entry lacks {k}: {m}");
         }
-        assert!(m["pid"].is_u64(), "pond up started it, so pid is known: {m}");
+        assert!(
+            m["pid"].is_u64(),
+            "pond up started it, so pid is known: {m}"
+        );
     }
     let storage = v["storage"].as_array().expect("storage array");
     assert_eq!(storage.len(), 3);
@@ -51,7 +61,14 @@ fn status_json_keys_tools_and_restart_keep_bytes() {
         let targets = s["targets"].as_array().unwrap();
         assert_eq!(targets.len(), 2);
         for t in targets {
-            for k in ["id", "chain", "public_state", "local_state", "used_bytes", "capacity_bytes"] {
+            for k in [
+                "id",
+                "chain",
+                "public_state",
+                "local_state",
+                "used_bytes",
+                "capacity_bytes",
+            ] {
                 assert!(t.get(k).is_some(), "target lacks {k}: {t}");
             }
             assert_eq!(t["public_state"], "serving");
@@ -72,19 +89,33 @@ fn status_json_keys_tools_and_restart_keep_bytes() {
 
     // Shell tools.
     let local = cluster.path().join("local.bin");
-    let data: Vec<u8> = (0..(5 << 20) + 123).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..(5 << 20) + 123)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     std::fs::write(&local, &data).unwrap();
     ok(&pond(&cluster, &["mkdir", "-p", "/x/y"]));
-    ok(&pond(&cluster, &["put", local.to_str().unwrap(), "/x/y/data.bin"]));
+    ok(&pond(
+        &cluster,
+        &["put", local.to_str().unwrap(), "/x/y/data.bin"],
+    ));
     let ls = ok(&pond(&cluster, &["ls", "-l", "/x/y"]));
-    assert!(ls.contains("data.bin") && ls.contains(&data.len().to_string()), "{ls}");
+    assert!(
+        ls.contains("data.bin") && ls.contains(&data.len().to_string()),
+        "{ls}"
+    );
     let back = cluster.path().join("back.bin");
-    ok(&pond(&cluster, &["get", "/x/y/data.bin", back.to_str().unwrap()]));
+    ok(&pond(
+        &cluster,
+        &["get", "/x/y/data.bin", back.to_str().unwrap()],
+    ));
     assert_eq!(std::fs::read(&back).unwrap(), data);
     let cat = pond(&cluster, &["cat", "/x/nope"]);
     assert_eq!(cat.status.code(), Some(1));
     let err = String::from_utf8_lossy(&cat.stderr);
-    assert!(err.contains("'/x/nope': No such file or directory"), "{err}");
+    assert!(
+        err.contains("'/x/nope': No such file or directory"),
+        "{err}"
+    );
     let rm = pond(&cluster, &["rm", "/x"]);
     assert_eq!(rm.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&rm.stderr).contains("Is a directory"));
@@ -95,10 +126,21 @@ fn status_json_keys_tools_and_restart_keep_bytes() {
     // Restart: every byte survives `pond down` + `pond up` on the same directory.
     cluster.down().unwrap();
     let down = pond(&cluster, &["status"]);
-    assert_eq!(down.status.code(), Some(2), "status of a stopped cluster must fail");
+    assert_eq!(
+        down.status.code(),
+        Some(2),
+        "status of a stopped cluster must fail"
+    );
     assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach the cluster"));
     cluster.up_again().unwrap();
     let back2 = cluster.path().join("back2.bin");
-    ok(&pond(&cluster, &["get", "/x/y/data.bin", back2.to_str().unwrap()]));
-    assert_eq!(std::fs::read(&back2).unwrap(), data, "bytes changed across a restart");
+    ok(&pond(
+        &cluster,
+        &["get", "/x/y/data.bin", back2.to_str().unwrap()],
+    ));
+    assert_eq!(
+        std::fs::read(&back2).unwrap(),
+        data,
+        "bytes changed across a restart"
+    );
 }

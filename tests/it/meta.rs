@@ -12,7 +12,12 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_pond");
 
 fn meta_only(n: u32) -> Opts {
-    Opts { meta: n, storage: 0, targets_per_node: 1, replicas: 1 }
+    Opts {
+        meta: n,
+        storage: 0,
+        targets_per_node: 1,
+        replicas: 1,
+    }
 }
 
 async fn mkdir(c: &MetaClient, name: &str) -> Result<MetaReply, pond_proto::PondError> {
@@ -30,8 +35,16 @@ async fn list(c: &MetaClient, dir: InodeId) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut after = None;
     loop {
-        let r = c.op(MetaRequest::ReadDir { dir, after: after.clone(), limit: 100 }).await;
-        let Ok(MetaReply::Dir { entries, more }) = r else { panic!("readdir failed: {r:?}") };
+        let r = c
+            .op(MetaRequest::ReadDir {
+                dir,
+                after: after.clone(),
+                limit: 100,
+            })
+            .await;
+        let Ok(MetaReply::Dir { entries, more }) = r else {
+            panic!("readdir failed: {r:?}")
+        };
         for e in &entries {
             out.insert(e.name.clone());
         }
@@ -96,12 +109,22 @@ async fn leader_kill9_under_load_loses_nothing_acknowledged() {
     let new_leader = cluster.leader(Duration::from_secs(30)).await.unwrap();
     assert_ne!(new_leader, old_leader, "a killed leader cannot still lead");
     let killed = killed_at.lock().unwrap().unwrap();
-    let first_ok = first_ok_after_kill.lock().unwrap().expect("no operation succeeded after kill");
-    eprintln!("writes resumed {:?} after the leader was killed", first_ok - killed);
+    let first_ok = first_ok_after_kill
+        .lock()
+        .unwrap()
+        .expect("no operation succeeded after kill");
+    eprintln!(
+        "writes resumed {:?} after the leader was killed",
+        first_ok - killed
+    );
 
     let acked = acked.lock().unwrap().clone();
     let attempted = attempted.lock().unwrap().clone();
-    assert!(acked.len() >= 500, "only {} of 600 operations acknowledged", acked.len());
+    assert!(
+        acked.len() >= 500,
+        "only {} of 600 operations acknowledged",
+        acked.len()
+    );
     let present = list(&client, InodeId::ROOT).await;
     for name in &acked {
         assert!(present.contains(name), "acknowledged mkdir {name} was lost");
@@ -110,14 +133,24 @@ async fn leader_kill9_under_load_loses_nothing_acknowledged() {
         assert!(attempted.contains(name), "phantom entry {name}");
     }
     // Nothing half applied: the root's link count matches its subdirectories.
-    let Ok(MetaReply::Attr(root)) = client.op(MetaRequest::GetAttr { inode: InodeId::ROOT }).await
+    let Ok(MetaReply::Attr(root)) = client
+        .op(MetaRequest::GetAttr {
+            inode: InodeId::ROOT,
+        })
+        .await
     else {
         panic!("getattr root")
     };
-    assert_eq!(root.nlink as usize, 2 + present.len(), "root nlink disagrees with entries");
+    assert_eq!(
+        root.nlink as usize,
+        2 + present.len(),
+        "root nlink disagrees with entries"
+    );
 
     // The old leader rejoins and catches up.
-    let target = last_applied(&cluster.meta_client_for(new_leader).unwrap()).await.unwrap();
+    let target = last_applied(&cluster.meta_client_for(new_leader).unwrap())
+        .await
+        .unwrap();
     cluster.restart(Role::Meta(old_leader)).unwrap();
     let rejoined = cluster.meta_client_for(old_leader).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -125,7 +158,10 @@ async fn leader_kill9_under_load_loses_nothing_acknowledged() {
         if last_applied(&rejoined).await.is_some_and(|a| a >= target) {
             break;
         }
-        assert!(Instant::now() < deadline, "old leader did not catch up to index {target}");
+        assert!(
+            Instant::now() < deadline,
+            "old leader did not catch up to index {target}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -155,7 +191,13 @@ async fn whole_cluster_restart_after_snapshot_keeps_state() {
     // Some removals and renames too, so the snapshot is not just appends.
     for i in (0..300).step_by(7) {
         let name = format!("d{i:04}");
-        client.op(MetaRequest::Rmdir { parent: InodeId::ROOT, name: name.clone() }).await.unwrap();
+        client
+            .op(MetaRequest::Rmdir {
+                parent: InodeId::ROOT,
+                name: name.clone(),
+            })
+            .await
+            .unwrap();
         expect.remove(&name);
     }
     client
@@ -177,9 +219,15 @@ async fn whole_cluster_restart_after_snapshot_keeps_state() {
     let client = cluster.meta_client().unwrap();
     assert_eq!(list(&client, InodeId::ROOT).await, expect);
     // New ids are still fresh after restart: a new directory gets an unused inode.
-    let Ok(MetaReply::Attr(a)) = mkdir(&client, "after-restart").await else { panic!() };
-    let Ok(MetaReply::Attr(r)) =
-        client.op(MetaRequest::Lookup { parent: InodeId::ROOT, name: "renamed".into() }).await
+    let Ok(MetaReply::Attr(a)) = mkdir(&client, "after-restart").await else {
+        panic!()
+    };
+    let Ok(MetaReply::Attr(r)) = client
+        .op(MetaRequest::Lookup {
+            parent: InodeId::ROOT,
+            name: "renamed".into(),
+        })
+        .await
     else {
         panic!()
     };
@@ -204,7 +252,11 @@ async fn wrong_token_is_refused_and_bad_names_change_nothing() {
         ("nul\0".to_string(), ErrorCode::InvalidArgument),
         (String::new(), ErrorCode::InvalidArgument),
     ] {
-        assert_eq!(mkdir(&client, &name).await.unwrap_err().code, code, "name {name:?}");
+        assert_eq!(
+            mkdir(&client, &name).await.unwrap_err().code,
+            code,
+            "name {name:?}"
+        );
     }
     let e = client
         .op(MetaRequest::Mkdir {
@@ -216,7 +268,14 @@ async fn wrong_token_is_refused_and_bad_names_change_nothing() {
         .await
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::NotFound);
-    assert_eq!(list(&client, InodeId::ROOT).await, before, "a refused request changed state");
-    let warned = cluster.warnings().iter().any(|l| l.contains("token") || l.contains("auth"));
+    assert_eq!(
+        list(&client, InodeId::ROOT).await,
+        before,
+        "a refused request changed state"
+    );
+    let warned = cluster
+        .warnings()
+        .iter()
+        .any(|l| l.contains("token") || l.contains("auth"));
     assert!(warned, "a refused request must be logged");
 }

@@ -47,11 +47,17 @@ async fn wait_all_serving(c: &Client, within: Duration) {
     loop {
         let r = routing(c).await;
         if !r.targets.is_empty()
-            && r.targets.values().all(|t| t.public_state == PublicState::Serving)
+            && r.targets
+                .values()
+                .all(|t| t.public_state == PublicState::Serving)
         {
             return;
         }
-        assert!(Instant::now() < deadline, "targets not all serving again: {:?}", r.targets);
+        assert!(
+            Instant::now() < deadline,
+            "targets not all serving again: {:?}",
+            r.targets
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -67,22 +73,44 @@ async fn read_replica(
     let t = &r.targets[&target];
     let chain = &r.chains[&t.chain];
     let addr = r.node_addr(t.node).expect("node address");
-    let at = ChainRef { chain: chain.id, chain_version: chain.version, target };
-    let item = ReadItem { at, chunk, offset: 0, length: len };
-    let mut out = dc.read_chunks(addr, vec![item]).await.expect("read replica");
+    let at = ChainRef {
+        chain: chain.id,
+        chain_version: chain.version,
+        target,
+    };
+    let item = ReadItem {
+        at,
+        chunk,
+        offset: 0,
+        length: len,
+    };
+    let mut out = dc
+        .read_chunks(addr, vec![item])
+        .await
+        .expect("read replica");
     let (_, bytes) = out.remove(0).expect("replica read ok");
     bytes.to_vec()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_head_middle_tail_under_writes_then_resync() {
-    let mut cluster =
-        Cluster::start(BIN, Opts { meta: 1, storage: 3, targets_per_node: 1, replicas: 3 })
-            .expect("start cluster");
+    let mut cluster = Cluster::start(
+        BIN,
+        Opts {
+            meta: 1,
+            storage: 3,
+            targets_per_node: 1,
+            replicas: 3,
+        },
+    )
+    .expect("start cluster");
     let cf = cluster.cluster_file().unwrap();
     let client = Client::connect(&cf).await.unwrap();
     for f in 0..FILES {
-        client.write_file(&format!("/f{f}"), &content(f, 0)).await.unwrap();
+        client
+            .write_file(&format!("/f{f}"), &content(f, 0))
+            .await
+            .unwrap();
     }
 
     // Writers: overwrite each file with increasing generations; remember the last acked one.
@@ -97,7 +125,12 @@ async fn kill9_head_middle_tail_under_writes_then_resync() {
             let mut failures = 0;
             while !stop.load(Ordering::Relaxed) {
                 g += 1;
-                let file = c.open(&format!("/f{f}"), pond_client::OpenOptions::from_flags(libc::O_WRONLY, 0)).await;
+                let file = c
+                    .open(
+                        &format!("/f{f}"),
+                        pond_client::OpenOptions::from_flags(libc::O_WRONLY, 0),
+                    )
+                    .await;
                 let r = match file {
                     Ok(file) => {
                         let w = file.pwrite(0, &content(f, g)).await;
@@ -130,8 +163,15 @@ async fn kill9_head_middle_tail_under_writes_then_resync() {
                 match c.read_file(&format!("/f{f}")).await {
                     Ok(bytes) => {
                         let g = generation_of(&bytes).expect("file has a header");
-                        assert!(g >= floor, "f{f}: read generation {g} after {floor} was acked");
-                        assert_eq!(bytes, content(f, g), "f{f}: torn or corrupt read of gen {g}");
+                        assert!(
+                            g >= floor,
+                            "f{f}: read generation {g} after {floor} was acked"
+                        );
+                        assert_eq!(
+                            bytes,
+                            content(f, g),
+                            "f{f}: torn or corrupt read of gen {g}"
+                        );
                     }
                     Err(_) => errors += 1,
                 }
@@ -156,7 +196,10 @@ async fn kill9_head_middle_tail_under_writes_then_resync() {
         // Writes must go on without the victim.
         let deadline = Instant::now() + Duration::from_secs(60);
         while *acked.lock().unwrap().values().min().unwrap() < before + 3 {
-            assert!(Instant::now() < deadline, "writes stalled after killing the {position}");
+            assert!(
+                Instant::now() < deadline,
+                "writes stalled after killing the {position}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         cluster.restart(Role::Storage(victim.0)).unwrap();
@@ -183,16 +226,26 @@ async fn kill9_head_middle_tail_under_writes_then_resync() {
         for t in &r.chains[&chain].targets {
             let replica =
                 read_replica(&dc, &r, *t, ChunkId::new(attr.inode, 0), FILE_BYTES as u32).await;
-            assert_eq!(replica, bytes, "f{f}: replica {t} differs from the client's read");
+            assert_eq!(
+                replica, bytes,
+                "f{f}: replica {t} differs from the client's read"
+            );
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupted_chunk_file_is_detected_served_and_repaired() {
-    let cluster =
-        Cluster::start(BIN, Opts { meta: 1, storage: 3, targets_per_node: 1, replicas: 3 })
-            .expect("start cluster");
+    let cluster = Cluster::start(
+        BIN,
+        Opts {
+            meta: 1,
+            storage: 3,
+            targets_per_node: 1,
+            replicas: 3,
+        },
+    )
+    .expect("start cluster");
     let cf = cluster.cluster_file().unwrap();
     let client = Client::connect(&cf).await.unwrap();
     let data = content(7, 1);
@@ -204,7 +257,9 @@ async fn corrupted_chunk_file_is_detected_served_and_repaired() {
     // Flip bytes in every data file of the head target's directory that holds our payload.
     let head = chain.targets[0];
     let node = r.targets[&head].node;
-    let tdir = cluster.path().join(format!("storage-{}/target-{}", node.0, head.0));
+    let tdir = cluster
+        .path()
+        .join(format!("storage-{}/target-{}", node.0, head.0));
     let needle = &data[16..48];
     let mut corrupted = 0;
     let mut stack = vec![tdir.clone()];
@@ -215,7 +270,9 @@ async fn corrupted_chunk_file_is_detected_served_and_repaired() {
                 stack.push(p);
                 continue;
             }
-            let Ok(mut bytes) = std::fs::read(&p) else { continue };
+            let Ok(mut bytes) = std::fs::read(&p) else {
+                continue;
+            };
             if let Some(pos) = bytes.windows(needle.len()).position(|w| w == needle) {
                 for b in &mut bytes[pos..pos + 16] {
                     *b ^= 0xFF;
@@ -225,7 +282,11 @@ async fn corrupted_chunk_file_is_detected_served_and_repaired() {
             }
         }
     }
-    assert!(corrupted > 0, "found no file holding the chunk data under {}", tdir.display());
+    assert!(
+        corrupted > 0,
+        "found no file holding the chunk data under {}",
+        tdir.display()
+    );
 
     // The client still reads correct data.
     for _ in 0..10 {
@@ -239,7 +300,11 @@ async fn corrupted_chunk_file_is_detected_served_and_repaired() {
         let t = &r.targets[&head];
         let chain = &r.chains[&t.chain];
         let addr = r.node_addr(t.node).unwrap();
-        let at = ChainRef { chain: chain.id, chain_version: chain.version, target: head };
+        let at = ChainRef {
+            chain: chain.id,
+            chain_version: chain.version,
+            target: head,
+        };
         let item = ReadItem {
             at,
             chunk: ChunkId::new(attr.inode, 0),
@@ -253,7 +318,10 @@ async fn corrupted_chunk_file_is_detected_served_and_repaired() {
                 }
             }
         }
-        assert!(Instant::now() < deadline, "corrupt replica on target {head} was not repaired");
+        assert!(
+            Instant::now() < deadline,
+            "corrupt replica on target {head} was not repaired"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -263,7 +331,10 @@ fn cap_targets(cluster: &Cluster, nodes: u32, bytes: u64) {
     for n in 1..=nodes {
         let p = cluster.path().join(format!("storage-{n}/storage.toml"));
         let mut v: toml::Table = toml::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-        let targets = v.get_mut("targets").and_then(|t| t.as_array_mut()).expect("targets");
+        let targets = v
+            .get_mut("targets")
+            .and_then(|t| t.as_array_mut())
+            .expect("targets");
         for t in targets.iter_mut() {
             t.as_table_mut()
                 .unwrap()
@@ -275,9 +346,16 @@ fn cap_targets(cluster: &Cluster, nodes: u32, bytes: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_target_says_no_space_and_damages_nothing() {
-    let mut cluster =
-        Cluster::start(BIN, Opts { meta: 1, storage: 3, targets_per_node: 1, replicas: 3 })
-            .expect("start cluster");
+    let mut cluster = Cluster::start(
+        BIN,
+        Opts {
+            meta: 1,
+            storage: 3,
+            targets_per_node: 1,
+            replicas: 3,
+        },
+    )
+    .expect("start cluster");
     cluster.down().unwrap();
     cap_targets(&cluster, 3, 4 << 20);
     cluster.up_again().unwrap();
@@ -297,12 +375,20 @@ async fn full_target_says_no_space_and_damages_nothing() {
         }
     }
     let e = no_space.expect("64 x 96 KiB never filled a 4 MiB target");
-    assert_eq!(e.code(), pond_proto::ErrorCode::NoSpace, "wrong error when full: {e}");
+    assert_eq!(
+        e.code(),
+        pond_proto::ErrorCode::NoSpace,
+        "wrong error when full: {e}"
+    );
     assert_eq!(e.errno(), libc::ENOSPC);
     assert!(!written.is_empty(), "nothing fit at all");
     for i in &written {
         let got = client.read_file(&format!("/fill{i}")).await.unwrap();
-        assert_eq!(got, content(*i, 1), "file {i} damaged by a later failed write");
+        assert_eq!(
+            got,
+            content(*i, 1),
+            "file {i} damaged by a later failed write"
+        );
     }
     // Space comes back: removing files lets new writes succeed again once GC has run.
     for i in &written {
@@ -313,7 +399,10 @@ async fn full_target_says_no_space_and_damages_nothing() {
         match client.write_file("/after", &content(99, 1)).await {
             Ok(()) => break,
             Err(e) if e.code() == pond_proto::ErrorCode::NoSpace => {
-                assert!(Instant::now() < deadline, "space never reclaimed after unlink");
+                assert!(
+                    Instant::now() < deadline,
+                    "space never reclaimed after unlink"
+                );
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(e) => panic!("write after unlink: {e}"),

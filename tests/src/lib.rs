@@ -23,7 +23,12 @@ pub struct Opts {
 
 impl Default for Opts {
     fn default() -> Opts {
-        Opts { meta: 3, storage: 3, targets_per_node: 2, replicas: 3 }
+        Opts {
+            meta: 3,
+            storage: 3,
+            targets_per_node: 2,
+            replicas: 3,
+        }
     }
 }
 
@@ -53,7 +58,11 @@ impl Cluster {
     /// Start a cluster and wait until `pond up` reports it healthy.
     pub fn start(bin: &str, opts: Opts) -> Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("pond-it-").tempdir()?;
-        let c = Cluster { bin: PathBuf::from(bin), dir, restarted: Vec::new() };
+        let c = Cluster {
+            bin: PathBuf::from(bin),
+            dir,
+            restarted: Vec::new(),
+        };
         c.up(&opts)?;
         Ok(c)
     }
@@ -127,7 +136,11 @@ impl Cluster {
     /// A client that talks to one meta replica only.
     pub fn meta_client_for(&self, id: u64) -> Result<MetaClient> {
         let cf = self.cluster_file()?;
-        let m = cf.meta.iter().find(|m| m.id == id).context("no such meta id")?;
+        let m = cf
+            .meta
+            .iter()
+            .find(|m| m.id == id)
+            .context("no such meta id")?;
         MetaClient::connect(vec![m.addr.clone()], cf.token).map_err(|e| anyhow::anyhow!("{e}"))
     }
 
@@ -169,7 +182,10 @@ impl Cluster {
     pub fn restart(&mut self, role: Role) -> Result<()> {
         let (sub, cfg) = match role {
             Role::Meta(id) => ("meta", self.path().join(format!("meta-{id}/meta.toml"))),
-            Role::Storage(id) => ("storage", self.path().join(format!("storage-{id}/storage.toml"))),
+            Role::Storage(id) => (
+                "storage",
+                self.path().join(format!("storage-{id}/storage.toml")),
+            ),
         };
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -193,8 +209,9 @@ impl Cluster {
         let client = self.meta_client()?;
         let deadline = Instant::now() + within;
         loop {
-            if let Ok(ClusterReply::MetaStatus { leader: Some(l), .. }) =
-                client.cluster(ClusterRequest::MetaStatus).await
+            if let Ok(ClusterReply::MetaStatus {
+                leader: Some(l), ..
+            }) = client.cluster(ClusterRequest::MetaStatus).await
             {
                 return Ok(l);
             }
