@@ -211,14 +211,14 @@ fn read_pid(path: &Path) -> Option<u32> {
 pub fn up(args: UpArgs) -> Result<()> {
     let (topo, cf) = prepare(&args)?;
     let dir = std::fs::canonicalize(&args.dir)?;
-    if let Some(pid) = read_pid(&dir.join("supervisor.pid")) {
-        if pid_alive(pid) {
-            println!(
-                "pond: cluster in {} is already running (supervisor pid {pid})",
-                dir.display()
-            );
-            return Ok(());
-        }
+    if let Some(pid) = read_pid(&dir.join("supervisor.pid"))
+        && pid_alive(pid)
+    {
+        println!(
+            "pond: cluster in {} is already running (supervisor pid {pid})",
+            dir.display()
+        );
+        return Ok(());
     }
     let _ = std::fs::remove_file(dir.join("ready"));
     println!(
@@ -385,10 +385,10 @@ async fn wait_healthy(
     let mut last_msg = String::new();
     loop {
         check_roles(roles)?;
-        if let Some(d) = deadline {
-            if Instant::now() > d {
-                bail!("cluster not healthy in time: {last_msg}");
-            }
+        if let Some(d) = deadline
+            && Instant::now() > d
+        {
+            bail!("cluster not healthy in time: {last_msg}");
         }
         match health_step(client, topo, storage_nodes).await {
             Ok(None) => return Ok(()),
@@ -474,11 +474,11 @@ async fn watch_until_signal(roles: &mut [Role]) {
             _ = int.recv() => return,
             _ = tick.tick() => {
                 for (i, r) in roles.iter_mut().enumerate() {
-                    if !reported[i] {
-                        if let Ok(Some(st)) = r.child.try_wait() {
-                            tracing::warn!(role = %r.name, status = %st, "role exited");
-                            reported[i] = true;
-                        }
+                    if !reported[i]
+                        && let Ok(Some(st)) = r.child.try_wait()
+                    {
+                        tracing::warn!(role = %r.name, status = %st, "role exited");
+                        reported[i] = true;
                     }
                 }
             }

@@ -523,6 +523,7 @@ fn run(root: &Path, s: &Step) -> Seen {
                 let f = fs::OpenOptions::new()
                     .write(true)
                     .create(true)
+                    .truncate(false)
                     .mode(0o644)
                     .open(p(path))?;
                 f.write_all_at(&pattern(*seed, *len), *off)?;

@@ -214,7 +214,8 @@ async fn kill9_head_middle_tail_under_writes_then_resync() {
     // Every acknowledged write is there, byte-exact, on every replica.
     let r = routing(&client).await;
     let dc = DataClient::tcp(cf.token.clone(), ClientId(0xC0FFEE));
-    for (f, g) in acked.lock().unwrap().clone() {
+    let acked_final = acked.lock().unwrap().clone();
+    for (f, g) in acked_final {
         let path = format!("/f{f}");
         let bytes = client.read_file(&path).await.unwrap();
         let got = generation_of(&bytes).unwrap();
@@ -311,12 +312,11 @@ async fn corrupted_chunk_file_is_detected_served_and_repaired() {
             offset: 0,
             length: data.len() as u32,
         };
-        if let Ok(mut v) = dc.read_chunks(addr, vec![item]).await {
-            if let Ok((_, b)) = v.remove(0) {
-                if b.as_ref() == data.as_slice() {
-                    break;
-                }
-            }
+        if let Ok(mut v) = dc.read_chunks(addr, vec![item]).await
+            && let Ok((_, b)) = v.remove(0)
+            && b.as_ref() == data.as_slice()
+        {
+            break;
         }
         assert!(
             Instant::now() < deadline,
