@@ -119,7 +119,7 @@ impl Drop for Core {
 }
 
 impl Core {
-    #[tracing::instrument(level = "debug", skip_all, fields(op = op_name(&req)))]
+    #[tracing::instrument(level = "debug", skip_all, fields(op = req.name()))]
     pub(crate) async fn meta_op(&self, req: MetaRequest) -> Result<MetaReply> {
         match tokio::time::timeout(self.opts.meta_deadline, self.meta.op(req)).await {
             Ok(r) => Ok(r?),
@@ -158,32 +158,6 @@ impl Core {
         {
             open.remove(&oi.inode);
         }
-    }
-}
-
-fn op_name(r: &MetaRequest) -> &'static str {
-    match r {
-        MetaRequest::Lookup { .. } => "lookup",
-        MetaRequest::GetAttr { .. } => "getattr",
-        MetaRequest::ReadDir { .. } => "readdir",
-        MetaRequest::ReadDirPlus { .. } => "readdirplus",
-        MetaRequest::ReadLink { .. } => "readlink",
-        MetaRequest::Resolve { .. } => "resolve",
-        MetaRequest::StatFs => "statfs",
-        MetaRequest::GetDirLayout { .. } => "get_dir_layout",
-        MetaRequest::Mkdir { .. } => "mkdir",
-        MetaRequest::Create { .. } => "create",
-        MetaRequest::Symlink { .. } => "symlink",
-        MetaRequest::Link { .. } => "link",
-        MetaRequest::Unlink { .. } => "unlink",
-        MetaRequest::Rmdir { .. } => "rmdir",
-        MetaRequest::Rename { .. } => "rename",
-        MetaRequest::SetAttr { .. } => "setattr",
-        MetaRequest::OpenWrite { .. } => "open_write",
-        MetaRequest::ReportLength { .. } => "report_length",
-        MetaRequest::CloseWrite { .. } => "close_write",
-        MetaRequest::SetDirLayout { .. } => "set_dir_layout",
-        MetaRequest::RemoveTree { .. } => "remove_tree",
     }
 }
 

@@ -299,7 +299,7 @@ impl Meta for MetaService {
         let req = request.into_inner();
         let span = tracing::debug_span!(
             "meta_op",
-            op = op_name(&req),
+            op = req.name(),
             client = origin.map(|o| o.client.0),
             req = origin.map(|o| o.request.0)
         );
@@ -393,31 +393,5 @@ impl Meta for MetaService {
         self.check_token(&request, "raft_snapshot")?;
         let req: openraft::raft::InstallSnapshotRequest<TypeConfig> = decode(request.get_ref())?;
         encode(&self.raft.install_snapshot(req).await)
-    }
-}
-
-fn op_name(r: &MetaRequest) -> &'static str {
-    match r {
-        MetaRequest::Lookup { .. } => "lookup",
-        MetaRequest::GetAttr { .. } => "getattr",
-        MetaRequest::ReadDir { .. } => "readdir",
-        MetaRequest::ReadDirPlus { .. } => "readdirplus",
-        MetaRequest::ReadLink { .. } => "readlink",
-        MetaRequest::Resolve { .. } => "resolve",
-        MetaRequest::StatFs => "statfs",
-        MetaRequest::GetDirLayout { .. } => "getdirlayout",
-        MetaRequest::Mkdir { .. } => "mkdir",
-        MetaRequest::Create { .. } => "create",
-        MetaRequest::Symlink { .. } => "symlink",
-        MetaRequest::Link { .. } => "link",
-        MetaRequest::Unlink { .. } => "unlink",
-        MetaRequest::Rmdir { .. } => "rmdir",
-        MetaRequest::Rename { .. } => "rename",
-        MetaRequest::SetAttr { .. } => "setattr",
-        MetaRequest::OpenWrite { .. } => "openwrite",
-        MetaRequest::ReportLength { .. } => "reportlength",
-        MetaRequest::CloseWrite { .. } => "closewrite",
-        MetaRequest::SetDirLayout { .. } => "setdirlayout",
-        MetaRequest::RemoveTree { .. } => "removetree",
     }
 }

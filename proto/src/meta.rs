@@ -202,6 +202,32 @@ pub enum MetaRequest {
 }
 
 impl MetaRequest {
+    /// Short name of the operation, for tracing spans and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MetaRequest::Lookup { .. } => "lookup",
+            MetaRequest::GetAttr { .. } => "getattr",
+            MetaRequest::ReadDir { .. } => "readdir",
+            MetaRequest::ReadDirPlus { .. } => "readdirplus",
+            MetaRequest::ReadLink { .. } => "readlink",
+            MetaRequest::Resolve { .. } => "resolve",
+            MetaRequest::StatFs => "statfs",
+            MetaRequest::GetDirLayout { .. } => "get_dir_layout",
+            MetaRequest::Mkdir { .. } => "mkdir",
+            MetaRequest::Create { .. } => "create",
+            MetaRequest::Symlink { .. } => "symlink",
+            MetaRequest::Link { .. } => "link",
+            MetaRequest::Unlink { .. } => "unlink",
+            MetaRequest::Rmdir { .. } => "rmdir",
+            MetaRequest::Rename { .. } => "rename",
+            MetaRequest::SetAttr { .. } => "setattr",
+            MetaRequest::OpenWrite { .. } => "open_write",
+            MetaRequest::ReportLength { .. } => "report_length",
+            MetaRequest::CloseWrite { .. } => "close_write",
+            MetaRequest::SetDirLayout { .. } => "set_dir_layout",
+            MetaRequest::RemoveTree { .. } => "remove_tree",
+        }
+    }
     pub fn is_read(&self) -> bool {
         matches!(
             self,
