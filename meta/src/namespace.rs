@@ -92,6 +92,21 @@ pub fn need_live_dir<T: ReadableTable<u64, &'static [u8]>>(t: &T, id: InodeId) -
     Ok(r)
 }
 
+/// The entry `parent/name`, or ENOENT naming it.
+pub fn need_entry<D: ReadableTable<&'static [u8], &'static [u8]>>(
+    d: &D,
+    parent: InodeId,
+    name: &str,
+) -> R<(InodeId, FileType)> {
+    match get_entry(d, parent, name)? {
+        Some(e) => Ok(e),
+        None => fail(
+            ErrorCode::NotFound,
+            format!("no entry {name:?} in {parent}"),
+        ),
+    }
+}
+
 pub fn get_entry<D: ReadableTable<&'static [u8], &'static [u8]>>(
     d: &D,
     parent: InodeId,
@@ -168,13 +183,8 @@ where
         MetaRequest::Lookup { parent, name } => {
             validate_name(name)?;
             need_dir(inodes, *parent)?;
-            match get_entry(dirents, *parent, name)? {
-                Some((child, _)) => Ok(MetaReply::Attr(need_inode(inodes, child)?.attr)),
-                None => fail(
-                    ErrorCode::NotFound,
-                    format!("no entry {name:?} in {parent}"),
-                ),
-            }
+            let (child, _) = need_entry(dirents, *parent, name)?;
+            Ok(MetaReply::Attr(need_inode(inodes, child)?.attr))
         }
         MetaRequest::GetAttr { inode } => Ok(MetaReply::Attr(need_inode(inodes, *inode)?.attr)),
         MetaRequest::ReadDir { dir, after, limit } => {
@@ -932,12 +942,7 @@ impl<'t> Tx<'t> {
     fn unlink(&mut self, parent: InodeId, name: &str) -> R<MetaReply> {
         validate_name(name)?;
         let mut p = need_dir(&self.inodes, parent)?;
-        let Some((child, kind)) = get_entry(&self.dirents, parent, name)? else {
-            return fail(
-                ErrorCode::NotFound,
-                format!("no entry {name:?} in {parent}"),
-            );
-        };
+        let (child, kind) = need_entry(&self.dirents, parent, name)?;
         if kind == FileType::Dir {
             return fail(ErrorCode::IsDir, format!("{name:?} is a directory"));
         }
@@ -952,12 +957,7 @@ impl<'t> Tx<'t> {
     fn rmdir(&mut self, parent: InodeId, name: &str) -> R<MetaReply> {
         validate_name(name)?;
         let mut p = need_dir(&self.inodes, parent)?;
-        let Some((child, kind)) = get_entry(&self.dirents, parent, name)? else {
-            return fail(
-                ErrorCode::NotFound,
-                format!("no entry {name:?} in {parent}"),
-            );
-        };
+        let (child, kind) = need_entry(&self.dirents, parent, name)?;
         if kind != FileType::Dir {
             return fail(ErrorCode::NotDir, format!("{name:?} is not a directory"));
         }
@@ -1177,12 +1177,7 @@ impl<'t> Tx<'t> {
     fn remove_tree(&mut self, parent: InodeId, name: &str) -> R<MetaReply> {
         validate_name(name)?;
         let mut p = need_dir(&self.inodes, parent)?;
-        let Some((child, kind)) = get_entry(&self.dirents, parent, name)? else {
-            return fail(
-                ErrorCode::NotFound,
-                format!("no entry {name:?} in {parent}"),
-            );
-        };
+        let (child, kind) = need_entry(&self.dirents, parent, name)?;
         self.remove_entry(parent, name)?;
         if kind == FileType::Dir {
             p.attr.nlink -= 1;
