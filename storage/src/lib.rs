@@ -19,7 +19,7 @@ pub mod scrub;
 pub mod server;
 pub mod store;
 
-pub use node::{Node, TargetSetup};
+pub use node::{Node, TargetSetup, TestBug};
 pub use store::{ChunkStore, StoreError};
 
 use serde::{Deserialize, Serialize};
@@ -174,6 +174,17 @@ impl StorageServer {
         })?;
         let data_addr = opts.advertise.clone().unwrap_or_else(|| addr.to_string());
         let node = Node::new(opts.node_id, opts.token.clone(), targets);
+        if let Some(bug) = node.test_bug() {
+            tracing::warn!(
+                node = %opts.node_id,
+                bug = bug.name(),
+                "!!! {}={} IS SET: TEST-ONLY FAULT INJECTION, this storage node violates the \
+                 replication protocol on purpose (writes are acknowledged before the chain \
+                 commits them). Never run it with data you care about. !!!",
+                node::TestBug::ENV,
+                bug.name()
+            );
+        }
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let span = tracing::info_span!("storage", node = %opts.node_id);

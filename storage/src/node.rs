@@ -73,6 +73,47 @@ impl Dedupe {
     }
 }
 
+/// Deliberate protocol violations for the chaos suite (`POND_TEST_BUG` in the storage
+/// process's environment). Never set in production: each one breaks a guarantee on purpose so
+/// that the checkers can be shown to catch it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum TestBug {
+    /// `early-ack`: the head acknowledges a client write once it has stored it (pending) and
+    /// started forwarding it, without waiting for the commit to come back from the tail. An
+    /// acked write can then be lost (or never reach the tail) if the chain fails meanwhile.
+    EarlyAck,
+}
+
+impl TestBug {
+    pub const ENV: &'static str = "POND_TEST_BUG";
+
+    pub fn parse(s: &str) -> Option<TestBug> {
+        match s.trim() {
+            "early-ack" => Some(TestBug::EarlyAck),
+            _ => None,
+        }
+    }
+
+    /// The bug named by `POND_TEST_BUG`, if any (an unknown name is logged and ignored).
+    pub fn from_env() -> Option<TestBug> {
+        let v = std::env::var(Self::ENV).ok()?;
+        if v.is_empty() {
+            return None;
+        }
+        let bug = TestBug::parse(&v);
+        if bug.is_none() {
+            tracing::warn!(value = %v, "unknown {} value; ignored", Self::ENV);
+        }
+        bug
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TestBug::EarlyAck => "early-ack",
+        }
+    }
+}
+
 /// A target as its node runs it.
 pub struct Target {
     pub id: TargetId,
@@ -81,7 +122,7 @@ pub struct Target {
     /// Written once the target served in a chain: a restart then begins `online` (it may have
     /// missed writes) instead of `uptodate`.
     member_marker: Option<PathBuf>,
-    locks: Box<[tokio::sync::Mutex<()>]>,
+    locks: Box<[Arc<tokio::sync::Mutex<()>>]>,
     dedupe: Mutex<Dedupe>,
     /// (chain, chain version) whose syncing successor this target finished filling.
     resynced: Mutex<Option<(ChainId, ChainVersion)>>,
@@ -114,7 +155,7 @@ impl Target {
             local: Mutex::new(local),
             member_marker: s.member_marker,
             locks: (0..CHUNK_LOCK_STRIPES)
-                .map(|_| tokio::sync::Mutex::new(()))
+                .map(|_| Arc::new(tokio::sync::Mutex::new(())))
                 .collect(),
             dedupe: Mutex::default(),
             resynced: Mutex::new(None),
@@ -129,13 +170,16 @@ impl Target {
         *self.local.lock()
     }
 
-    async fn lock(&self, chunk: ChunkId) -> tokio::sync::MutexGuard<'_, ()> {
+    /// The chunk's lock stripe. Owned, so a guard can move into a task (the `early-ack` test
+    /// bug keeps the chunk locked until its background commit).
+    async fn lock(&self, chunk: ChunkId) -> tokio::sync::OwnedMutexGuard<()> {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in chunk.0 {
             h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
         }
         self.locks[(h % self.locks.len() as u64) as usize]
-            .lock()
+            .clone()
+            .lock_owned()
             .await
     }
 }
@@ -178,6 +222,8 @@ pub struct Node {
     gc_done: Mutex<Vec<GcTask>>,
     gc_running: Mutex<std::collections::HashSet<(InodeId, ChainId, u64)>>,
     request_seq: AtomicU64,
+    /// Test-only fault (`TestBug`), from the environment at start or set by a test.
+    test_bug: Mutex<Option<TestBug>>,
 }
 
 impl Node {
@@ -198,7 +244,21 @@ impl Node {
             gc_done: Mutex::default(),
             gc_running: Mutex::default(),
             request_seq: AtomicU64::new(1),
+            test_bug: Mutex::new(TestBug::from_env()),
         })
+    }
+
+    /// Turns a deliberate protocol violation on or off (tests; the process-level switch is
+    /// `POND_TEST_BUG`).
+    pub fn set_test_bug(&self, bug: Option<TestBug>) {
+        if let Some(b) = bug {
+            tracing::warn!(node = %self.id, bug = b.name(), "TEST BUG ENABLED: this node violates the replication protocol on purpose");
+        }
+        *self.test_bug.lock() = bug;
+    }
+
+    pub fn test_bug(&self) -> Option<TestBug> {
+        *self.test_bug.lock()
     }
 
     pub fn token(&self) -> &str {
@@ -492,7 +552,7 @@ impl Node {
             ));
         }
         // 2. Updates of one chunk are serialised (at the head this orders the chain).
-        let _guard = t.lock(req.chunk).await;
+        let guard = t.lock(req.chunk).await;
         if req.op == UpdateOp::Remove {
             self.forward_remove_chunk(&t, &req).await?;
             on_store(&t.store, move |s| s.remove(req.chunk))
@@ -572,6 +632,9 @@ impl Node {
         let staged = self
             .stage(&t, &req, u, view.chain_version, data.clone(), Some(origin))
             .await?;
+        if req.version.is_none() && self.test_bug() == Some(TestBug::EarlyAck) {
+            return Ok(self.early_ack(t, req, u, staged, data, guard).await);
+        }
         // 5. Forward down the chain; 6. commit when the successor replied.
         if let Err(e) = self.forward_update(&t, &req, u, data).await {
             let _ = on_store(&t.store, move |s| s.abort(chunk, u)).await;
@@ -587,6 +650,58 @@ impl Node {
         };
         t.dedupe.lock().put(key, r);
         Ok(r)
+    }
+
+    /// `TestBug::EarlyAck`: forwards and commits in the background (still holding the chunk
+    /// lock) and acknowledges at once. Deliberately wrong: the ack no longer implies that any
+    /// replica but the head has the write, nor that the head committed it.
+    async fn early_ack(
+        self: &Arc<Self>,
+        t: Arc<Target>,
+        req: UpdateReq,
+        u: ChunkVersion,
+        staged: VersionInfo,
+        data: Bytes,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+    ) -> UpdateReply {
+        let reply = UpdateReply {
+            version: u,
+            length: staged.length,
+        };
+        let node = self.clone();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let span = tracing::warn_span!("early_ack", chunk = %req.chunk, version = %u);
+        tokio::spawn(
+            async move {
+                let _guard = guard;
+                let chunk = req.chunk;
+                let key = (req.client, req.request, chunk);
+                let fwd = node.forward_update(&t, &req, u, data);
+                tokio::pin!(fwd);
+                // Poll the forward once (it queues the frame to the successor), then ack.
+                let first = futures::poll!(&mut fwd);
+                let _ = started_tx.send(());
+                let res = match first {
+                    std::task::Poll::Ready(r) => r,
+                    std::task::Poll::Pending => fwd.await,
+                };
+                match res {
+                    Ok(()) => match on_store(&t.store, move |s| s.commit(chunk, u)).await {
+                        Ok(_) => {
+                            t.dedupe.lock().put(key, reply);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "early-ack: commit failed"),
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "early-ack: forward failed after the ack");
+                        let _ = on_store(&t.store, move |s| s.abort(chunk, u)).await;
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        let _ = started_rx.await;
+        reply
     }
 
     async fn stage(

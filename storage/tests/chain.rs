@@ -1080,3 +1080,61 @@ async fn full_replace_corrects_a_diverged_copy() {
     let (ok, got) = read_from(&c, &r, tid(3), chunk(0)).await.unwrap();
     assert_eq!((ok.version, got), (ChunkVersion(1), other));
 }
+
+/// `POND_TEST_BUG=early-ack` (set here through `Node::set_test_bug`): the head acks a client
+/// write before the chain committed it. With the tail down but still listed as serving, the
+/// ack arrives while the head holds the write only as pending and the tail has nothing;
+/// without the bug the same write is not acked at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn early_ack_test_bug_acks_before_the_tail_commits() {
+    let mut cl = Cluster::start([None, None, None]).await;
+    let r = cl.routing();
+    let (addr, at) = head(&r);
+    assert_eq!(cl.node(1).node.test_bug(), None, "off by default");
+    // The tail goes away; routing still names it, so the middle keeps retrying it.
+    let tail_store = cl.store(3);
+    cl.stop_node(3).await;
+    let quick = DataClient::tcp(TOKEN, ClientId(43)).with_deadline(Duration::from_millis(700));
+    let correct = quick
+        .write_chunk(
+            &addr,
+            at,
+            chunk(0),
+            0,
+            CHUNK_BYTES,
+            data(1, 5000),
+            quick.next_request_id(),
+        )
+        .await;
+    assert_eq!(
+        correct.map(|_| ()).map_err(|e| e.code()),
+        Err(ErrorCode::Timeout),
+        "a correct head must not ack before the tail commits"
+    );
+    cl.node(1)
+        .node
+        .set_test_bug(Some(pond_storage::TestBug::EarlyAck));
+    let rep = quick
+        .write_chunk(
+            &addr,
+            at,
+            chunk(1),
+            0,
+            CHUNK_BYTES,
+            data(2, 5000),
+            quick.next_request_id(),
+        )
+        .await
+        .expect("early-ack head acks at once");
+    assert_eq!(rep.version, ChunkVersion(1));
+    let at_head = cl.store(1).info(chunk(1)).unwrap();
+    assert_eq!(at_head.pending.map(|p| p.version), Some(ChunkVersion(1)));
+    assert!(
+        at_head.committed.is_none(),
+        "acked before the head committed"
+    );
+    assert!(
+        tail_store.info(chunk(1)).is_none(),
+        "acked before the tail had the write"
+    );
+}
