@@ -14,6 +14,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod lease;
 pub mod limits;
 pub mod log_store;
 pub mod manager;

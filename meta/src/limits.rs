@@ -23,6 +23,18 @@ pub const READ_BATCH_MAX: usize = 1024;
 /// Remembered (client, request) replies for retried writes. A client retries within its
 /// ~10 s budget; at 20k writes/s that is 200k ops, so 262k entries cover a full budget.
 pub const DEDUP_ENTRIES_MAX: u64 = 1 << 18;
+/// Client lease TTLs accepted by `RenewLease`. At least 2 s: a client renews about every
+/// third of its TTL, and a leader election (~1-2 s) must not cost a live client its sessions.
+/// At most 10 min: a dead client's unlinked open files are collected within one TTL.
+pub const LEASE_TTL_MIN_MS: u32 = 2_000;
+pub const LEASE_TTL_MAX_MS: u32 = 600_000;
+/// Expired leases ended per Raft entry (each drops all of a client's sessions): bounds one apply.
+pub const LEASE_EXPIRE_CLIENTS_MAX: usize = 64;
+/// A new leader waits this long before expiring leases: deadlines were stamped by an earlier
+/// leader's clock (a guard against clock offsets between replicas), and clients that renewed
+/// during the election need a moment to find the new leader. Live clients renew every third
+/// of their TTL, long before their deadline, so this only delays the GC of dead clients.
+pub const LEASE_EXPIRY_GRACE: Duration = Duration::from_secs(5);
 /// Entries of a removed tree the collector detaches per Raft entry: bounds one apply.
 pub const TRASH_STEP_ENTRIES_MAX: usize = 1024;
 /// Collector steps per tick: 8 x 1024 entries per 200 ms is ~40k entries/s of tree removal.
@@ -50,6 +62,11 @@ pub const DEFAULT_STRIPE_MAX: u32 = 8;
 pub const RAFT_HEARTBEAT_MS: u64 = 100;
 pub const RAFT_ELECTION_MIN_MS: u64 = 800;
 pub const RAFT_ELECTION_MAX_MS: u64 = 1600;
+/// Leader-lease reads (`lease.rs`): served locally while a quorum acknowledged an
+/// AppendEntries sent less than this long ago. openraft's followers refuse votes for
+/// `RAFT_ELECTION_MAX_MS` after hearing from the leader, so half of it leaves 800 ms for clock
+/// drift and metric-reporting delay; heartbeats (100 ms) keep the acknowledgement far younger.
+pub const READ_LEASE: Duration = Duration::from_millis(RAFT_ELECTION_MAX_MS / 2);
 /// Apply commits are not fsynced (the log is durable); every this many entries one is, so
 /// that redb can reuse freed pages (it only does after a durable commit) and a crash replays
 /// at most this many entries.
@@ -61,5 +78,7 @@ pub const LOG_KEEP_AFTER_SNAPSHOT: u64 = 1000;
 const _: () = assert!(BATCH_OPS_MAX <= PROPOSE_QUEUE_MAX);
 const _: () = assert!(READ_BATCH_MAX <= READ_QUEUE_MAX);
 const _: () = assert!(RAFT_HEARTBEAT_MS * 4 < RAFT_ELECTION_MIN_MS);
+const _: () = assert!(READ_LEASE.as_millis() as u64 * 2 <= RAFT_ELECTION_MAX_MS);
+const _: () = assert!(RAFT_HEARTBEAT_MS * 4 < READ_LEASE.as_millis() as u64);
 const _: () =
     assert!((SNAPSHOT_CHUNK_BYTES as usize) < pond_proto::limits::CONTROL_MESSAGE_BYTES_MAX / 2);

@@ -8,7 +8,7 @@
 use crate::limits::*;
 use crate::server::{Proposal, not_leader};
 use crate::store::Shared;
-use crate::tables::{GC, GcRec, TRASH};
+use crate::tables::{GC, GcRec, LEASES, TRASH};
 use crate::types::{ClusterCmd, Op, OpReply, Raft};
 use pond_proto::cluster::{GcTask, Heartbeat, HeartbeatReply, RoutingInfo};
 use pond_proto::{ChainId, ErrorCode, InodeId, NodeId, PondError};
@@ -22,6 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 struct MgrState {
     /// The term in which this replica became leader (None: not leader).
     leader_term: Option<u64>,
+    /// When this replica became leader of `leader_term`.
+    leader_since: Option<Instant>,
     last_seen: HashMap<NodeId, Instant>,
     last_usage: HashMap<NodeId, Instant>,
     gc_issued: HashMap<(InodeId, ChainId), Instant>,
@@ -91,6 +93,7 @@ impl Manager {
         if st.leader_term != Some(m.current_term) {
             let now = Instant::now();
             st.leader_term = Some(m.current_term);
+            st.leader_since = Some(now);
             st.last_seen = self
                 .shared
                 .routing()
@@ -196,6 +199,24 @@ impl Manager {
         Ok(out)
     }
 
+    /// Does any client lease have a deadline before now?
+    fn lease_expired(&self) -> Result<bool, PondError> {
+        let now = crate::namespace::timestamp_nanos(crate::store::now());
+        let r = (|| -> Result<bool, redb::Error> {
+            let txn = self.shared.db.begin_read()?;
+            let t = txn.open_table(LEASES)?;
+            for item in t.iter()? {
+                let (_, v) = item?;
+                let deadline = v.value().try_into().map(u64::from_be_bytes).unwrap_or(0);
+                if deadline <= now {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })();
+        r.map_err(|e| PondError::new(ErrorCode::Internal, e.to_string()))
+    }
+
     /// Periodic leader work: declare silent nodes down, advance the tree collector.
     pub async fn tick(&self) {
         if !self.observe_leadership() {
@@ -220,6 +241,18 @@ impl Manager {
             tracing::warn!(%node, timeout_ms = self.timeout.as_millis() as u64, "storage node silent, marking its targets offline");
             if let Err(e) = self.propose(ClusterCmd::NodeDown { node }).await {
                 tracing::debug!(error = %e, "propose node down");
+            }
+        }
+        // Client leases past their deadline (by this leader's clock; apply decides with the
+        // entry's time). Not right after an election: see `LEASE_EXPIRY_GRACE`.
+        let settled = self
+            .st
+            .lock()
+            .leader_since
+            .is_some_and(|t| t.elapsed() >= LEASE_EXPIRY_GRACE);
+        if settled && matches!(self.lease_expired(), Ok(true)) {
+            if let Err(e) = self.propose(ClusterCmd::ExpireLeases).await {
+                tracing::debug!(error = %e, "propose lease expiry");
             }
         }
         // Removed trees: a few bounded steps per tick, so a huge tree is detached at

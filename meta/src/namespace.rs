@@ -44,6 +44,20 @@ store_err!(
 
 pub type R<T> = Result<T, ApplyError>;
 
+/// Leader time of an entry as nanoseconds since the epoch (times before 1970 count as 0).
+pub fn timestamp_nanos(t: Timestamp) -> u64 {
+    (t.sec.max(0) as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(t.nsec))
+}
+
+/// Decode a `LEASES` value.
+pub fn lease_deadline(v: &[u8]) -> R<u64> {
+    Ok(u64::from_be_bytes(
+        v.try_into().map_err(|_| corrupt("lease record"))?,
+    ))
+}
+
 pub fn fail<T>(code: ErrorCode, msg: impl Into<String>) -> R<T> {
     Err(ApplyError::Op(PondError::new(code, msg)))
 }
@@ -314,6 +328,8 @@ pub struct Tx<'t> {
     pub inodes: Table<'t, u64, &'static [u8]>,
     pub dirents: Table<'t, &'static [u8], &'static [u8]>,
     pub sessions: Table<'t, &'static [u8], ()>,
+    pub client_sessions: Table<'t, &'static [u8], ()>,
+    pub leases: Table<'t, u64, &'static [u8]>,
     pub gc: Table<'t, u64, &'static [u8]>,
     pub trash: Table<'t, u64, ()>,
     pub dedup: Table<'t, &'static [u8], &'static [u8]>,
@@ -347,6 +363,8 @@ impl<'t> Tx<'t> {
             inodes: txn.open_table(INODES)?,
             dirents: txn.open_table(DIRENTS)?,
             sessions: txn.open_table(SESSIONS)?,
+            client_sessions: txn.open_table(CLIENT_SESSIONS)?,
+            leases: txn.open_table(LEASES)?,
             gc: txn.open_table(GC)?,
             trash: txn.open_table(TRASH)?,
             dedup: txn.open_table(DEDUP)?,
@@ -472,6 +490,106 @@ impl<'t> Tx<'t> {
         let hi = session_key(InodeId(inode.0 + 1), 0, 0);
         let mut it = self.sessions.range(lo.as_slice()..hi.as_slice())?;
         Ok(it.next().is_some())
+    }
+
+    fn open_session(&mut self, inode: InodeId, client: u64, session: u64) -> R<()> {
+        self.sessions
+            .insert(session_key(inode, client, session).as_slice(), ())?;
+        self.client_sessions
+            .insert(client_session_key(client, inode, session).as_slice(), ())?;
+        Ok(())
+    }
+
+    fn close_session(&mut self, inode: InodeId, client: u64, session: u64) -> R<()> {
+        self.sessions
+            .remove(session_key(inode, client, session).as_slice())?;
+        self.client_sessions
+            .remove(client_session_key(client, inode, session).as_slice())?;
+        Ok(())
+    }
+
+    /// After a session of `inode` closed: an unlinked file with no session left is garbage.
+    fn collect_if_orphan(&mut self, inode: InodeId) -> R<()> {
+        let Some(rec) = get_inode(&self.inodes, inode)? else {
+            return Ok(());
+        };
+        if rec.attr.kind == FileType::File && rec.attr.nlink == 0 && !self.has_sessions(inode)? {
+            self.collect(rec)?;
+        }
+        Ok(())
+    }
+
+    /// Drop a client's lease and every session it holds.
+    fn end_lease(&mut self, client: u64) -> R<()> {
+        self.leases.remove(client)?;
+        let lo = client_session_key(client, InodeId(0), 0);
+        let hi = client_session_key(client.wrapping_add(1), InodeId(0), 0);
+        let mut held = Vec::new();
+        if client == u64::MAX {
+            for item in self.client_sessions.range(lo.as_slice()..)? {
+                held.push(item?.0.value().to_vec());
+            }
+        } else {
+            for item in self.client_sessions.range(lo.as_slice()..hi.as_slice())? {
+                held.push(item?.0.value().to_vec());
+            }
+        }
+        let mut inodes = Vec::with_capacity(held.len());
+        for k in held {
+            let inode = InodeId(u64::from_be_bytes(
+                k[8..16].try_into().expect("24-byte key"),
+            ));
+            let session = u64::from_be_bytes(k[16..24].try_into().expect("24-byte key"));
+            self.close_session(inode, client, session)?;
+            inodes.push(inode);
+        }
+        inodes.sort();
+        inodes.dedup();
+        for inode in inodes {
+            self.collect_if_orphan(inode)?;
+        }
+        Ok(())
+    }
+
+    /// End every lease whose deadline passed at this entry's time (at most
+    /// `LEASE_EXPIRE_CLIENTS_MAX` per call, to bound one apply). Returns how many ended.
+    pub fn expire_leases(&mut self) -> R<usize> {
+        let now = timestamp_nanos(self.now);
+        let mut expired = Vec::new();
+        for item in self.leases.iter()? {
+            let (k, v) = item?;
+            if lease_deadline(v.value())? <= now {
+                expired.push(k.value());
+                if expired.len() >= LEASE_EXPIRE_CLIENTS_MAX {
+                    break;
+                }
+            }
+        }
+        for c in &expired {
+            tracing::info!(client = c, "client lease expired, dropping its sessions");
+            self.end_lease(*c)?;
+        }
+        Ok(expired.len())
+    }
+
+    fn renew_lease(&mut self, client: u64, ttl_ms: u32, first: bool) -> R<MetaReply> {
+        if !(LEASE_TTL_MIN_MS..=LEASE_TTL_MAX_MS).contains(&ttl_ms) {
+            return fail(
+                ErrorCode::InvalidArgument,
+                format!("lease ttl {ttl_ms} ms outside {LEASE_TTL_MIN_MS}..={LEASE_TTL_MAX_MS}"),
+            );
+        }
+        let known = self.leases.get(client)?.is_some();
+        if !first && !known {
+            return fail(
+                ErrorCode::StaleHandle,
+                format!("lease of client {client} expired; its sessions were dropped"),
+            );
+        }
+        let deadline = timestamp_nanos(self.now).saturating_add(u64::from(ttl_ms) * 1_000_000);
+        self.leases
+            .insert(client, deadline.to_be_bytes().as_slice())?;
+        Ok(MetaReply::Done)
     }
 
     /// Drop a link of a non-directory inode; the last link sends it to garbage (or leaves it
@@ -701,8 +819,7 @@ impl<'t> Tx<'t> {
                 session,
             } => {
                 let rec = self.need_file(*inode)?;
-                let k = session_key(*inode, client.0, session.0);
-                self.sessions.insert(k.as_slice(), ())?;
+                self.open_session(*inode, client.0, session.0)?;
                 Ok(MetaReply::Attr(rec.attr))
             }
             MetaRequest::ReportLength {
@@ -724,8 +841,7 @@ impl<'t> Tx<'t> {
             } => {
                 let mut rec = self.need_file(*inode)?;
                 self.adopt_length(&mut rec, *length, *truncate_version)?;
-                let k = session_key(*inode, client.0, session.0);
-                self.sessions.remove(k.as_slice())?;
+                self.close_session(*inode, client.0, session.0)?;
                 if rec.attr.nlink == 0 && !self.has_sessions(*inode)? {
                     let attr = rec.attr.clone();
                     self.collect(rec)?;
@@ -754,6 +870,34 @@ impl<'t> Tx<'t> {
                 Ok(MetaReply::Done)
             }
             MetaRequest::RemoveTree { parent, name } => self.remove_tree(*parent, name),
+            MetaRequest::OpenSession {
+                inode,
+                client,
+                session,
+            } => {
+                let rec = self.need_file(*inode)?;
+                self.open_session(*inode, client.0, session.0)?;
+                Ok(MetaReply::Attr(rec.attr))
+            }
+            MetaRequest::CloseSession {
+                inode,
+                client,
+                session,
+            } => {
+                self.need_file(*inode)?;
+                self.close_session(*inode, client.0, session.0)?;
+                self.collect_if_orphan(*inode)?;
+                Ok(MetaReply::Done)
+            }
+            MetaRequest::RenewLease {
+                client,
+                ttl_ms,
+                first,
+            } => self.renew_lease(client.0, *ttl_ms, *first),
+            MetaRequest::EndLease { client } => {
+                self.end_lease(client.0)?;
+                Ok(MetaReply::Done)
+            }
             r => fail(
                 ErrorCode::InvalidArgument,
                 format!("{r:?} is not a write request"),
@@ -842,8 +986,7 @@ impl<'t> Tx<'t> {
                 FileType::File => {
                     let rec = need_inode(&self.inodes, child)?;
                     if let Some((c, s)) = session {
-                        let k = session_key(child, c.0, s.0);
-                        self.sessions.insert(k.as_slice(), ())?;
+                        self.open_session(child, c.0, s.0)?;
                     }
                     Ok(MetaReply::Attr(rec.attr))
                 }
@@ -865,8 +1008,7 @@ impl<'t> Tx<'t> {
         self.put(&rec)?;
         self.insert_entry(parent, name, id, FileType::File)?;
         if let Some((c, s)) = session {
-            let k = session_key(id, c.0, s.0);
-            self.sessions.insert(k.as_slice(), ())?;
+            self.open_session(id, c.0, s.0)?;
         }
         self.touch_dir(&mut p);
         self.put(&p)?;

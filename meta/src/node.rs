@@ -1,6 +1,7 @@
 //! Starting and stopping one metadata replica.
 
 use crate::config::MetaConfig;
+use crate::lease::Lease;
 use crate::limits::*;
 use crate::log_store::LogStore;
 use crate::manager::Manager;
@@ -161,6 +162,12 @@ impl MetaNode {
         ));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
+        let lease = Arc::new(Lease::default());
+        tasks.push(tokio::spawn(crate::lease::watch(
+            raft.clone(),
+            cfg.id,
+            lease.clone(),
+        )));
         tasks.push(tokio::spawn(proposer_loop(raft.clone(), prx)));
         tasks.push(tokio::spawn(reader_loop(raft.clone(), shared.clone(), rrx)));
         {
@@ -185,6 +192,7 @@ impl MetaNode {
             proposer: ptx,
             reader: rtx,
             manager,
+            lease,
         };
         let max = pond_proto::limits::CONTROL_MESSAGE_BYTES_MAX;
         let service = MetaServer::new(svc)

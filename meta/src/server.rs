@@ -1,6 +1,7 @@
 //! The `pond.Meta` gRPC service: token check, write batching (proposer), read batching behind
 //! one read-index round (reader), cluster requests and the Raft RPC endpoints.
 
+use crate::lease::{Lease, LeaseDecision};
 use crate::limits::*;
 use crate::manager::Manager;
 use crate::namespace::{self, ApplyError};
@@ -153,6 +154,42 @@ pub async fn reader_loop(raft: Raft, shared: Arc<Shared>, mut rx: mpsc::Receiver
     }
 }
 
+/// Answer one read from the local state machine (the caller established that this is
+/// linearizable: a valid leader lease).
+pub fn read_local(shared: &Shared, req: &MetaRequest) -> Result<MetaReply, PondError> {
+    let routing = shared.routing();
+    let res = (|| -> Result<MetaReply, ApplyError> {
+        let txn = shared
+            .db
+            .begin_read()
+            .map_err(|e| ApplyError::Store(e.into()))?;
+        let inodes = txn
+            .open_table(INODES)
+            .map_err(|e| ApplyError::Store(e.into()))?;
+        let dirents = txn
+            .open_table(DIRENTS)
+            .map_err(|e| ApplyError::Store(e.into()))?;
+        namespace::read(&inodes, &dirents, &routing, req)
+    })();
+    match res {
+        Ok(v) => Ok(v),
+        Err(ApplyError::Op(e)) => Err(e),
+        Err(ApplyError::Store(e)) => {
+            tracing::error!(error = %e, "read from state machine");
+            Err(PondError::new(ErrorCode::Internal, e.to_string()))
+        }
+    }
+}
+
+/// Reads that may scan many keys run on the blocking pool; point reads run inline (a redb
+/// point lookup costs microseconds, less than a thread hop).
+fn is_long_read(req: &MetaRequest) -> bool {
+    matches!(
+        req,
+        MetaRequest::ReadDir { .. } | MetaRequest::ReadDirPlus { .. } | MetaRequest::Resolve { .. }
+    )
+}
+
 fn answer_reads(shared: &Shared, batch: Vec<ReadReq>) {
     let routing = shared.routing();
     let view = (|| -> Result<_, redb::Error> {
@@ -193,6 +230,7 @@ pub struct MetaService {
     pub proposer: mpsc::Sender<Proposal>,
     pub reader: mpsc::Sender<ReadReq>,
     pub manager: Arc<Manager>,
+    pub lease: Arc<Lease>,
 }
 
 impl MetaService {
@@ -227,7 +265,22 @@ impl MetaService {
             .map_err(|_| PondError::new(ErrorCode::Unavailable, "proposal dropped"))?
     }
 
+    /// A linearizable read: from local state under a valid leader lease, otherwise through
+    /// the batched read-index path.
     async fn read(&self, req: MetaRequest) -> Result<MetaReply, PondError> {
+        if self.lease.decide(READ_LEASE) == LeaseDecision::Local {
+            if is_long_read(&req) {
+                let shared = self.shared.clone();
+                return tokio::task::spawn_blocking(move || read_local(&shared, &req))
+                    .await
+                    .map_err(|e| PondError::new(ErrorCode::Internal, e.to_string()))?;
+            }
+            return read_local(&self.shared, &req);
+        }
+        self.read_index(req).await
+    }
+
+    async fn read_index(&self, req: MetaRequest) -> Result<MetaReply, PondError> {
         let (tx, rx) = oneshot::channel();
         self.reader
             .send(ReadReq { req, tx })

@@ -193,6 +193,10 @@ fn apply_cluster(tx: &mut Tx<'_>, cmd: ClusterCmd) -> Result<OpReply, ApplyError
             tx.expand_trash()?;
             Ok(OpReply::Done)
         }
+        ClusterCmd::ExpireLeases => {
+            tx.expire_leases()?;
+            Ok(OpReply::Done)
+        }
     }
 }
 
@@ -200,7 +204,8 @@ fn apply_cluster(tx: &mut Tx<'_>, cmd: ClusterCmd) -> Result<OpReply, ApplyError
 type BytesTable = TableDefinition<'static, &'static [u8], &'static [u8]>;
 type U64Table = TableDefinition<'static, u64, &'static [u8]>;
 const BYTES_TABLES: [(u8, BytesTable); 2] = [(2, DIRENTS), (6, DEDUP)];
-const U64_TABLES: [(u8, U64Table); 3] = [(1, INODES), (4, GC), (7, DEDUP_ORDER)];
+const U64_TABLES: [(u8, U64Table); 4] = [(1, INODES), (4, GC), (7, DEDUP_ORDER), (9, LEASES)];
+const TAG_CLIENT_SESSIONS: u8 = 10;
 const TAG_SESSIONS: u8 = 3;
 const TAG_TRASH: u8 = 5;
 const TAG_META: u8 = 8;
@@ -245,6 +250,11 @@ fn dump(txn: &redb::ReadTransaction, w: &mut impl Write) -> Result<(), BoxErr> {
     for item in t.iter()? {
         let (k, _) = item?;
         write_rec(w, TAG_SESSIONS, k.value(), &[])?;
+    }
+    let t = txn.open_table(CLIENT_SESSIONS)?;
+    for item in t.iter()? {
+        let (k, _) = item?;
+        write_rec(w, TAG_CLIENT_SESSIONS, k.value(), &[])?;
     }
     let t = txn.open_table(TRASH)?;
     for item in t.iter()? {
@@ -304,6 +314,8 @@ fn load(
     txn.delete_table(DIRENTS)?;
     txn.delete_table(DEDUP)?;
     txn.delete_table(SESSIONS)?;
+    txn.delete_table(CLIENT_SESSIONS)?;
+    txn.delete_table(LEASES)?;
     txn.delete_table(TRASH)?;
     txn.delete_table(META)?;
     {
@@ -313,6 +325,8 @@ fn load(
         let mut dirents = txn.open_table(DIRENTS)?;
         let mut dedup = txn.open_table(DEDUP)?;
         let mut sessions = txn.open_table(SESSIONS)?;
+        let mut client_sessions = txn.open_table(CLIENT_SESSIONS)?;
+        let mut leases = txn.open_table(LEASES)?;
         let mut trash = txn.open_table(TRASH)?;
         let mut m = txn.open_table(META)?;
         loop {
@@ -343,6 +357,12 @@ fn load(
                 }
                 TAG_SESSIONS => {
                     sessions.insert(k.as_slice(), ())?;
+                }
+                9 => {
+                    leases.insert(be_u64(&k)?, v.as_slice())?;
+                }
+                TAG_CLIENT_SESSIONS => {
+                    client_sessions.insert(k.as_slice(), ())?;
                 }
                 TAG_TRASH => {
                     trash.insert(be_u64(&k)?, ())?;
@@ -402,6 +422,8 @@ impl StateStore {
             txn.open_table(INODES)?;
             txn.open_table(DIRENTS)?;
             txn.open_table(SESSIONS)?;
+            txn.open_table(CLIENT_SESSIONS)?;
+            txn.open_table(LEASES)?;
             txn.open_table(GC)?;
             txn.open_table(TRASH)?;
             txn.open_table(DEDUP)?;

@@ -25,6 +25,10 @@ pub const TRASH: TableDefinition<u64, ()> = TableDefinition::new("trash");
 pub const DEDUP: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dedup");
 /// dedup insertion sequence -> dedup key, for FIFO eviction.
 pub const DEDUP_ORDER: TableDefinition<u64, &[u8]> = TableDefinition::new("dedup_order");
+/// Client leases: client id -> lease deadline (u64 BE, nanoseconds since the epoch, leader time).
+pub const LEASES: TableDefinition<u64, &[u8]> = TableDefinition::new("leases");
+/// Sessions by client: client (8) ++ inode (8) ++ session (8) -> () (mirror of `sessions`).
+pub const CLIENT_SESSIONS: TableDefinition<&[u8], ()> = TableDefinition::new("client_sessions");
 /// Scalar state: see the `K_*` keys.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -109,5 +113,14 @@ pub fn pair_key(a: u64, b: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&a.to_be_bytes());
     k[8..].copy_from_slice(&b.to_be_bytes());
+    k
+}
+
+/// `CLIENT_SESSIONS` key: client ++ inode ++ session.
+pub fn client_session_key(client: u64, inode: InodeId, session: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(&client.to_be_bytes());
+    k[8..16].copy_from_slice(&inode.0.to_be_bytes());
+    k[16..].copy_from_slice(&session.to_be_bytes());
     k
 }

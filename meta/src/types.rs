@@ -92,6 +92,9 @@ pub enum ClusterCmd {
     },
     /// Detach up to `TRASH_STEP_ENTRIES_MAX` entries of removed trees.
     ExpandTrash,
+    /// End client leases whose deadline passed at the entry's time (up to
+    /// `LEASE_EXPIRE_CLIENTS_MAX`), dropping their sessions.
+    ExpireLeases,
 }
 
 /// A target's state as the cluster manager records it.

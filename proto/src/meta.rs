@@ -199,6 +199,34 @@ pub enum MetaRequest {
         parent: InodeId,
         name: String,
     },
+    /// Register an open file (for reading) so that it survives an unlink by anyone until
+    /// `CloseSession`. A session of a client that holds a lease (`RenewLease`) ends when the
+    /// lease expires; without a lease it lasts until closed.
+    OpenSession {
+        inode: InodeId,
+        client: ClientId,
+        session: SessionId,
+    },
+    /// End a session opened by `OpenSession`, `OpenWrite` or `Create { session }` without
+    /// reporting a length. The last session of an unlinked file sends it to garbage.
+    CloseSession {
+        inode: InodeId,
+        client: ClientId,
+        session: SessionId,
+    },
+    /// Start (`first`) or renew this client's lease: its sessions live until `ttl_ms` after
+    /// the leader applies this. A renewal (`first: false`) of a lease that already expired is
+    /// `StaleHandle`: the client's sessions were dropped (its unlinked open files may be
+    /// gone); it must start a new lease with `first: true`.
+    RenewLease {
+        client: ClientId,
+        ttl_ms: u32,
+        first: bool,
+    },
+    /// End this client's lease and every session it holds (clean shutdown).
+    EndLease {
+        client: ClientId,
+    },
 }
 
 impl MetaRequest {
@@ -226,6 +254,10 @@ impl MetaRequest {
             MetaRequest::CloseWrite { .. } => "close_write",
             MetaRequest::SetDirLayout { .. } => "set_dir_layout",
             MetaRequest::RemoveTree { .. } => "remove_tree",
+            MetaRequest::OpenSession { .. } => "open_session",
+            MetaRequest::CloseSession { .. } => "close_session",
+            MetaRequest::RenewLease { .. } => "renew_lease",
+            MetaRequest::EndLease { .. } => "end_lease",
         }
     }
     pub fn is_read(&self) -> bool {

@@ -109,6 +109,14 @@ impl H {
             let (k, _) = it.unwrap();
             out.push((5, k.value().to_be_bytes().to_vec(), vec![]));
         }
+        for it in txn.open_table(LEASES).unwrap().iter().unwrap() {
+            let (k, v) = it.unwrap();
+            out.push((9, k.value().to_be_bytes().to_vec(), v.value().to_vec()));
+        }
+        for it in txn.open_table(CLIENT_SESSIONS).unwrap().iter().unwrap() {
+            let (k, _) = it.unwrap();
+            out.push((10, k.value().to_vec(), vec![]));
+        }
         for it in txn.open_table(META).unwrap().iter().unwrap() {
             let (k, v) = it.unwrap();
             out.push((8, k.value().as_bytes().to_vec(), v.value().to_vec()));
@@ -1168,4 +1176,173 @@ fn retried_write_is_answered_from_dedupe_table() {
         request: RequestId(2),
     };
     assert_eq!(h.w_origin(o2, req).unwrap_err().code, ErrorCode::Exists);
+}
+
+fn open_session(h: &mut H, inode: InodeId, client: u64, session: u64) {
+    h.w(MetaRequest::OpenSession {
+        inode,
+        client: ClientId(client),
+        session: SessionId(session),
+    })
+    .unwrap();
+}
+
+fn renew(h: &mut H, client: u64, ttl_ms: u32, first: bool) -> Result<MetaReply, PondError> {
+    h.w(MetaRequest::RenewLease {
+        client: ClientId(client),
+        ttl_ms,
+        first,
+    })
+}
+
+fn unlink(h: &mut H, name: &str) {
+    h.w(MetaRequest::Unlink {
+        parent: ROOT,
+        name: name.into(),
+    })
+    .unwrap();
+}
+
+#[test]
+fn another_clients_read_session_keeps_an_unlinked_file() {
+    let mut h = H::with_chains();
+    let a = h.create(ROOT, "f").inode;
+    // Client 7 has it open for reading; client 5 (no session) unlinks it.
+    open_session(&mut h, a, 7, 1);
+    open_session(&mut h, a, 8, 1);
+    unlink(&mut h, "f");
+    assert_eq!(h.attr(a).nlink, 0, "readable by id while sessions hold it");
+    assert!(h.gc_inodes().is_empty());
+    h.w(MetaRequest::CloseSession {
+        inode: a,
+        client: ClientId(7),
+        session: SessionId(1),
+    })
+    .unwrap();
+    assert!(h.gc_inodes().is_empty(), "client 8 still has it open");
+    h.w(MetaRequest::CloseSession {
+        inode: a,
+        client: ClientId(8),
+        session: SessionId(1),
+    })
+    .unwrap();
+    assert_eq!(h.gc_inodes(), vec![a.0]);
+    assert_eq!(
+        h.r(MetaRequest::GetAttr { inode: a }).unwrap_err().code,
+        ErrorCode::NotFound
+    );
+    // Sessions only on files, only on existing inodes.
+    let d = h.mkdir(ROOT, "d");
+    h.refused(
+        MetaRequest::OpenSession {
+            inode: d,
+            client: ClientId(7),
+            session: SessionId(2),
+        },
+        ErrorCode::IsDir,
+    );
+    h.refused(
+        MetaRequest::OpenSession {
+            inode: a,
+            client: ClientId(7),
+            session: SessionId(2),
+        },
+        ErrorCode::NotFound,
+    );
+}
+
+#[test]
+fn lease_requests_are_checked_before_anything_changes() {
+    let mut h = H::new();
+    h.refused(
+        MetaRequest::RenewLease {
+            client: ClientId(3),
+            ttl_ms: 10_000,
+            first: false,
+        },
+        ErrorCode::StaleHandle,
+    );
+    h.refused(
+        MetaRequest::RenewLease {
+            client: ClientId(3),
+            ttl_ms: LEASE_TTL_MIN_MS - 1,
+            first: true,
+        },
+        ErrorCode::InvalidArgument,
+    );
+    h.refused(
+        MetaRequest::RenewLease {
+            client: ClientId(3),
+            ttl_ms: LEASE_TTL_MAX_MS + 1,
+            first: true,
+        },
+        ErrorCode::InvalidArgument,
+    );
+    renew(&mut h, 3, 10_000, true).unwrap();
+    renew(&mut h, 3, 10_000, false).unwrap();
+}
+
+#[test]
+fn expired_lease_drops_sessions_and_collects_unlinked_files() {
+    let mut h = H::with_chains();
+    // Each transaction of the harness advances the entry time by one second.
+    let kept = h.create(ROOT, "kept").inode;
+    let gone = h.create(ROOT, "gone").inode;
+    let legacy = h.create(ROOT, "legacy").inode;
+    renew(&mut h, 7, 3_000, true).unwrap(); // deadline: now + 3 s
+    open_session(&mut h, gone, 7, 1);
+    open_session(&mut h, kept, 7, 2);
+    // Client 9 never took a lease: its sessions last until closed.
+    open_session(&mut h, legacy, 9, 1);
+    unlink(&mut h, "gone");
+    unlink(&mut h, "legacy");
+    assert!(h.gc_inodes().is_empty());
+    // Five transactions after the renewal its deadline has passed.
+    assert_eq!(h.with_tx(|tx| tx.expire_leases()), 1, "lease 7 expired");
+    assert_eq!(
+        h.gc_inodes(),
+        vec![gone.0],
+        "the unlinked file held only by 7"
+    );
+    assert_eq!(h.attr(kept).nlink, 1, "linked files are untouched");
+    assert_eq!(h.attr(legacy).nlink, 0, "no lease: the session stays");
+    assert_eq!(h.with_tx(|tx| tx.expire_leases()), 0);
+    // Its renewal now says the sessions are gone.
+    assert_eq!(
+        renew(&mut h, 7, 3_000, false).unwrap_err().code,
+        ErrorCode::StaleHandle
+    );
+    let txn = h.db.begin_read().unwrap();
+    assert_eq!(
+        txn.open_table(CLIENT_SESSIONS)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .count(),
+        1
+    );
+    assert_eq!(txn.open_table(SESSIONS).unwrap().iter().unwrap().count(), 1);
+}
+
+#[test]
+fn renewed_lease_does_not_expire_and_end_lease_releases_everything() {
+    let mut h = H::with_chains();
+    let f = h.create(ROOT, "f").inode;
+    renew(&mut h, 7, 2_000, true).unwrap();
+    open_session(&mut h, f, 7, 1);
+    unlink(&mut h, "f");
+    for _ in 0..5 {
+        renew(&mut h, 7, 2_000, false).unwrap();
+        assert_eq!(h.with_tx(|tx| tx.expire_leases()), 0);
+    }
+    assert!(h.gc_inodes().is_empty());
+    h.w(MetaRequest::EndLease {
+        client: ClientId(7),
+    })
+    .unwrap();
+    assert_eq!(h.gc_inodes(), vec![f.0]);
+    assert_eq!(
+        renew(&mut h, 7, 2_000, false).unwrap_err().code,
+        ErrorCode::StaleHandle
+    );
 }
