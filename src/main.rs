@@ -50,6 +50,8 @@ enum Command {
     Admin(cmd::admin::AdminCmd),
     /// Benchmarks with same-run baselines: `pond bench meta|all [--quick]`.
     Bench(cmd::bench::BenchArgs),
+    /// Chaos run: real processes, seeded faults, consistency checks (`--quick` for CI).
+    Chaos(cmd::chaos::ChaosArgs),
     /// File tools on the client library (no mount needed).
     #[command(flatten)]
     Fs(cmd::fs::FsCmd),
@@ -82,6 +84,7 @@ fn main() -> Result<()> {
         Command::Down { dir } => cmd::up::down(&dir),
         Command::Status { json } => cmd::status::status(cli.cluster.as_deref(), json),
         Command::Bench(b) => cmd::bench::bench(cli.cluster.as_deref(), b),
+        Command::Chaos(c) => cmd::chaos::chaos(c),
         Command::Fs(f) => cmd::fs::run(cli.cluster.as_deref(), f),
         Command::Mount(m) => cmd::mount::mount(cli.cluster.as_deref(), m),
         Command::Unmount { mountpoint } => cmd::mount::unmount(&mountpoint),

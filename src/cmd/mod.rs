@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod chaos;
 pub mod dataset;
 pub mod demo;
 pub mod fs;

@@ -57,7 +57,15 @@ pub struct Cluster {
 impl Cluster {
     /// Start a cluster and wait until `pond up` reports it healthy.
     pub fn start(bin: &str, opts: Opts) -> Result<Cluster> {
-        let dir = tempfile::Builder::new().prefix("pond-it-").tempdir()?;
+        Cluster::start_in(bin, opts, &std::env::temp_dir())
+    }
+
+    /// Like [`Cluster::start`], with the cluster directory created under `parent`.
+    pub fn start_in(bin: &str, opts: Opts, parent: &Path) -> Result<Cluster> {
+        std::fs::create_dir_all(parent)?;
+        let dir = tempfile::Builder::new()
+            .prefix("pond-it-")
+            .tempdir_in(parent)?;
         let c = Cluster {
             bin: PathBuf::from(bin),
             dir,

@@ -1,0 +1,365 @@
+//! The seeded fault schedule and its execution against a [`pond_tests::Cluster`].
+//!
+//! The schedule (kinds, victims, durations, gaps) is a pure function of the seed, so a seed
+//! names a run; which process is the meta leader or which nodes share a chain is looked up
+//! when the fault fires. Every fault undoes itself (restart, SIGCONT) before the next one
+//! starts, so when the schedule ends every process runs again. All waits use the monotonic
+//! clock (tokio timers), never the wall clock.
+
+use anyhow::{Context, Result, bail};
+use pond_client::client::Client;
+use pond_proto::cluster::RoutingInfo;
+use pond_tests::{Cluster, Role};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL a process, restart it after `down`.
+    Kill { role: Role, down: Duration },
+    /// SIGKILL whichever meta replica leads, restart it after `down`.
+    KillLeader { down: Duration },
+    /// SIGKILL the nodes of two targets of one chain, the second `gap` after the first;
+    /// restart both after `down`.
+    KillChainPair {
+        pick: u64,
+        gap: Duration,
+        down: Duration,
+    },
+    /// SIGSTOP a process, SIGCONT it after `frozen` (a node that wakes up late).
+    Pause { role: Role, frozen: Duration },
+    /// Flip bytes in `regions` used 64 KiB slots of one target's `blocks.dat`.
+    Corrupt { node: u32, pick: u64, regions: u32 },
+    /// Restart a storage node with its targets' capacity just above their use, write a big
+    /// file until a target refuses with NoSpace, then unlink it.
+    Fill { node: u32 },
+}
+
+impl Fault {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::Kill { .. } => "kill9+restart",
+            Fault::KillLeader { .. } => "kill9 meta leader",
+            Fault::KillChainPair { .. } => "kill9 two nodes of a chain",
+            Fault::Pause { .. } => "SIGSTOP/SIGCONT",
+            Fault::Corrupt { .. } => "corrupt chunk file",
+            Fault::Fill { .. } => "fill a target",
+        }
+    }
+}
+
+/// A fault and the pause before it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scheduled {
+    pub after: Duration,
+    pub fault: Fault,
+}
+
+fn ms(rng: &mut StdRng, lo: u64, hi: u64) -> Duration {
+    Duration::from_millis(rng.random_range(lo..=hi))
+}
+
+/// The schedule for `seed`: enough faults to fill `total` (each takes a few seconds).
+/// Every kind appears at least once, the fill exactly once.
+pub fn schedule(seed: u64, total: Duration, meta: u32, storage: u32) -> Vec<Scheduled> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    let mut t = Duration::ZERO;
+    let mut k = 0u32;
+    // The first rounds go through every kind once (in a seeded order), then random picks.
+    let mut first: Vec<u32> = (0..6).collect();
+    for i in (1..first.len()).rev() {
+        let j = rng.random_range(0..=i);
+        first.swap(i, j);
+    }
+    while t < total {
+        let kind = if (k as usize) < first.len() {
+            first[k as usize]
+        } else {
+            // no second fill
+            loop {
+                let c = rng.random_range(0..6);
+                if c != 5 {
+                    break c;
+                }
+            }
+        };
+        k += 1;
+        let any_role = |rng: &mut StdRng| {
+            if rng.random_bool(0.35) {
+                Role::Meta(rng.random_range(1..=meta as u64))
+            } else {
+                Role::Storage(rng.random_range(1..=storage))
+            }
+        };
+        let fault = match kind {
+            0 => Fault::Kill {
+                role: any_role(&mut rng),
+                down: ms(&mut rng, 500, 4000),
+            },
+            1 => Fault::KillLeader {
+                down: ms(&mut rng, 500, 3000),
+            },
+            2 => Fault::KillChainPair {
+                pick: rng.random(),
+                gap: ms(&mut rng, 200, 2000),
+                down: ms(&mut rng, 1000, 4000),
+            },
+            3 => Fault::Pause {
+                role: any_role(&mut rng),
+                frozen: ms(&mut rng, 500, 6000),
+            },
+            4 => Fault::Corrupt {
+                node: rng.random_range(1..=storage),
+                pick: rng.random(),
+                regions: rng.random_range(1..=3),
+            },
+            _ => Fault::Fill {
+                node: rng.random_range(1..=storage),
+            },
+        };
+        let after = ms(&mut rng, 1000, 4000);
+        t += after + Duration::from_secs(5);
+        out.push(Scheduled { after, fault });
+    }
+    out
+}
+
+/// What happened, for the report.
+#[derive(Clone, Debug)]
+pub struct Injected {
+    pub at_s: f64,
+    pub kind: &'static str,
+    pub what: String,
+}
+
+pub struct Executor<'a> {
+    pub cluster: &'a mut Cluster,
+    pub client: Client,
+    pub storage_nodes: u32,
+    pub t0: std::time::Instant,
+    pub log: Vec<Injected>,
+    /// Storage nodes whose targets got a capacity limit (left in place for the run).
+    pub capped: Vec<u32>,
+}
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+impl Executor<'_> {
+    fn note(&mut self, kind: &'static str, what: String) {
+        let at_s = self.t0.elapsed().as_secs_f64();
+        println!("chaos: [{at_s:7.2}s] {kind}: {what}");
+        self.log.push(Injected { at_s, kind, what });
+    }
+
+    async fn kill_restart(&mut self, role: Role, down: Duration) -> Result<()> {
+        blocking(|| self.cluster.kill9(role))?;
+        tokio::time::sleep(down).await;
+        blocking(|| self.cluster.restart(role))
+    }
+
+    pub async fn apply(&mut self, fault: &Fault) -> Result<()> {
+        match fault {
+            Fault::Kill { role, down } => {
+                self.note(fault.kind(), format!("{role:?} down for {down:?}"));
+                self.kill_restart(*role, *down).await?;
+            }
+            Fault::KillLeader { down } => {
+                let l = self.cluster.leader(Duration::from_secs(30)).await?;
+                self.note(fault.kind(), format!("leader meta-{l} down for {down:?}"));
+                self.kill_restart(Role::Meta(l), *down).await?;
+            }
+            Fault::KillChainPair { pick, gap, down } => {
+                let routing = self.client.refresh_routing().await?;
+                let (chain, a, b) = chain_pair(&routing, *pick).context("pick a chain")?;
+                self.note(
+                    fault.kind(),
+                    format!("chain {chain}: storage-{a}, then storage-{b} {gap:?} later, both down for {down:?}"),
+                );
+                blocking(|| self.cluster.kill9(Role::Storage(a)))?;
+                tokio::time::sleep(*gap).await;
+                blocking(|| self.cluster.kill9(Role::Storage(b)))?;
+                tokio::time::sleep(*down).await;
+                blocking(|| self.cluster.restart(Role::Storage(a)))?;
+                blocking(|| self.cluster.restart(Role::Storage(b)))?;
+            }
+            Fault::Pause { role, frozen } => {
+                self.note(fault.kind(), format!("{role:?} frozen for {frozen:?}"));
+                self.cluster.pause(*role)?;
+                tokio::time::sleep(*frozen).await;
+                self.cluster.resume(*role)?;
+            }
+            Fault::Corrupt {
+                node,
+                pick,
+                regions,
+            } => {
+                let what = corrupt(self.cluster.path(), *node, *pick, *regions)?;
+                self.note(fault.kind(), what);
+            }
+            Fault::Fill { node } => {
+                let what = self.fill(*node).await?;
+                self.note(fault.kind(), what);
+            }
+        }
+        Ok(())
+    }
+
+    async fn fill(&mut self, node: u32) -> Result<String> {
+        let cfg_path = self
+            .cluster
+            .path()
+            .join(format!("storage-{node}/storage.toml"));
+        blocking(|| self.cluster.kill9(Role::Storage(node)))?;
+        let text = std::fs::read_to_string(&cfg_path)?;
+        let mut cfg: toml::Value = toml::from_str(&text)?;
+        let targets = cfg
+            .get_mut("targets")
+            .and_then(|t| t.as_array_mut())
+            .context("storage config has no targets")?;
+        const HEADROOM: u64 = 8 << 20;
+        for t in targets.iter_mut() {
+            let path = PathBuf::from(t.get("path").and_then(|p| p.as_str()).unwrap_or(""));
+            let used = std::fs::metadata(path.join("blocks.dat"))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            t.as_table_mut().context("target entry")?.insert(
+                "capacity_bytes".into(),
+                toml::Value::Integer((used + HEADROOM) as i64),
+            );
+        }
+        std::fs::write(&cfg_path, toml::to_string_pretty(&cfg)?)?;
+        blocking(|| self.cluster.restart(Role::Storage(node)))?;
+        self.capped.push(node);
+        // Write until refused (NoSpace) or a bound, then remove the file.
+        let path = "/chaos/fill/big";
+        let mut written = 0u64;
+        let mut refused = None;
+        let piece = vec![0xA5u8; 4 << 20];
+        let bound = 256u64 << 20;
+        let started = std::time::Instant::now();
+        match tokio::time::timeout(Duration::from_secs(60), async {
+            let h = self.client.create_file(path).await?;
+            while written < bound && started.elapsed() < Duration::from_secs(40) {
+                match h.pwrite(written, &piece).await {
+                    Ok(_) => {}
+                    Err(e) => return Ok::<_, pond_client::error::ClientError>(Some(e)),
+                }
+                if let Err(e) = h.fsync().await {
+                    return Ok(Some(e));
+                }
+                written += piece.len() as u64;
+            }
+            let _ = h.close().await;
+            Ok(None)
+        })
+        .await
+        {
+            Ok(Ok(r)) => refused = r.map(|e| e.to_string()),
+            Ok(Err(e)) => refused = Some(format!("(create) {e}")),
+            Err(_) => {}
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(60), self.client.unlink_path(path)).await;
+        Ok(format!(
+            "storage-{node} capped at use + 8 MiB; filler wrote {} MiB, then {}; file unlinked",
+            written >> 20,
+            refused
+                .map(|e| format!("was refused: {e}"))
+                .unwrap_or_else(|| "stopped at its bound without a refusal".into())
+        ))
+    }
+}
+
+/// Two nodes holding targets of one chain (head and one more), by `pick`.
+fn chain_pair(r: &RoutingInfo, pick: u64) -> Option<(String, u32, u32)> {
+    let chains: Vec<_> = r.chains.values().filter(|c| c.targets.len() >= 2).collect();
+    if chains.is_empty() {
+        return None;
+    }
+    let c = chains[(pick % chains.len() as u64) as usize];
+    let mut nodes: Vec<u32> = Vec::new();
+    for t in &c.targets {
+        if let Some(ti) = r.targets.get(t)
+            && !nodes.contains(&ti.node.0)
+        {
+            nodes.push(ti.node.0);
+        }
+    }
+    if nodes.len() < 2 {
+        return None;
+    }
+    let second = 1 + (pick / 7 % (nodes.len() as u64 - 1)) as usize;
+    Some((format!("{}", c.id.0), nodes[0], nodes[second]))
+}
+
+/// Flips 16 bytes in `regions` random used slots of one of `node`'s targets.
+fn corrupt(dir: &Path, node: u32, pick: u64, regions: u32) -> Result<String> {
+    use std::os::unix::fs::FileExt;
+    let node_dir = dir.join(format!("storage-{node}"));
+    let mut targets: Vec<PathBuf> = std::fs::read_dir(&node_dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("blocks.dat").exists())
+        .collect();
+    targets.sort();
+    if targets.is_empty() {
+        bail!("storage-{node} has no blocks.dat yet");
+    }
+    let t = &targets[(pick % targets.len() as u64) as usize];
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(t.join("blocks.dat"))?;
+    let len = f.metadata()?.len();
+    let slots = len / (64 << 10);
+    if slots == 0 {
+        return Ok(format!(
+            "{}: blocks.dat empty, nothing to corrupt",
+            t.display()
+        ));
+    }
+    let mut rng = StdRng::seed_from_u64(pick);
+    let mut hit = BTreeMap::new();
+    for _ in 0..regions {
+        let slot = rng.random_range(0..slots);
+        let off = slot * (64 << 10) + rng.random_range(0..(64 << 10) - 16);
+        let mut b = [0u8; 16];
+        f.read_exact_at(&mut b, off)?;
+        for x in b.iter_mut() {
+            *x ^= 0x5A;
+        }
+        f.write_all_at(&b, off)?;
+        hit.insert(slot, off);
+    }
+    Ok(format!(
+        "{}/blocks.dat: 16 bytes flipped in slots {:?}",
+        t.display(),
+        hit.keys().collect::<Vec<_>>()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_is_a_function_of_the_seed_and_covers_every_kind() {
+        let a = schedule(7, Duration::from_secs(60), 3, 4);
+        let b = schedule(7, Duration::from_secs(60), 3, 4);
+        assert_eq!(a, b);
+        let kinds: std::collections::BTreeSet<&str> = a.iter().map(|s| s.fault.kind()).collect();
+        assert_eq!(kinds.len(), 6, "{kinds:?}");
+        assert_eq!(
+            a.iter()
+                .filter(|s| matches!(s.fault, Fault::Fill { .. }))
+                .count(),
+            1
+        );
+        assert_ne!(a, schedule(8, Duration::from_secs(60), 3, 4));
+    }
+}
