@@ -9,12 +9,13 @@
 //! `BootstrapChains` may answer `Exists` after it succeeded), and a write retried after its
 //! dedupe record was evicted (older than the table's window, far beyond the retry budget).
 
+use pond_proto::meta::InodeAttr;
 use pond_proto::meta::{
     CLIENT_ID_HEADER, ClusterReply, ClusterRequest, MetaReply, MetaRequest, REQUEST_ID_HEADER,
 };
 use pond_proto::rpc::TOKEN_HEADER;
 use pond_proto::rpc::meta_service::meta_client::MetaClient as GrpcClient;
-use pond_proto::{ClientId, ErrorCode, PondError, error::from_status};
+use pond_proto::{ClientId, ErrorCode, InodeId, PondError, SessionId, error::from_status};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -121,6 +122,91 @@ impl MetaClient {
             .await
     }
 
+    /// Register an open file so that it stays readable (for every client) after an unlink
+    /// until `close_session`. Returns the file's attributes. With a lease (`start_lease`) the
+    /// session also ends if this client stops renewing (it died).
+    pub async fn open_session(
+        &self,
+        inode: InodeId,
+        session: SessionId,
+    ) -> Result<InodeAttr, PondError> {
+        match self
+            .op(MetaRequest::OpenSession {
+                inode,
+                client: self.client_id(),
+                session,
+            })
+            .await?
+        {
+            MetaReply::Attr(a) => Ok(a),
+            other => Err(PondError::new(
+                ErrorCode::Internal,
+                format!("open_session: unexpected reply {other:?}"),
+            )),
+        }
+    }
+
+    /// End a session (read or write) without reporting a length. `NotFound` means the file
+    /// is already gone (e.g. collected after this client's lease expired).
+    pub async fn close_session(&self, inode: InodeId, session: SessionId) -> Result<(), PondError> {
+        self.op(MetaRequest::CloseSession {
+            inode,
+            client: self.client_id(),
+            session,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Take a lease for this client's sessions and keep renewing it (every third of `ttl`)
+    /// until the returned handle is dropped or `end`ed. If a renewal finds the lease expired
+    /// (the client was cut off longer than `ttl`), a new lease is taken and
+    /// `LeaseHandle::epoch` grows: sessions opened in an earlier epoch are gone.
+    pub async fn start_lease(&self, ttl: Duration) -> Result<LeaseHandle, PondError> {
+        let ttl_ms = u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX);
+        self.renew_lease(ttl_ms, true).await?;
+        let epoch = Arc::new(AtomicU64::new(0));
+        let me = self.clone();
+        let ep = epoch.clone();
+        let task = tokio::spawn(async move {
+            let period = ttl / 3;
+            loop {
+                tokio::time::sleep(period).await;
+                match me.renew_lease(ttl_ms, false).await {
+                    Ok(()) => {}
+                    Err(e) if e.code == ErrorCode::StaleHandle => {
+                        tracing::warn!(
+                            client = me.client_id().0,
+                            "meta lease had expired; sessions were dropped, starting a new lease"
+                        );
+                        ep.fetch_add(1, Ordering::Release);
+                        if let Err(e) = me.renew_lease(ttl_ms, true).await {
+                            tracing::warn!(error = %e, "restart meta lease");
+                        }
+                    }
+                    // Within the retry budget the next period tries again; a lease survives
+                    // two missed renewals.
+                    Err(e) => tracing::warn!(error = %e, "renew meta lease"),
+                }
+            }
+        });
+        Ok(LeaseHandle {
+            client: self.clone(),
+            epoch,
+            task: Some(task),
+        })
+    }
+
+    async fn renew_lease(&self, ttl_ms: u32, first: bool) -> Result<(), PondError> {
+        self.op(MetaRequest::RenewLease {
+            client: self.client_id(),
+            ttl_ms,
+            first,
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// A cluster-manager request (heartbeat, routing, bootstrap, status).
     pub async fn cluster(&self, req: ClusterRequest) -> Result<ClusterReply, PondError> {
         self.call(req, None, |mut c, r| async move { c.cluster(r).await })
@@ -219,5 +305,43 @@ impl MetaClient {
             return ids.get(&id).copied();
         }
         None
+    }
+}
+
+/// A client lease kept alive by a background task (see `MetaClient::start_lease`).
+pub struct LeaseHandle {
+    client: MetaClient,
+    epoch: Arc<AtomicU64>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl LeaseHandle {
+    /// Grows by one each time the lease was found expired and taken anew. A session opened
+    /// while the epoch was `e` is gone once `epoch() > e`.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Stop renewing and release the lease and every session of this client at once.
+    pub async fn end(mut self) -> Result<(), PondError> {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        self.client
+            .op(MetaRequest::EndLease {
+                client: self.client.client_id(),
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+impl Drop for LeaseHandle {
+    /// Stops renewing; the sessions end when the lease runs out (use `end` to release them
+    /// at once).
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
     }
 }
