@@ -4,6 +4,7 @@
 //! A `Client` is cheap to clone (shared state behind an `Arc`); clones share the routing cache,
 //! the data-plane connections and the open-file table.
 
+use crate::cache::MetaCache;
 use crate::config::ClusterFile;
 use crate::error::{ClientError, Result};
 use crate::file::{File, OpenInode, OpenMode};
@@ -37,6 +38,10 @@ pub struct ClientOptions {
     pub meta_deadline: Duration,
     /// Time one chunk operation may spend retrying across replicas and routing changes.
     pub chunk_retry_budget: Duration,
+    /// How old an answer of the `*_cached` namespace reads (and set-group-ID inheritance
+    /// checks) may be. Zero (the default): always ask meta. The FUSE mount sets its
+    /// entry/attribute TTL here (`Client::set_cache_ttl`).
+    pub cache_ttl: Duration,
 }
 
 impl Default for ClientOptions {
@@ -48,6 +53,7 @@ impl Default for ClientOptions {
             routing_poll: limits::routing_poll(),
             meta_deadline: Duration::from_millis(META_DEADLINE_MS),
             chunk_retry_budget: Duration::from_millis(limits::CHUNK_RETRY_BUDGET_MS),
+            cache_ttl: Duration::ZERO,
         }
     }
 }
@@ -105,6 +111,7 @@ pub(crate) struct Core {
     pub(crate) routing: Arc<RoutingCache>,
     pub(crate) client_id: ClientId,
     pub(crate) opts: ClientOptions,
+    pub(crate) cache: MetaCache,
     next_session: AtomicU64,
     open: Mutex<HashMap<InodeId, Weak<OpenInode>>>,
     poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -121,6 +128,17 @@ impl Drop for Core {
 impl Core {
     #[tracing::instrument(level = "debug", skip_all, fields(op = req.name()))]
     pub(crate) async fn meta_op(&self, req: MetaRequest) -> Result<MetaReply> {
+        if !self.cache.enabled() {
+            return self.meta_call(req).await;
+        }
+        let (generation, at) = (self.cache.generation(), std::time::Instant::now());
+        let keep = req.clone();
+        let r = self.meta_call(req).await;
+        self.cache.observe(&keep, r.as_ref().ok(), generation, at);
+        r
+    }
+
+    async fn meta_call(&self, req: MetaRequest) -> Result<MetaReply> {
         match tokio::time::timeout(self.opts.meta_deadline, self.meta.op(req)).await {
             Ok(r) => Ok(r?),
             Err(_) => Err(ClientError::new(
@@ -203,6 +221,7 @@ impl Client {
             data: DataPath::new(data, routing.clone(), opts.chunk_retry_budget),
             routing,
             client_id,
+            cache: MetaCache::new(opts.cache_ttl),
             opts,
             next_session: AtomicU64::new(1),
             open: Mutex::new(HashMap::new()),
@@ -272,6 +291,75 @@ impl Client {
     pub async fn getattr(&self, inode: InodeId) -> Result<InodeAttr> {
         self.attr_op("GetAttr", MetaRequest::GetAttr { inode })
             .await
+    }
+
+    /// Sets how old answers of the `*_cached` reads may be (zero: always ask meta).
+    pub fn set_cache_ttl(&self, ttl: Duration) {
+        self.core.cache.set_ttl(ttl);
+    }
+
+    /// `lookup`, answered from the namespace cache when it holds an answer younger than the
+    /// cache TTL; returns the attributes and how long they may still be used. The second miss
+    /// in one directory within the TTL lists the directory into the cache.
+    pub async fn lookup_cached(
+        &self,
+        parent: InodeId,
+        name: &str,
+    ) -> Result<(InodeAttr, Duration)> {
+        let ttl = self.core.cache.ttl();
+        if let Some((mut a, left)) = self.core.cache.lookup(parent, name) {
+            self.overlay(&mut a);
+            return Ok((a, left));
+        }
+        if self.core.cache.miss_wants_prefetch(parent) {
+            if let Err(e) = self.prefetch_dir(parent).await {
+                tracing::debug!(%parent, error = %e, "directory prefetch failed");
+            }
+            if let Some((mut a, left)) = self.core.cache.lookup(parent, name) {
+                self.overlay(&mut a);
+                return Ok((a, left));
+            }
+        }
+        Ok((self.lookup(parent, name).await?, ttl))
+    }
+
+    /// `getattr`, answered from the namespace cache when it can (see `lookup_cached`).
+    pub async fn getattr_cached(&self, inode: InodeId) -> Result<(InodeAttr, Duration)> {
+        let ttl = self.core.cache.ttl();
+        if let Some((mut a, left)) = self.core.cache.attr(inode) {
+            self.overlay(&mut a);
+            return Ok((a, left));
+        }
+        Ok((self.getattr(inode).await?, ttl))
+    }
+
+    /// Lists `dir` with attributes into the namespace cache (up to
+    /// `DIR_PREFETCH_ENTRIES_MAX` entries).
+    async fn prefetch_dir(&self, dir: InodeId) -> Result<()> {
+        let generation = self.core.cache.generation();
+        let at = std::time::Instant::now();
+        let mut after = None;
+        let mut fetched = 0usize;
+        while fetched < limits::DIR_PREFETCH_ENTRIES_MAX {
+            let reply = self
+                .core
+                .meta_call(MetaRequest::ReadDirPlus {
+                    dir,
+                    after: after.take(),
+                    limit: limits::READDIR_PAGE,
+                })
+                .await?;
+            let MetaReply::DirPlus { entries, more } = reply else {
+                return Err(unexpected("ReadDirPlus", &reply).into());
+            };
+            fetched += entries.len();
+            self.core.cache.put_listing(dir, &entries, generation, at);
+            match entries.last() {
+                Some((last, _)) if more => after = Some(last.name.clone()),
+                _ => break,
+            }
+        }
+        Ok(())
     }
 
     /// Changes attributes. A size change truncates through the data plane first. A change of
@@ -376,8 +464,10 @@ impl Client {
         .await
     }
 
-    /// Creates (or with `!exclusive` opens an existing) file and opens it for writing, in one
-    /// meta round trip.
+    /// Creates (or with `!exclusive` opens an existing) file and opens it, in one meta round
+    /// trip. No write session is opened here: the first write that goes to storage while the
+    /// file stays open opens one, and a file written and closed at once reports its length in
+    /// one request at close (see `OpenInode::sync_report`).
     #[allow(clippy::too_many_arguments)]
     pub async fn create_open(
         &self,
@@ -391,7 +481,6 @@ impl Client {
     ) -> Result<(InodeAttr, File)> {
         validate_name(name)?;
         let (caller, perm) = self.inherit(parent, caller, perm, false).await?;
-        let session = mode.write.then(|| self.core.new_session());
         let mut attr = expect_attr(
             "Create",
             self.core
@@ -402,18 +491,12 @@ impl Client {
                     caller,
                     exclusive,
                     hint,
-                    session: session.map(|s| (self.core.client_id, s)),
+                    session: None,
                 })
                 .await?,
         )?;
         let oi = self.core.open_inode(&attr)?;
         let file = File::new(oi.clone(), mode);
-        if mode.write
-            && let Err(e) = oi.ensure_session(session).await
-        {
-            let _ = file.close().await;
-            return Err(e);
-        }
         oi.overlay(&mut attr);
         Ok((attr, file))
     }
@@ -443,18 +526,15 @@ impl Client {
         }
         let oi = self.core.open_inode(attr)?;
         let file = File::new(oi.clone(), mode);
-        if mode.write {
-            if let Err(e) = oi.ensure_session(None).await {
-                let _ = file.close().await;
-                return Err(e);
-            }
-            if truncate
-                && (oi.size() > 0 || attr.size > 0)
-                && let Err(e) = oi.truncate(0).await
-            {
-                let _ = file.close().await;
-                return Err(e);
-            }
+        // No write session yet: the first write sent to storage while the file stays open
+        // opens it (a file rewritten and closed at once needs none).
+        if mode.write
+            && truncate
+            && (oi.size() > 0 || attr.size > 0)
+            && let Err(e) = oi.truncate(0).await
+        {
+            let _ = file.close().await;
+            return Err(e);
         }
         Ok(file)
     }
@@ -674,7 +754,9 @@ impl Client {
         mode: u32,
         dir: bool,
     ) -> Result<(Caller, u32)> {
-        let p = self.getattr(parent).await?;
+        // Mode and group of the parent, as recent as the cache TTL allows (the kernel's own
+        // attribute cache makes the same trade for permission checks).
+        let (p, _) = self.getattr_cached(parent).await?;
         if p.kind != FileType::Dir {
             return Err(ClientError::new(
                 ErrorCode::NotDir,

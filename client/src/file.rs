@@ -38,6 +38,16 @@ use tokio::sync::{Semaphore, oneshot};
 
 type Done = Shared<BoxFuture<'static, ()>>;
 
+/// Why buffered bytes are sent to storage.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Dispatch {
+    /// While the file stays open (full chunk, full buffer, a read of dirty bytes, a direct
+    /// write): a write session must hold the inode in meta first.
+    Background,
+    /// flush/fsync/close: the length report follows at once.
+    Closing,
+}
+
 fn now() -> pond_proto::meta::Timestamp {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -304,7 +314,7 @@ impl OpenInode {
                 if st.buf.bytes() > limits::WRITE_BUFFER_BYTES_MAX {
                     ready.extend(st.buf.take_all());
                 }
-                self.dispatch_locked(&mut st, ready, false);
+                self.dispatch_locked(&mut st, ready, false, Dispatch::Background);
                 replaced
             };
             if released > 0 {
@@ -347,8 +357,8 @@ impl OpenInode {
             let older = st
                 .buf
                 .take_overlapping(base, self.layout.chunk_bytes as u64);
-            self.dispatch_locked(&mut st, older, false);
-            waits.extend(self.dispatch_locked(&mut st, vec![piece], true));
+            self.dispatch_locked(&mut st, older, false, Dispatch::Background);
+            waits.extend(self.dispatch_locked(&mut st, vec![piece], true, Dispatch::Background));
             st.written_end = st
                 .written_end
                 .max(p.file_offset(self.layout.chunk_bytes) + p.len as u64);
@@ -365,13 +375,19 @@ impl OpenInode {
     }
 
     /// Starts background writes of `pieces`, each after the previous write of its chunk.
+    ///
+    /// `Background` writes (the file stays open for more) first make sure a write session
+    /// holds the inode in meta; a `Closing` flush does not open one: its length report follows
+    /// at once (a small file written and closed costs no session at all).
     fn dispatch_locked(
         self: &Arc<Self>,
         st: &mut WState,
         pieces: Vec<DirtyPiece>,
         want_result: bool,
+        why: Dispatch,
     ) -> Vec<oneshot::Receiver<Result<(), PondError>>> {
         let mut results = Vec::new();
+        let need_session = why == Dispatch::Background && st.session.is_none() && st.writers > 0;
         for p in pieces {
             let prev = st.last.get(&p.index).cloned();
             let (tx, rx) = oneshot::channel::<()>();
@@ -391,12 +407,20 @@ impl OpenInode {
                     prev.await;
                 }
                 let len = p.data.len();
-                let r = me
-                    .core
-                    .data
-                    .write_piece(me.inode, &me.layout, p.index, p.offset, p.data)
-                    .await;
-                let r = r.map(|_| ()).map_err(ClientError::into_pond);
+                let r = match need_session {
+                    true => me.ensure_session(None).await,
+                    false => Ok(()),
+                };
+                let r = match r {
+                    Ok(()) => me
+                        .core
+                        .data
+                        .write_piece(me.inode, &me.layout, p.index, p.offset, p.data)
+                        .await
+                        .map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                let r = r.map_err(ClientError::into_pond);
                 {
                     let mut st = me.st.lock();
                     if let Err(e) = &r
@@ -424,7 +448,7 @@ impl OpenInode {
         let waits: Vec<Done> = {
             let mut st = self.st.lock();
             let all = st.buf.take_all();
-            self.dispatch_locked(&mut st, all, false);
+            self.dispatch_locked(&mut st, all, false, Dispatch::Closing);
             st.last.values().cloned().collect()
         };
         futures::future::join_all(waits).await;
@@ -437,13 +461,45 @@ impl OpenInode {
     /// Flush, then tell meta: the length if it grew (meta stamps mtime), else the new mtime if
     /// bytes were overwritten.
     pub async fn sync(self: &Arc<Self>) -> Result<()> {
+        self.sync_report(false).await.map(|_| ())
+    }
+
+    /// `sync`, and with `end_session` also closes the write session in the same request when
+    /// no other writer or pin needs it (`CloseWrite` carries the length): what `close(2)`
+    /// needs, in one meta round trip. Returns the attributes meta answered with, if it was
+    /// asked at all (nothing written and no session: no request).
+    pub(crate) async fn sync_report(
+        self: &Arc<Self>,
+        end_session: bool,
+    ) -> Result<Option<InodeAttr>> {
         self.flush().await?;
-        let (end, reported, tv, modified) = {
+        let _g = self.session_lock.lock().await;
+        let (end, reported, tv, modified, meta_size, session, sole) = {
             let mut st = self.st.lock();
             let m = std::mem::take(&mut st.modified);
-            (st.written_end, st.reported_end, st.truncate_version, m)
+            (
+                st.written_end,
+                st.reported_end,
+                st.truncate_version,
+                m,
+                st.meta_size,
+                st.session,
+                st.writers <= 1 && !st.pinned,
+            )
         };
-        let req = if end > reported {
+        // A report that does not grow meta's size moves no mtime there: overwrites in place
+        // send the mtime themselves.
+        let grows = end > reported && end > meta_size;
+        let close = session.filter(|_| end_session && sole && (grows || !modified));
+        let req = if let Some(s) = close {
+            MetaRequest::CloseWrite {
+                inode: self.inode,
+                client: self.core.client_id,
+                session: s,
+                length: end,
+                truncate_version: tv,
+            }
+        } else if grows {
             MetaRequest::ReportLength {
                 inode: self.inode,
                 length: end,
@@ -459,8 +515,11 @@ impl OpenInode {
                 set,
             }
         } else {
-            return Ok(());
+            let mut st = self.st.lock();
+            st.reported_end = st.reported_end.max(end);
+            return Ok(None);
         };
+        let what = req.name();
         let reply = match self.core.meta_op(req).await {
             Ok(r) => r,
             Err(e) => {
@@ -468,12 +527,16 @@ impl OpenInode {
                 return Err(e);
             }
         };
-        let mut attr = expect_attr("ReportLength", reply)?;
+        let mut attr = expect_attr(what, reply)?;
         let mut st = self.st.lock();
+        // Meta has at least `end` now (reported, or it had more already).
         st.reported_end = st.reported_end.max(end);
+        if close.is_some() {
+            st.session = None;
+        }
         drop(st);
         self.overlay(&mut attr);
-        Ok(())
+        Ok(Some(attr))
     }
 
     /// Reads up to `len` bytes at `offset` (short at the end of the file).
@@ -532,7 +595,7 @@ impl OpenInode {
         let waits: Vec<Done> = {
             let mut st = self.st.lock();
             let dirty = st.buf.take_overlapping(offset, len);
-            self.dispatch_locked(&mut st, dirty, false);
+            self.dispatch_locked(&mut st, dirty, false, Dispatch::Background);
             let (first, last) = (offset / cb, (offset + len).div_ceil(cb));
             st.last
                 .iter()
@@ -626,7 +689,11 @@ impl OpenInode {
     /// One handle closes: flush; the last writer (or last handle of a pinned inode) closes the
     /// write session with the final length, others report the length.
     pub(crate) async fn handle_closed(self: &Arc<Self>, write: bool) -> Result<()> {
-        let flushed = if write { self.sync().await } else { Ok(()) };
+        let flushed = if write {
+            self.sync_report(true).await.map(|_| ())
+        } else {
+            Ok(())
+        };
         let _guard = self.session_lock.lock().await;
         let (session, end_session) = {
             let mut st = self.st.lock();
@@ -861,6 +928,18 @@ impl File {
     pub async fn fsync(&self) -> Result<()> {
         self.check_open()?;
         self.oi.sync().await
+    }
+
+    /// What `close(2)` of one descriptor needs before it returns (FUSE `flush`): writes durable
+    /// and the length visible in meta; when this handle is the only writer, the write session
+    /// is closed in the same request. The handle stays usable (a duplicated descriptor may
+    /// write on: a new session opens when needed). Returns meta's attributes if it was asked.
+    pub async fn flush_for_close(&self) -> Result<Option<InodeAttr>> {
+        self.check_open()?;
+        if !self.mode.write {
+            return Ok(None);
+        }
+        self.oi.sync_report(true).await
     }
 
     /// Flushes and closes the handle (the last writer closes the write session). Returns the

@@ -66,10 +66,9 @@ async fn random_operations_match_a_byte_model() {
         )
         .await
         .unwrap();
-    assert_eq!(
-        meta.sessions(a.inode()),
-        1,
-        "one session per inode per client"
+    assert!(
+        meta.sessions(a.inode()) <= 1,
+        "at most one session per inode per client"
     );
     let mut model: Vec<u8> = Vec::new();
     for step in 0..300 {
@@ -382,4 +381,80 @@ fn testkit_attr() -> pond_proto::meta::InodeAttr {
         layout: None,
         truncate_version: 0,
     }
+}
+
+#[tokio::test]
+async fn a_small_file_written_and_closed_costs_one_meta_request_after_create() {
+    use std::sync::atomic::Ordering;
+    let (c, meta, _storage) = testkit::client().await;
+    let f = c.create_file("/small").await.unwrap();
+    assert_eq!(meta.sessions(f.inode()), 0, "no session opened by create");
+    let before = meta.ops.load(Ordering::Relaxed);
+    f.pwrite(0, &pattern(3, 1000)).await.unwrap();
+    f.close().await.unwrap();
+    assert_eq!(
+        meta.ops.load(Ordering::Relaxed) - before,
+        1,
+        "the length report alone"
+    );
+    assert_eq!(meta.attr(f.inode()).unwrap().size, 1000);
+    // An empty create and close: nothing after the create.
+    let g = c.create_file("/empty").await.unwrap();
+    let before = meta.ops.load(Ordering::Relaxed);
+    g.close().await.unwrap();
+    assert_eq!(meta.ops.load(Ordering::Relaxed), before);
+}
+
+#[tokio::test]
+async fn a_long_writer_holds_a_session_until_close_and_reports_in_the_same_request() {
+    use std::sync::atomic::Ordering;
+    let (c, meta, _storage) = testkit::client().await;
+    let f = c.create_file("/long").await.unwrap();
+    // Two full chunks go to storage while the file stays open: a session must hold it.
+    let data = pattern(4, 2 * TEST_CHUNK as usize + 10);
+    f.pwrite(0, &data).await.unwrap();
+    f.flush().await.unwrap();
+    assert_eq!(
+        meta.sessions(f.inode()),
+        1,
+        "session opened by background writes"
+    );
+    let before = meta.ops.load(Ordering::Relaxed);
+    let attr = f.flush_for_close().await.unwrap().expect("meta asked");
+    assert_eq!(attr.size, data.len() as u64);
+    assert_eq!(meta.sessions(f.inode()), 0, "closed with the length");
+    assert_eq!(meta.ops.load(Ordering::Relaxed) - before, 1, "one request");
+    // The handle still writes (a duplicated descriptor), then closes.
+    f.pwrite(data.len() as u64, b"tail").await.unwrap();
+    f.close().await.unwrap();
+    assert_eq!(meta.sessions(f.inode()), 0);
+    assert_eq!(meta.attr(f.inode()).unwrap().size, data.len() as u64 + 4);
+    let mut want = data.clone();
+    want.extend_from_slice(b"tail");
+    assert_eq!(c.read_file("/long").await.unwrap(), want);
+}
+
+#[tokio::test]
+async fn an_overwrite_in_place_moves_mtime() {
+    let (c, meta, _storage) = testkit::client().await;
+    c.write_file("/m", &pattern(5, 5000)).await.unwrap();
+    let ino = c.stat("/m").await.unwrap().inode;
+    meta.set_mtime(ino, pond_proto::meta::Timestamp { sec: 1, nsec: 0 });
+    let f = c
+        .open(
+            "/m",
+            OpenOptions {
+                mode: OpenMode::WRITE,
+                create: false,
+                truncate: false,
+                ..OpenOptions::write()
+            },
+        )
+        .await
+        .unwrap();
+    f.pwrite(0, b"xyz").await.unwrap();
+    f.close().await.unwrap();
+    let a = meta.attr(ino).unwrap();
+    assert_eq!(a.size, 5000);
+    assert!(a.mtime.sec > 1, "mtime moved: {:?}", a.mtime);
 }

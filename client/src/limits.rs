@@ -81,6 +81,19 @@ pub const BATCH_IN_FLIGHT_MAX: usize = 256;
 /// is written in parallel per step.
 pub const COPY_STEP_BYTES: usize = 16 << 20;
 
+/// Attributes (and names) the namespace cache (`cache.rs`) holds before it starts over:
+/// 65,536 × ~300 B ≈ 20 MB, more than the working set of a stat sweep over a large directory.
+pub const META_CACHE_ENTRIES_MAX: usize = 1 << 16;
+
+/// Lookup misses in one directory (within the cache TTL) after which the directory is listed
+/// with attributes into the cache. 2: one miss is a single open or stat; the second says
+/// "sweep" (`ls -l`, `find`, a loader stat-ing its samples).
+pub const DIR_PREFETCH_MISSES: u32 = 2;
+
+/// Entries a directory prefetch fetches at most (4 `ReadDirPlus` pages of `READDIR_PAGE`):
+/// a bound on what one lookup miss may cost.
+pub const DIR_PREFETCH_ENTRIES_MAX: usize = 4 * READDIR_PAGE as usize;
+
 pub fn routing_poll() -> Duration {
     Duration::from_millis(ROUTING_POLL_MS)
 }

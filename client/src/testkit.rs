@@ -146,6 +146,12 @@ impl FakeMeta {
         self.st.lock().inodes.get(&inode).map(|n| n.attr.clone())
     }
 
+    pub fn set_mtime(&self, inode: InodeId, t: Timestamp) {
+        if let Some(n) = self.st.lock().inodes.get_mut(&inode) {
+            n.attr.mtime = t;
+        }
+    }
+
     pub fn sessions(&self, inode: InodeId) -> u32 {
         self.st.lock().sessions.get(&inode).copied().unwrap_or(0)
     }
@@ -358,6 +364,9 @@ impl FakeMeta {
                 }
                 if let Some(g) = set.gid {
                     n.attr.gid = g;
+                }
+                if let Some(t) = set.mtime {
+                    n.attr.mtime = t;
                 }
                 Ok(MetaReply::Attr(n.attr.clone()))
             }
@@ -656,6 +665,7 @@ pub async fn client() -> (crate::Client, Arc<FakeMeta>, Arc<FakeStorage>) {
         routing_poll: Duration::from_millis(50),
         meta_deadline: Duration::from_secs(10),
         chunk_retry_budget: Duration::from_secs(3),
+        cache_ttl: Duration::ZERO,
     };
     let c = crate::Client::with_parts(meta.clone(), storage.data_client(), opts)
         .await

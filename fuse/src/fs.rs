@@ -37,6 +37,30 @@ const READDIR_BATCH: usize = 128;
 const READDIRPLUS_BATCH: usize = 48;
 /// Zeros written per step by fallocate's punch-hole/zero-range.
 const ZERO_STEP_BYTES: usize = 1 << 20;
+/// `FOPEN_KEEP_CACHE` of the FUSE protocol (fuse3 does not export the open flags).
+const FOPEN_KEEP_CACHE: u32 = 1 << 1;
+/// Inodes whose page-cache version this mount remembers; past it the table starts over (the
+/// next open of each forgotten file drops its cache once).
+const CACHE_KEYS_MAX: usize = 1 << 16;
+
+/// The version of a file's bytes as the kernel's page cache of this mount holds them: any
+/// write (size or mtime moves) or truncate (version) from anywhere changes it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct CacheKey {
+    size: u64,
+    mtime: pond_proto::meta::Timestamp,
+    truncate_version: u64,
+}
+
+impl CacheKey {
+    fn of(a: &pond_proto::meta::InodeAttr) -> CacheKey {
+        CacheKey {
+            size: a.size,
+            mtime: a.mtime,
+            truncate_version: a.truncate_version,
+        }
+    }
+}
 
 pub(crate) struct FileHandle {
     file: File,
@@ -50,6 +74,10 @@ pub(crate) struct Shared {
     dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
     /// Directory inode → parent inode, learned from lookups (for `..` in listings).
     parents: Mutex<HashMap<u64, u64>>,
+    /// File inode → the version its page cache in this mount holds (see `open`).
+    cache_keys: Mutex<HashMap<u64, CacheKey>>,
+    /// The kernel notification channel (from `ready`), for cache invalidation.
+    notify: Mutex<Option<Notify>>,
     next_fh: AtomicU64,
 }
 
@@ -61,6 +89,8 @@ impl Shared {
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             parents: Mutex::new(HashMap::new()),
+            cache_keys: Mutex::new(HashMap::new()),
+            notify: Mutex::new(None),
             next_fh: AtomicU64::new(1),
         }
     }
@@ -79,6 +109,42 @@ impl Shared {
 
     pub(crate) fn open_files(&self) -> usize {
         self.files.lock().len()
+    }
+
+    /// Records that the page cache of `inode` in this mount holds the bytes of version `a`.
+    fn set_cache_key(&self, a: &pond_proto::meta::InodeAttr) {
+        let mut k = self.cache_keys.lock();
+        if k.len() >= CACHE_KEYS_MAX && !k.contains_key(&a.inode.0) {
+            k.clear();
+        }
+        k.insert(a.inode.0, CacheKey::of(a));
+    }
+
+    /// Whether an open may keep the page cache: the file is still at the version the cache
+    /// holds. Otherwise the kernel drops it at this open and refills it from version `a`.
+    fn keep_cache(&self, a: &pond_proto::meta::InodeAttr) -> bool {
+        let key = CacheKey::of(a);
+        let mut k = self.cache_keys.lock();
+        if k.get(&a.inode.0) == Some(&key) {
+            return true;
+        }
+        if k.len() >= CACHE_KEYS_MAX {
+            k.clear();
+        }
+        k.insert(a.inode.0, key);
+        false
+    }
+
+    /// Tells the kernel to ask for `inode`'s attributes again (its size may be stale).
+    fn invalidate_attr_only(&self, inode: u64) {
+        let Some(n) = self.notify.lock().clone() else {
+            return;
+        };
+        tokio::spawn(n.invalid_inode(inode, -1, 0));
+    }
+
+    fn forget_cache_key(&self, inode: u64) {
+        self.cache_keys.lock().remove(&inode);
     }
 }
 
@@ -122,6 +188,17 @@ impl PondFs {
             attr: file_attr(a),
             generation: 0,
         }
+    }
+
+    /// Fresh-enough attributes (the namespace cache answers within the TTL).
+    async fn attr_cached(&self, inode: u64) -> Result<pond_proto::meta::InodeAttr> {
+        let (a, _) = self
+            .s
+            .client
+            .getattr_cached(InodeId(inode))
+            .await
+            .map_err(fail)?;
+        Ok(a)
     }
 
     fn file(&self, fh: u64) -> Result<Arc<FileHandle>> {
@@ -172,6 +249,8 @@ impl PondFs {
         }
     }
 
+    /// Writes zeros through the client, not through the page cache: the kernel drops the
+    /// range from its cache itself after a punch-hole or zero-range fallocate.
     async fn zero_range(&self, h: &FileHandle, offset: u64, len: u64) -> Result<()> {
         let zeros = vec![0u8; ZERO_STEP_BYTES.min(len as usize)];
         let mut at = offset;
@@ -199,6 +278,10 @@ impl Filesystem for PondFs {
         Ok(r)
     }
 
+    async fn ready(&self, notify: Notify) {
+        *self.s.notify.lock() = Some(notify);
+    }
+
     async fn destroy(&self, _req: Request) {
         self.s.close_all().await;
     }
@@ -208,14 +291,19 @@ impl Filesystem for PondFs {
         let Some(name) = name.to_str() else {
             return Err(libc::ENOENT.into());
         };
-        let a = self
+        let (a, left) = self
             .s
             .client
-            .lookup(InodeId(parent), name)
+            .lookup_cached(InodeId(parent), name)
             .await
             .map_err(fail)?;
         self.remember_parent(&a, parent);
-        Ok(self.entry(&a))
+        // Only the time the answer has left: cache and kernel together stay within the TTL.
+        Ok(ReplyEntry {
+            ttl: left.min(self.s.opts.entry_ttl),
+            attr: file_attr(&a),
+            generation: 0,
+        })
     }
 
     async fn forget(&self, _req: Request, _inode: u64, _nlookup: u64) {}
@@ -230,9 +318,14 @@ impl Filesystem for PondFs {
         _fh: Option<u64>,
         _flags: u32,
     ) -> Result<ReplyAttr> {
-        let a = self.s.client.getattr(InodeId(inode)).await.map_err(fail)?;
+        let (a, left) = self
+            .s
+            .client
+            .getattr_cached(InodeId(inode))
+            .await
+            .map_err(fail)?;
         Ok(ReplyAttr {
-            ttl: self.s.opts.attr_ttl,
+            ttl: left.min(self.s.opts.attr_ttl),
             attr: file_attr(&a),
         })
     }
@@ -261,6 +354,10 @@ impl Filesystem for PondFs {
             .setattr(InodeId(inode), p)
             .await
             .map_err(fail)?;
+        if a.kind == pond_proto::meta::FileType::File {
+            // The kernel applied a size change to its own cache; the rest leaves bytes alone.
+            self.s.set_cache_key(&a);
+        }
         Ok(ReplyAttr {
             ttl: self.s.opts.attr_ttl,
             attr: file_attr(&a),
@@ -429,15 +526,26 @@ impl Filesystem for PondFs {
             self.check_writable()?;
         }
         let truncate = flags & libc::O_TRUNC != 0 && mode.write;
+        // Close-to-open: always meta's current attributes, never the cache's.
+        let attr = self.s.client.getattr(InodeId(inode)).await.map_err(fail)?;
         let file = self
             .s
             .client
-            .open_inode(InodeId(inode), mode, truncate)
+            .open_attr(&attr, mode, truncate)
             .await
             .map_err(fail)?;
+        // The page cache survives this open when the file is still at the version it holds
+        // (nothing wrote or truncated it anywhere since); otherwise the kernel drops it now and
+        // must also forget the size it caches.
+        let keep = !truncate && self.s.keep_cache(&attr);
+        if truncate {
+            self.s.forget_cache_key(inode);
+        } else if !keep {
+            self.s.invalidate_attr_only(inode);
+        }
         Ok(ReplyOpen {
             fh: self.add_file(file),
-            flags: 0,
+            flags: if keep { FOPEN_KEEP_CACHE } else { 0 },
         })
     }
 
@@ -530,12 +638,17 @@ impl Filesystem for PondFs {
         if !h.file.mode().write {
             return Ok(());
         }
-        h.file.fsync().await.map_err(fail)
+        // The bytes written through this mount went through its page cache: it holds exactly
+        // the version meta answers with now.
+        if let Some(a) = h.file.flush_for_close().await.map_err(fail)? {
+            self.s.set_cache_key(&a);
+        }
+        Ok(())
     }
 
     #[tracing::instrument(level = "debug", skip(self, _req))]
     async fn opendir(&self, _req: Request, inode: u64, _flags: u32) -> Result<ReplyOpen> {
-        let a = self.s.client.getattr(InodeId(inode)).await.map_err(fail)?;
+        let a = self.attr_cached(inode).await?;
         if a.kind != pond_proto::meta::FileType::Dir {
             return Err(libc::ENOTDIR.into());
         }
@@ -619,7 +732,7 @@ impl Filesystem for PondFs {
                 None => {
                     // "." and "..": the kernel ignores their attributes; send the directory's.
                     if dot_attr.is_none() {
-                        dot_attr = Some(self.s.client.getattr(d.dir).await.map_err(fail)?);
+                        dot_attr = Some(self.attr_cached(d.dir.0).await?);
                     }
                     let mut fa = file_attr(dot_attr.as_ref().expect("fetched above"));
                     fa.ino = l.inode.0;
@@ -653,7 +766,7 @@ impl Filesystem for PondFs {
     }
 
     async fn access(&self, req: Request, inode: u64, mask: u32) -> Result<()> {
-        let a = self.s.client.getattr(InodeId(inode)).await.map_err(fail)?;
+        let a = self.attr_cached(inode).await?;
         if mask as i32 & libc::W_OK != 0 && self.s.opts.read_only {
             return Err(libc::EROFS.into());
         }
@@ -701,6 +814,8 @@ impl Filesystem for PondFs {
                 }
             }
         }
+        // A new (or just truncated) file: the page cache holds nothing of it yet.
+        self.s.set_cache_key(&a);
         let fh = self.add_file(file);
         Ok(ReplyCreated {
             ttl: self.s.opts.entry_ttl,
@@ -731,6 +846,8 @@ impl Filesystem for PondFs {
             .ok_or_else(|| Errno::from(libc::EFBIG))?;
         let mode = mode as i32;
         let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        // Size or bytes change behind the page cache's back.
+        self.s.forget_cache_key(h.file.inode().0);
         let size = h.file.size();
         match mode & !libc::FALLOC_FL_KEEP_SIZE {
             // Allocate: pond does not reserve space ahead (chunks are written on demand), but the

@@ -111,6 +111,10 @@ pub async fn mount(
         .read_only(opts.read_only)
         .write_back(false);
     let read_ahead_kb = opts.read_ahead_kb;
+    // Namespace answers may be as old as the kernel's caches may keep them, no older: lookups
+    // and getattrs the kernel does send are then answered without a meta round trip when an
+    // answer is that fresh (FUSE replies carry only the time it has left).
+    client.set_cache_ttl(opts.attr_ttl.min(opts.entry_ttl));
     let shared = Arc::new(Shared::new(client, opts));
     let fs = PondFs { s: shared.clone() };
     let session = fuse3::raw::Session::new(fo);

@@ -1,0 +1,414 @@
+//! A time-bounded cache of namespace answers (name → inode, inode → attributes) for callers
+//! that accept answers up to `ttl` old, like the kernel's own entry and attribute caches: the
+//! FUSE mount, and set-group-ID inheritance checks of the parent directory.
+//!
+//! - **Staleness bound.** An answer is served at most `ttl` after meta gave it; callers that
+//!   hand it on (FUSE replies) pass on only the time left, so the bound holds end to end.
+//! - **Own changes are never stale.** Every meta request of this client passes through
+//!   [`MetaCache::observe`]: replies refresh what they carry, and mutations drop what they
+//!   may have changed (both parents' attributes, the names, the inodes named), also when the
+//!   request failed (it may have applied).
+//! - **No stale refill.** A read that started before an invalidation does not insert its
+//!   (possibly older) answer (`generation`).
+//! - **Directory prefetch.** The second lookup miss in one directory within `ttl` fetches the
+//!   directory's entries with attributes (`ReadDirPlus`, up to `DIR_PREFETCH_ENTRIES_MAX`),
+//!   so `ls -l`, `find` and stat sweeps cost one round trip per page instead of one per name.
+//! - Bounded: past `META_CACHE_ENTRIES_MAX` attributes the cache starts over.
+
+use crate::limits;
+use parking_lot::Mutex;
+use pond_proto::InodeId;
+use pond_proto::meta::{InodeAttr, MetaReply, MetaRequest};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+struct Inner {
+    attrs: HashMap<InodeId, (InodeAttr, Instant)>,
+    /// (parent, name) → child, with when meta said so.
+    entries: HashMap<(InodeId, String), (InodeId, Instant)>,
+    /// Lookup misses per directory: (count, first miss of the window).
+    misses: HashMap<InodeId, (u32, Instant)>,
+    /// Directories listed by a prefetch, and when.
+    listed: HashMap<InodeId, Instant>,
+    /// Bumped by every invalidation.
+    generation: u64,
+}
+
+pub(crate) struct MetaCache {
+    /// Nanoseconds; 0 disables the cache.
+    ttl_ns: AtomicU64,
+    inner: Mutex<Inner>,
+}
+
+/// What a cached read returns: the attributes and how long they may still be used.
+pub(crate) type Cached = (InodeAttr, Duration);
+
+impl MetaCache {
+    pub(crate) fn new(ttl: Duration) -> MetaCache {
+        MetaCache {
+            ttl_ns: AtomicU64::new(ttl.as_nanos() as u64),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    pub(crate) fn ttl(&self) -> Duration {
+        Duration::from_nanos(self.ttl_ns.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_ttl(&self, ttl: Duration) {
+        self.ttl_ns.store(ttl.as_nanos() as u64, Ordering::Relaxed);
+        if ttl.is_zero() {
+            let mut g = self.inner.lock();
+            let generation = g.generation + 1;
+            *g = Inner {
+                generation,
+                ..Inner::default()
+            };
+        }
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        self.ttl_ns.load(Ordering::Relaxed) > 0
+    }
+
+    fn left(&self, at: Instant, now: Instant) -> Option<Duration> {
+        self.ttl()
+            .checked_sub(now.saturating_duration_since(at))
+            .filter(|d| !d.is_zero())
+    }
+
+    /// The generation to pass to `observe` for a read started now.
+    pub(crate) fn generation(&self) -> u64 {
+        self.inner.lock().generation
+    }
+
+    pub(crate) fn attr(&self, inode: InodeId) -> Option<Cached> {
+        if !self.enabled() {
+            return None;
+        }
+        let g = self.inner.lock();
+        let (a, at) = g.attrs.get(&inode)?;
+        let left = self.left(*at, Instant::now())?;
+        Some((a.clone(), left))
+    }
+
+    pub(crate) fn lookup(&self, parent: InodeId, name: &str) -> Option<Cached> {
+        if !self.enabled() {
+            return None;
+        }
+        let now = Instant::now();
+        let g = self.inner.lock();
+        // One String per probe is the price of a (InodeId, String) key; it is far below a
+        // round trip.
+        let (child, at) = g.entries.get(&(parent, name.to_string()))?;
+        let e_left = self.left(*at, now)?;
+        let (a, at) = g.attrs.get(child)?;
+        let a_left = self.left(*at, now)?;
+        Some((a.clone(), e_left.min(a_left)))
+    }
+
+    /// Counts a lookup miss in `dir`; true when the directory should be prefetched now.
+    pub(crate) fn miss_wants_prefetch(&self, dir: InodeId) -> bool {
+        if !self.enabled() {
+            return false;
+        }
+        let now = Instant::now();
+        let ttl = self.ttl();
+        let mut g = self.inner.lock();
+        if g.listed
+            .get(&dir)
+            .is_some_and(|at| now.saturating_duration_since(*at) < ttl)
+        {
+            // Listed recently: the name is not there (or the listing was cut at its bound).
+            return false;
+        }
+        let m = g.misses.entry(dir).or_insert((0, now));
+        if now.saturating_duration_since(m.1) >= ttl {
+            *m = (0, now);
+        }
+        m.0 += 1;
+        if m.0 >= limits::DIR_PREFETCH_MISSES {
+            g.misses.remove(&dir);
+            g.listed.insert(dir, now);
+            return true;
+        }
+        false
+    }
+
+    fn bound(g: &mut Inner) {
+        if g.attrs.len() >= limits::META_CACHE_ENTRIES_MAX
+            || g.entries.len() >= limits::META_CACHE_ENTRIES_MAX
+        {
+            let generation = g.generation;
+            *g = Inner {
+                generation,
+                ..Inner::default()
+            };
+        }
+    }
+
+    /// Takes in the entries of a directory listing fetched at `at` (generation `generation`).
+    pub(crate) fn put_listing(
+        &self,
+        dir: InodeId,
+        entries: &[(pond_proto::meta::DirEntry, InodeAttr)],
+        generation: u64,
+        at: Instant,
+    ) {
+        if !self.enabled() {
+            return;
+        }
+        let mut g = self.inner.lock();
+        if g.generation != generation {
+            return;
+        }
+        Self::bound(&mut g);
+        for (e, a) in entries {
+            g.entries.insert((dir, e.name.clone()), (a.inode, at));
+            g.attrs.insert(a.inode, (a.clone(), at));
+        }
+    }
+
+    /// Records what a meta request did: replies refresh, mutations invalidate. `generation` is
+    /// the value of `generation()` when the request was sent; `at` when it was sent.
+    pub(crate) fn observe(
+        &self,
+        req: &MetaRequest,
+        reply: Option<&MetaReply>,
+        generation: u64,
+        at: Instant,
+    ) {
+        if !self.enabled() {
+            return;
+        }
+        let mut g = self.inner.lock();
+        // Mutations first: drop what they may have changed.
+        let drop_entry = |g: &mut Inner, parent: InodeId, name: &str| {
+            if let Some((child, _)) = g.entries.remove(&(parent, name.to_string())) {
+                g.attrs.remove(&child);
+            }
+            g.attrs.remove(&parent);
+            g.listed.remove(&parent);
+        };
+        let mutation = !req.is_read();
+        match req {
+            MetaRequest::Unlink { parent, name }
+            | MetaRequest::Rmdir { parent, name }
+            | MetaRequest::RemoveTree { parent, name } => drop_entry(&mut g, *parent, name),
+            MetaRequest::Mkdir { parent, name, .. }
+            | MetaRequest::Create { parent, name, .. }
+            | MetaRequest::Symlink { parent, name, .. } => drop_entry(&mut g, *parent, name),
+            MetaRequest::Link {
+                inode,
+                new_parent,
+                new_name,
+            } => {
+                drop_entry(&mut g, *new_parent, new_name);
+                g.attrs.remove(inode);
+            }
+            MetaRequest::Rename {
+                src_parent,
+                src_name,
+                dst_parent,
+                dst_name,
+                ..
+            } => {
+                drop_entry(&mut g, *src_parent, src_name);
+                drop_entry(&mut g, *dst_parent, dst_name);
+            }
+            MetaRequest::SetAttr { inode, .. }
+            | MetaRequest::OpenWrite { inode, .. }
+            | MetaRequest::ReportLength { inode, .. }
+            | MetaRequest::CloseWrite { inode, .. } => {
+                g.attrs.remove(inode);
+            }
+            MetaRequest::SetDirLayout { dir, .. } => {
+                g.attrs.remove(dir);
+            }
+            MetaRequest::Lookup { parent, name } if reply.is_none() => {
+                // Gone (or failed): forget the name.
+                g.entries.remove(&(*parent, name.clone()));
+            }
+            _ => {}
+        }
+        if mutation {
+            g.generation += 1;
+        } else if g.generation != generation {
+            // Something changed while this read was in flight: its answer may predate it.
+            return;
+        }
+        let Some(reply) = reply else { return };
+        Self::bound(&mut g);
+        match (req, reply) {
+            (
+                MetaRequest::Lookup { parent, name }
+                | MetaRequest::Mkdir { parent, name, .. }
+                | MetaRequest::Create { parent, name, .. }
+                | MetaRequest::Symlink { parent, name, .. },
+                MetaReply::Attr(a),
+            ) => {
+                g.entries.insert((*parent, name.clone()), (a.inode, at));
+                g.attrs.insert(a.inode, (a.clone(), at));
+            }
+            (
+                MetaRequest::Link {
+                    new_parent,
+                    new_name,
+                    ..
+                },
+                MetaReply::Attr(a),
+            ) => {
+                g.entries
+                    .insert((*new_parent, new_name.clone()), (a.inode, at));
+                g.attrs.insert(a.inode, (a.clone(), at));
+            }
+            (
+                MetaRequest::GetAttr { .. }
+                | MetaRequest::SetAttr { .. }
+                | MetaRequest::OpenWrite { .. }
+                | MetaRequest::ReportLength { .. }
+                | MetaRequest::CloseWrite { .. },
+                MetaReply::Attr(a),
+            ) => {
+                g.attrs.insert(a.inode, (a.clone(), at));
+            }
+            (MetaRequest::ReadDirPlus { dir, .. }, MetaReply::DirPlus { entries, .. }) => {
+                for (e, a) in entries {
+                    g.entries.insert((*dir, e.name.clone()), (a.inode, at));
+                    g.attrs.insert(a.inode, (a.clone(), at));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pond_proto::meta::{FileType, Timestamp};
+
+    fn attr(inode: u64, size: u64) -> InodeAttr {
+        InodeAttr {
+            inode: InodeId(inode),
+            kind: FileType::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            size,
+            atime: Timestamp::default(),
+            mtime: Timestamp::default(),
+            ctime: Timestamp::default(),
+            layout: None,
+            truncate_version: 0,
+        }
+    }
+
+    fn lookup(parent: u64, name: &str) -> MetaRequest {
+        MetaRequest::Lookup {
+            parent: InodeId(parent),
+            name: name.to_string(),
+        }
+    }
+
+    #[test]
+    fn answers_within_ttl_and_forgets_on_unlink() {
+        let c = MetaCache::new(Duration::from_secs(60));
+        let g = c.generation();
+        c.observe(
+            &lookup(1, "a"),
+            Some(&MetaReply::Attr(attr(7, 10))),
+            g,
+            Instant::now(),
+        );
+        let (a, left) = c.lookup(InodeId(1), "a").expect("cached");
+        assert_eq!(a.size, 10);
+        assert!(left <= Duration::from_secs(60) && left > Duration::from_secs(50));
+        assert_eq!(c.attr(InodeId(7)).expect("attr cached").0.size, 10);
+        c.observe(
+            &MetaRequest::Unlink {
+                parent: InodeId(1),
+                name: "a".into(),
+            },
+            Some(&MetaReply::Done),
+            c.generation(),
+            Instant::now(),
+        );
+        assert!(c.lookup(InodeId(1), "a").is_none(), "name dropped");
+        assert!(c.attr(InodeId(7)).is_none(), "child attr dropped (nlink)");
+    }
+
+    #[test]
+    fn expired_answers_are_not_served() {
+        let c = MetaCache::new(Duration::from_millis(50));
+        let at = Instant::now() - Duration::from_millis(60);
+        c.observe(
+            &MetaRequest::GetAttr { inode: InodeId(3) },
+            Some(&MetaReply::Attr(attr(3, 1))),
+            c.generation(),
+            at,
+        );
+        assert!(c.attr(InodeId(3)).is_none());
+    }
+
+    #[test]
+    fn a_read_racing_a_mutation_is_not_cached() {
+        let c = MetaCache::new(Duration::from_secs(60));
+        let before = c.generation();
+        c.observe(
+            &MetaRequest::SetAttr {
+                inode: InodeId(3),
+                set: Default::default(),
+            },
+            None,
+            c.generation(),
+            Instant::now(),
+        );
+        c.observe(
+            &MetaRequest::GetAttr { inode: InodeId(3) },
+            Some(&MetaReply::Attr(attr(3, 1))),
+            before,
+            Instant::now(),
+        );
+        assert!(
+            c.attr(InodeId(3)).is_none(),
+            "answer may predate the setattr"
+        );
+    }
+
+    #[test]
+    fn disabled_cache_keeps_nothing() {
+        let c = MetaCache::new(Duration::ZERO);
+        c.observe(
+            &lookup(1, "a"),
+            Some(&MetaReply::Attr(attr(7, 10))),
+            c.generation(),
+            Instant::now(),
+        );
+        assert!(c.lookup(InodeId(1), "a").is_none());
+        assert!(!c.miss_wants_prefetch(InodeId(1)));
+    }
+
+    #[test]
+    fn second_miss_in_a_directory_asks_for_a_prefetch_once() {
+        let c = MetaCache::new(Duration::from_secs(60));
+        assert!(!c.miss_wants_prefetch(InodeId(1)));
+        assert!(c.miss_wants_prefetch(InodeId(1)));
+        assert!(!c.miss_wants_prefetch(InodeId(1)), "listed recently");
+        // A mutation in the directory makes the listing stale: prefetch again on misses.
+        c.observe(
+            &MetaRequest::Unlink {
+                parent: InodeId(1),
+                name: "x".into(),
+            },
+            None,
+            c.generation(),
+            Instant::now(),
+        );
+        assert!(!c.miss_wants_prefetch(InodeId(1)));
+        assert!(c.miss_wants_prefetch(InodeId(1)));
+    }
+}
