@@ -7,6 +7,7 @@
 
 pub mod batch;
 pub mod blocking;
+mod cache;
 pub mod client;
 pub mod config;
 pub mod dataframe;
