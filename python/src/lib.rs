@@ -1,6 +1,8 @@
 //! `pond._pond`: the native half of the Python package `pond` (PyO3, stable ABI 3.8+).
 //!
-//! Wraps `pond_client`'s blocking client, datasets, sampler and batch reader. The Python half
+//! Wraps `pond_client`'s blocking client, datasets, sampler and batch reader, and runs
+//! near-data SQL through `pond_client::dataframe` (results as Arrow IPC for pyarrow; the
+//! executors link DuckDB, this module does not). The Python half
 //! (`pysrc/pond`) adds lazy per-process connection and the PyTorch datasets.
 //!
 //! **Invariant:** a native object is only used in the process that created it. A tokio
@@ -11,6 +13,8 @@
 //! **Invariant:** the GIL is released around every call that waits on the network.
 
 use pond_client::blocking::BlockingClient;
+use pond_client::config::ClusterFile;
+use pond_client::dataframe::{DataFrame, DataFrameError, Session, SessionOptions};
 use pond_client::dataset::{
     self, BatchReader, Dataset, DatasetError, PackOptions, ReaderOptions, Sampler, SamplerOptions,
     SamplerState,
@@ -41,6 +45,7 @@ fn ds_err(e: DatasetError) -> PyErr {
     match e {
         DatasetError::OutOfRange { .. } => PyIndexError::new_err(e.to_string()),
         DatasetError::BadIndex { .. }
+        | DatasetError::BadFile { .. }
         | DatasetError::CorruptEntry { .. }
         | DatasetError::ShortFile { .. }
         | DatasetError::RaggedRecords { .. } => CorruptIndexError::new_err(e.to_string()),
@@ -95,10 +100,19 @@ impl<T> Drop for ForkGuard<T> {
     }
 }
 
+create_exception!(
+    _pond,
+    SqlError,
+    PyRuntimeError,
+    "A near-data SQL query failed (plan, executor, or no executor reachable)."
+);
+
 /// A connection to a pond cluster.
 #[pyclass(module = "pond._pond", name = "Client")]
 struct PyClient {
     inner: ForkGuard<Arc<BlockingClient>>,
+    /// The cluster token, for the compute executors' handshake (SQL).
+    token: String,
 }
 
 impl PyClient {
@@ -111,13 +125,66 @@ impl PyClient {
 impl PyClient {
     #[new]
     fn new(py: Python<'_>, cluster_file: &str) -> PyResult<PyClient> {
-        let path = cluster_file.to_string();
+        let cf = ClusterFile::load(Path::new(cluster_file))
+            .map_err(|e| client_err(ClientError::from(e)))?;
         let bc = py
-            .detach(|| BlockingClient::from_cluster_file(Path::new(&path)))
+            .detach(|| BlockingClient::connect(&cf))
             .map_err(client_err)?;
         Ok(PyClient {
             inner: ForkGuard::new(Arc::new(bc)),
+            token: cf.token,
         })
+    }
+
+    /// Runs a DataFrame plan on the storage nodes' executors and returns the result as one
+    /// Arrow IPC stream (`pyarrow.ipc.open_stream`). `ops` is the plan in order:
+    /// `("sql_statement", stmt)` alone (one-statement mode), or `("read_parquet", glob)`
+    /// followed by any of `("partial_sql", sql)` / `("sql", sql)`. `deadline_ms` bounds each
+    /// task (None: the executor default).
+    #[pyo3(signature = (ops, deadline_ms = None))]
+    fn sql_arrow<'py>(
+        &self,
+        py: Python<'py>,
+        ops: Vec<(String, String)>,
+        deadline_ms: Option<u64>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let bc = self.bc()?;
+        let mut opts = SessionOptions::default();
+        if let Some(d) = deadline_ms {
+            opts.limits.deadline_ms = d;
+        }
+        let token = self.token.clone();
+        let ipc = py
+            .detach(|| {
+                bc.runtime().block_on(async {
+                    let session = Session::new(Arc::new(bc.client().clone()), &token, opts).await?;
+                    let df = frame_of(&session, &ops)?;
+                    df.to_arrow().await
+                })
+            })
+            .map_err(|e| match e {
+                DataFrameError::Client(c) => client_err(c),
+                other => SqlError::new_err(other.to_string()),
+            })?;
+        Ok(PyBytes::new(py, &ipc))
+    }
+
+    /// The plan of `ops` (see `sql_arrow`) as text, without running it.
+    fn sql_explain(&self, py: Python<'_>, ops: Vec<(String, String)>) -> PyResult<String> {
+        let bc = self.bc()?;
+        let token = self.token.clone();
+        py.detach(|| {
+            bc.runtime().block_on(async {
+                let session = Session::new(
+                    Arc::new(bc.client().clone()),
+                    &token,
+                    SessionOptions::default(),
+                )
+                .await?;
+                Ok::<_, DataFrameError>(frame_of(&session, &ops)?.explain())
+            })
+        })
+        .map_err(|e: DataFrameError| SqlError::new_err(e.to_string()))
     }
 
     /// The whole file as bytes.
@@ -231,16 +298,22 @@ impl PyClient {
 
     /// Packs a local directory (one sample per file) or JSONL file (one per line) into
     /// shards plus an index under `dst`. Returns `{"samples", "shards", "bytes", "index"}`.
-    #[pyo3(signature = (src, dst, shard_bytes = None))]
+    /// Atomic: `dst` is absent or complete; an existing `dst` is refused (`FileExistsError`)
+    /// unless `replace`.
+    #[pyo3(signature = (src, dst, shard_bytes = None, replace = false))]
     fn pack<'py>(
         &self,
         py: Python<'py>,
         src: &str,
         dst: &str,
         shard_bytes: Option<u64>,
+        replace: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
         let bc = self.bc()?;
-        let mut opts = PackOptions::default();
+        let mut opts = PackOptions {
+            replace,
+            ..Default::default()
+        };
         if let Some(s) = shard_bytes {
             opts.shard_bytes = s;
         }
@@ -255,6 +328,7 @@ impl PyClient {
         d.set_item("shards", rep.shards)?;
         d.set_item("bytes", rep.bytes)?;
         d.set_item("index", rep.index_path)?;
+        d.set_item("leftovers", rep.leftovers)?;
         Ok(d)
     }
 
@@ -283,6 +357,33 @@ impl PyClient {
             .map_err(ds_err)?;
         Ok(PyDataset::new(bc, ds))
     }
+}
+
+/// Builds the DataFrame that `ops` describes (see `PyClient::sql_arrow`).
+fn frame_of(session: &Session, ops: &[(String, String)]) -> Result<DataFrame, DataFrameError> {
+    let bad = |m: String| DataFrameError::Plan(m);
+    let mut it = ops.iter();
+    let mut df = match it.next() {
+        Some((op, stmt)) if op == "sql_statement" => {
+            if ops.len() != 1 {
+                return Err(bad(
+                    "a SQL statement cannot be followed by more steps".into()
+                ));
+            }
+            return session.sql(stmt);
+        }
+        Some((op, glob)) if op == "read_parquet" => session.read_parquet(glob),
+        Some((op, _)) => return Err(bad(format!("a plan starts with read_parquet, not {op}"))),
+        None => return Err(bad("empty plan".into())),
+    };
+    for (op, sql) in it {
+        df = match op.as_str() {
+            "partial_sql" => df.partial_sql(sql),
+            "sql" => df.sql(sql),
+            other => return Err(bad(format!("unknown step {other:?}"))),
+        };
+    }
+    Ok(df)
 }
 
 struct DsInner {
@@ -637,5 +738,6 @@ fn _pond(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyBatchReader>()?;
     m.add_class::<PySampler>()?;
     m.add("CorruptIndexError", m.py().get_type::<CorruptIndexError>())?;
+    m.add("SqlError", m.py().get_type::<SqlError>())?;
     Ok(())
 }

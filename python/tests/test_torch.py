@@ -11,13 +11,18 @@ import pond.torch as pt  # noqa: E402
 from conftest import sample_bytes  # noqa: E402
 
 
+def _as_list(batch):
+    """collate_fn keeping the samples as they are (module level: spawn pickles it)."""
+    return batch
+
+
 @pytest.mark.parametrize("workers,method", [(0, None), (2, "fork"), (2, "spawn")])
 def test_map_dataset_with_workers(cluster, packed, workers, method):
     ds = pt.MapDataset(cluster, packed)
     sampler = pt.DistributedSampler(ds, seed=5, rank=0, world_size=1)
     kw = {"multiprocessing_context": method} if workers else {}
     dl = torch.utils.data.DataLoader(ds, batch_size=50, sampler=sampler, num_workers=workers,
-                                     collate_fn=lambda b: b, **kw)
+                                     collate_fn=_as_list, **kw)
     got = [s for batch in dl for s in batch]
     order = pond.Sampler(500, seed=5).take_all()
     assert got == [sample_bytes(i) for i in order]

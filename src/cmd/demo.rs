@@ -206,5 +206,8 @@ pub fn demo(args: DemoArgs) -> Result<()> {
         "the cluster keeps running: `pond status`, `pond down --dir {}`",
         args.dir.display()
     );
+
+    // Training-epoch step (docs/loader.md): a packed sample dataset read in shuffled batches.
+    super::dataset::demo_epoch(&rt, &client, &run, 20_000)?;
     Ok(())
 }

@@ -38,5 +38,14 @@ pub const SHARD_BYTES_DEFAULT: u64 = 256 << 20;
 /// Bytes `pack` buffers before writing to a shard (one write call).
 pub const PACK_WRITE_BYTES: usize = 8 << 20;
 
+/// Largest Parquet footer (file metadata) read when opening a Parquet row set: footers are
+/// kilobytes to a few MiB even for thousands of row groups; this refuses a garbage length
+/// before allocating for it.
+pub const PARQUET_FOOTER_BYTES_MAX: u64 = 64 << 20;
+
+/// Attempts of `Dataset::open` when the dataset is replaced while it opens: a replace is one
+/// rename, so a second attempt succeeds unless replaces come back to back.
+pub const OPEN_ATTEMPTS_MAX: u32 = 5;
+
 const _: () = assert!(SAMPLE_BYTES_MAX <= u32::MAX as u64, "entry length is a u32");
 const _: () = assert!(BATCH_BYTES_MAX >= SAMPLE_BYTES_MAX);

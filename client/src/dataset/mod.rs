@@ -4,6 +4,7 @@
 //! - [`Dataset`]: samples addressed by number. Two formats: fixed-size records in one or many
 //!   files ([`Dataset::open_fixed`]), or variable-size samples listed by an [`index::Index`]
 //!   (a versioned, checksummed pond file written by [`pack::pack`], [`Dataset::open`]).
+//! - [`ParquetRows`]: the rows of Parquet files, read row-group aware into Arrow batches.
 //! - [`sampler::Sampler`]: the order of an epoch from `(seed, epoch)` in O(1) memory, sharded
 //!   over `(rank, world size)`, resumable from [`sampler::SamplerState`].
 //! - [`reader::BatchReader`]: batches of samples read with one batched read per storage node
@@ -16,12 +17,14 @@
 pub mod index;
 pub mod limits;
 pub mod pack;
+pub mod parquet;
 pub mod reader;
 pub mod sampler;
 
 pub use index::{Entry, Index};
 pub use pack::{PackOptions, PackReport, pack};
-pub use reader::{Batch, BatchReader, EpochStats, ReaderOptions, read_epoch};
+pub use parquet::ParquetRows;
+pub use reader::{Batch, BatchReader, EpochStats, ReaderOptions, Source, read_epoch};
 pub use sampler::{Permutation, Sampler, SamplerOptions, SamplerState};
 
 use crate::client::{Client, OpenOptions};
@@ -45,6 +48,9 @@ pub enum DatasetError {
     /// The index as a whole is unusable (magic, version, header checksum, length).
     #[error("index {path}: {reason}")]
     BadIndex { path: String, reason: String },
+    /// A data file is not what the dataset needs (a Parquet file that does not decode).
+    #[error("{path}: {reason}")]
+    BadFile { path: String, reason: String },
     /// One entry (or a block of entries, named by its first) is damaged or points nowhere.
     #[error("index {path}: entry {entry}: {reason}")]
     CorruptEntry {
@@ -140,9 +146,114 @@ async fn open_read(client: &Client, path: &str) -> Result<Arc<File>, DatasetErro
     Ok(Arc::new(f))
 }
 
+/// A byte range of one of a dataset's files, read for sample `sample` (named in errors).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Range {
+    pub file: u32,
+    pub offset: u64,
+    pub len: u64,
+    pub sample: u64,
+}
+
+/// Reads `ranges` of `files` together: every range is split into chunk pieces, and all pieces
+/// go to `DataPath::read_chunks`, which sends one batched read per storage node (each piece on
+/// a chosen replica of its chain, failed pieces retried on others). Exactly the ranges' bytes
+/// are asked for. Returns the ranges' bytes in order; holes read as zeros.
+pub(crate) async fn fetch_ranges(
+    files: &[Arc<File>],
+    paths: &[String],
+    ranges: &[Range],
+) -> Result<Vec<Bytes>, DatasetError> {
+    // 1. Plan: check each range against its file, split into chunk pieces.
+    let mut reads: Vec<ChunkRead> = Vec::new();
+    let mut plan: Vec<(usize, Vec<(stripe::Piece, usize)>)> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let oi = files[r.file as usize].open_inode();
+        let size = oi.size();
+        let end = r.offset + r.len;
+        if end > size {
+            return Err(DatasetError::ShortFile {
+                path: paths[r.file as usize].clone(),
+                index: r.sample,
+                start: r.offset,
+                end,
+                size,
+            });
+        }
+        let layout = oi.layout();
+        let mut pieces = Vec::new();
+        for p in stripe::split(layout.chunk_bytes, r.offset, r.len as usize) {
+            pieces.push((p, reads.len()));
+            reads.push(ChunkRead {
+                chunk: ChunkId::new(oi.inode(), p.index),
+                chain: layout.chain_of(p.index),
+                offset: p.chunk_offset,
+                len: p.len,
+            });
+        }
+        plan.push((r.len as usize, pieces));
+    }
+    if reads.is_empty() {
+        return Ok(plan.iter().map(|_| Bytes::new()).collect());
+    }
+    // 2. One batched read per storage node for all ranges.
+    let core = files[0].open_inode().core().clone();
+    let got = core.data.read_chunks(&reads).await?;
+    // 3. Assemble: a range inside one chunk is the received bytes themselves; others are
+    //    copied once; holes (absent or short chunks) read as zeros.
+    Ok(plan
+        .into_iter()
+        .map(|(len, pieces)| {
+            if pieces.len() == 1 && got[pieces[0].1].len() == len {
+                return got[pieces[0].1].clone();
+            }
+            let mut out = BytesMut::zeroed(len);
+            for (p, k) in &pieces {
+                let b = &got[*k];
+                out[p.buf_offset..p.buf_offset + b.len()].copy_from_slice(b);
+            }
+            out.freeze()
+        })
+        .collect())
+}
+
+/// Whether `index_path` no longer names the index inode `inode` (replaced or removed).
+async fn index_replaced(
+    client: &Client,
+    index_path: &str,
+    inode: pond_proto::ids::InodeId,
+) -> bool {
+    !matches!(client.stat(index_path).await, Ok(a) if a.inode == inode)
+}
+
 impl Dataset {
     /// Opens a packed dataset: a directory holding `index.pidx`, or an index file itself.
+    ///
+    /// The index and its shards are opened by path, one after the other. `pack --replace`
+    /// swaps a whole dataset directory in one rename, so the open checks that the index path
+    /// still names the index it read once every shard is open, and starts again (a bounded
+    /// number of times) if not: an open never mixes an old index with new shards.
     pub async fn open(client: &Client, path: &str) -> Result<Dataset, DatasetError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Dataset::open_once(client, path).await? {
+                Some(ds) => return Ok(ds),
+                None if attempt < limits::OPEN_ATTEMPTS_MAX => {
+                    tracing::debug!(path, attempt, "dataset replaced while opening; again");
+                }
+                None => {
+                    return Err(DatasetError::BadIndex {
+                        path: path.to_string(),
+                        reason: format!("replaced while being opened, {attempt} times in a row"),
+                    });
+                }
+            }
+        }
+    }
+
+    /// One attempt of [`Dataset::open`]; `None` if the dataset was replaced meanwhile.
+    async fn open_once(client: &Client, path: &str) -> Result<Option<Dataset>, DatasetError> {
         let attr = client
             .stat(path)
             .await
@@ -152,10 +263,14 @@ impl Dataset {
         } else {
             path.to_string()
         };
-        let bytes = client
-            .read_file(&index_path)
+        let ctx = |e: ClientError| DatasetError::from(e).context(&index_path);
+        let mut index_file = client
+            .open(&index_path, OpenOptions::read())
             .await
-            .map_err(|e| DatasetError::from(e).context(&index_path))?;
+            .map_err(ctx)?;
+        let index_inode = index_file.inode();
+        let bytes = index_file.read_to_end().await.map_err(ctx)?;
+        index_file.close().await.map_err(ctx)?;
         let index = Index::decode(&index_path, &bytes)?;
         let dir = match index_path.rfind('/') {
             Some(0) | None => "/".to_string(),
@@ -164,7 +279,18 @@ impl Dataset {
         let paths: Vec<String> = index.files.iter().map(|f| join(&dir, f)).collect();
         let mut files = Vec::with_capacity(paths.len());
         for p in &paths {
-            files.push(open_read(client, p).await?);
+            match open_read(client, p).await {
+                Ok(f) => files.push(f),
+                // A shard of the index we read may be gone because the dataset was replaced.
+                Err(e) if index_replaced(client, &index_path, index_inode).await => {
+                    tracing::debug!(path = %p, error = %e, "shard vanished with its dataset");
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if index_replaced(client, &index_path, index_inode).await {
+            return Ok(None);
         }
         // Every entry must lie inside its shard.
         for (i, e) in index.entries.iter().enumerate() {
@@ -181,12 +307,12 @@ impl Dataset {
                 });
             }
         }
-        Ok(Dataset {
+        Ok(Some(Dataset {
             paths,
             files,
             kind: Kind::Indexed { index },
             bytes_requested: AtomicU64::new(0),
-        })
+        }))
     }
 
     /// Opens fixed-size records spread over `paths` in order (each file a whole number of
@@ -307,24 +433,10 @@ impl Dataset {
                 limits::BATCH_SAMPLES_MAX
             )));
         }
-        // 1. Plan: locate each sample, check it against its file, split into chunk pieces.
-        let mut reads: Vec<ChunkRead> = Vec::new();
-        let mut plan: Vec<(usize, Vec<(stripe::Piece, usize)>)> = Vec::with_capacity(indices.len());
+        let mut ranges = Vec::with_capacity(indices.len());
         let mut total = 0u64;
         for &i in indices {
             let loc = self.locate(i)?;
-            let oi = self.files[loc.file as usize].open_inode();
-            let size = oi.size();
-            let end = loc.offset + loc.len;
-            if end > size {
-                return Err(DatasetError::ShortFile {
-                    path: self.paths[loc.file as usize].clone(),
-                    index: i,
-                    start: loc.offset,
-                    end,
-                    size,
-                });
-            }
             total += loc.len;
             if total > limits::BATCH_BYTES_MAX {
                 return Err(DatasetError::InvalidOptions(format!(
@@ -332,42 +444,15 @@ impl Dataset {
                     limits::BATCH_BYTES_MAX
                 )));
             }
-            let layout = oi.layout();
-            let mut pieces = Vec::new();
-            for p in stripe::split(layout.chunk_bytes, loc.offset, loc.len as usize) {
-                pieces.push((p, reads.len()));
-                reads.push(ChunkRead {
-                    chunk: ChunkId::new(oi.inode(), p.index),
-                    chain: layout.chain_of(p.index),
-                    offset: p.chunk_offset,
-                    len: p.len,
-                });
-            }
-            plan.push((loc.len as usize, pieces));
+            ranges.push(Range {
+                file: loc.file,
+                offset: loc.offset,
+                len: loc.len,
+                sample: i,
+            });
         }
-        if reads.is_empty() {
-            return Ok(plan.iter().map(|_| Bytes::new()).collect());
-        }
-        // 2. One batched read per storage node for the whole batch.
         self.bytes_requested.fetch_add(total, Ordering::Relaxed);
-        let core = self.files[0].open_inode().core().clone();
-        let got = core.data.read_chunks(&reads).await?;
-        // 3. Assemble: a sample inside one chunk is the received bytes themselves; others are
-        //    copied once; holes (absent or short chunks) read as zeros.
-        Ok(plan
-            .into_iter()
-            .map(|(len, pieces)| {
-                if pieces.len() == 1 && got[pieces[0].1].len() == len {
-                    return got[pieces[0].1].clone();
-                }
-                let mut out = BytesMut::zeroed(len);
-                for (p, k) in &pieces {
-                    let b = &got[*k];
-                    out[p.buf_offset..p.buf_offset + b.len()].copy_from_slice(b);
-                }
-                out.freeze()
-            })
-            .collect())
+        fetch_ranges(&self.files, &self.paths, &ranges).await
     }
 
     /// Closes every file (read opens hold no meta session; this only drops client state).

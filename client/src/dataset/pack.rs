@@ -4,10 +4,14 @@
 //! 1. Shards `shard-NNNNN.bin` are filled in source order up to `shard_bytes` each (a sample
 //!    larger than that gets a shard of its own), written in `PACK_WRITE_BYTES` steps, closed
 //!    (close waits until every replica has the bytes and reports the length).
-//! 2. The index `index.pidx` is written last. A reader that opens the dataset before the
-//!    index is complete gets a clear error (the index checks its exact length and CRCs).
-//!    Packing into a directory that readers are using is not safe: shards are rewritten in
-//!    place (pack into a new directory and switch paths instead).
+//! 2. The index `index.pidx` is written last.
+//! 3. Everything is written into a hidden sibling `.<name>.pack-<nonce>` and renamed into place
+//!    in one metadata operation (one Raft entry): a reader sees no dataset or a complete one,
+//!    never a half-written one, even if the packer dies. A destination that exists is refused
+//!    unless `replace` is set; then the new directory and the old one are swapped atomically
+//!    (`RENAME_EXCHANGE`) and the old one is removed. A killed pack leaves its hidden
+//!    directory behind; the next pack of the same destination lists such directories in its
+//!    report (`leftovers`) without removing them, since another pack may still be writing.
 //!
 //! The source order is sorted by relative path (directories) or line order (JSONL), so
 //! packing the same source twice gives the same sample numbers. JSON is not parsed: a line is
@@ -16,7 +20,10 @@
 use super::index::{Entry, Index};
 use super::{DatasetError, INDEX_FILE, join, limits};
 use crate::client::Client;
+use crate::error::ClientError;
 use crate::file::File;
+use pond_proto::ErrorCode;
+use pond_proto::meta::RenameMode;
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncBufReadExt;
 
@@ -24,13 +31,30 @@ use tokio::io::AsyncBufReadExt;
 pub struct PackOptions {
     /// Target bytes per shard file.
     pub shard_bytes: u64,
+    /// Replace an existing destination (atomically swapped, then the old one removed).
+    pub replace: bool,
 }
 
 impl Default for PackOptions {
     fn default() -> PackOptions {
         PackOptions {
             shard_bytes: limits::SHARD_BYTES_DEFAULT,
+            replace: false,
         }
+    }
+}
+
+/// The prefix of the hidden directories `pack` writes into next to `dst` (`dst` = `/a/b`
+/// gives `/a/.b.pack-`).
+pub fn staging_prefix(dst: &str) -> Result<String, DatasetError> {
+    let dst = dst.trim_end_matches('/');
+    match dst.rfind('/') {
+        Some(k) if dst.starts_with('/') && k + 1 < dst.len() => {
+            Ok(format!("{}/.{}.pack-", &dst[..k], &dst[k + 1..]))
+        }
+        _ => Err(DatasetError::InvalidOptions(format!(
+            "destination {dst:?}: expected an absolute path below /"
+        ))),
     }
 }
 
@@ -40,6 +64,9 @@ pub struct PackReport {
     pub shards: u32,
     pub bytes: u64,
     pub index_path: String,
+    /// Staging directories of other packs of the same destination (killed ones, or packs
+    /// still running), found next to it; remove them once no pack is running.
+    pub leftovers: Vec<String>,
 }
 
 fn local(path: &Path, source: std::io::Error) -> DatasetError {
@@ -149,7 +176,8 @@ impl Writer<'_> {
     }
 }
 
-/// Packs `src` (a directory, or a JSONL file) into the pond directory `dst`.
+/// Packs `src` (a directory, or a JSONL file) into the pond directory `dst`, atomically (see
+/// the module comment).
 pub async fn pack(
     client: &Client,
     src: &Path,
@@ -159,14 +187,85 @@ pub async fn pack(
     if opts.shard_bytes == 0 {
         return Err(DatasetError::InvalidOptions("shard size 0".into()));
     }
+    let dst = dst.trim_end_matches('/');
+    let prefix = staging_prefix(dst)?;
     let meta = std::fs::metadata(src).map_err(|e| local(src, e))?;
-    client
-        .mkdir_all(dst, 0o755)
+    let ctx = |path: &str| {
+        let path = path.to_string();
+        move |e: ClientError| DatasetError::from(e).context(&path)
+    };
+    let exists = client.exists(dst).await.map_err(ctx(dst))?;
+    if exists && !opts.replace {
+        return Err(DatasetError::Client(ClientError::new(
+            ErrorCode::Exists,
+            format!("{dst} exists: pack into a new path, or replace it (--replace)"),
+        )));
+    }
+    let parent = &prefix[..prefix.rfind('/').expect("absolute")];
+    if !parent.is_empty() {
+        client.mkdir_all(parent, 0o755).await.map_err(ctx(parent))?;
+    }
+    let staging = format!("{prefix}{:016x}", rand::random::<u64>());
+    let stem = &prefix[parent.len() + 1..];
+    let leftovers: Vec<String> = client
+        .read_dir_all(if parent.is_empty() { "/" } else { parent })
         .await
-        .map_err(|e| DatasetError::from(e).context(dst))?;
+        .map_err(ctx(parent))?
+        .into_iter()
+        .filter(|e| e.name.starts_with(stem))
+        .map(|e| format!("{parent}/{}", e.name))
+        .collect();
+    client
+        .mkdir_path(&staging, 0o755)
+        .await
+        .map_err(ctx(&staging))?;
+    let written = write_all(client, src, &meta, &staging, opts).await;
+    let (samples, shards, bytes) = match written {
+        Ok(r) => r,
+        Err(e) => {
+            // Best effort: a failed pack leaves nothing behind when meta is reachable.
+            if let Err(rm) = client.remove_tree(&staging).await {
+                tracing::warn!(%staging, error = %rm, "could not remove a failed pack's directory");
+            }
+            return Err(e);
+        }
+    };
+    // The commit point: one rename makes the whole dataset visible.
+    if exists {
+        client
+            .rename_path(&staging, dst, RenameMode::Exchange)
+            .await
+            .map_err(ctx(dst))?;
+        // `staging` now names the old dataset. Readers that still have it open in other
+        // processes lose their files here; they reopen `dst` to see the new one.
+        client.remove_tree(&staging).await.map_err(ctx(&staging))?;
+    } else {
+        client
+            .rename_path(&staging, dst, RenameMode::NoReplace)
+            .await
+            .map_err(ctx(dst))?;
+    }
+    Ok(PackReport {
+        samples,
+        shards,
+        bytes,
+        index_path: join(dst, INDEX_FILE),
+        leftovers,
+    })
+}
+
+/// Writes the shards and the index of `src` into the existing directory `dir` (no staging,
+/// no rename: `pack` is this plus the commit); returns (samples, shards, bytes).
+pub(super) async fn write_all(
+    client: &Client,
+    src: &Path,
+    meta: &std::fs::Metadata,
+    dir: &str,
+    opts: &PackOptions,
+) -> Result<(u64, u32, u64), DatasetError> {
     let mut w = Writer {
         client,
-        dst: dst.to_string(),
+        dst: dir.to_string(),
         opts: opts.clone(),
         index: Index {
             files: Vec::new(),
@@ -209,17 +308,10 @@ pub async fn pack(
         }
     }
     w.close_shard().await?;
-    // The index last: until it is complete, readers get a clear "truncated" error, never
-    // entries pointing at unwritten bytes.
-    let index_path = join(dst, INDEX_FILE);
+    let index_path = join(dir, INDEX_FILE);
     client
         .write_file(&index_path, &w.index.encode())
         .await
         .map_err(|e| DatasetError::from(e).context(&index_path))?;
-    Ok(PackReport {
-        samples: w.index.len(),
-        shards: w.index.files.len() as u32,
-        bytes: w.bytes,
-        index_path,
-    })
+    Ok((w.index.len(), w.index.files.len() as u32, w.bytes))
 }

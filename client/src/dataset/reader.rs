@@ -10,8 +10,36 @@ use super::sampler::{Sampler, SamplerState};
 use super::{Dataset, DatasetError, limits};
 use bytes::Bytes;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
+
+/// What a [`BatchReader`] reads from: samples addressed by number, read many at a time.
+pub trait Source: Send + Sync + 'static {
+    /// What one batch read returns (the samples in the order asked).
+    type Samples: Send + 'static;
+
+    /// Samples in the source.
+    fn samples(&self) -> u64;
+
+    /// Reads the samples `indices`, in that order.
+    fn read(
+        self: Arc<Self>,
+        indices: Vec<u64>,
+    ) -> impl Future<Output = Result<Self::Samples, DatasetError>> + Send + 'static;
+}
+
+impl Source for Dataset {
+    type Samples = Vec<Bytes>;
+
+    fn samples(&self) -> u64 {
+        self.len()
+    }
+
+    async fn read(self: Arc<Self>, indices: Vec<u64>) -> Result<Vec<Bytes>, DatasetError> {
+        self.read_batch(&indices).await
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReaderOptions {
@@ -37,13 +65,14 @@ impl Default for ReaderOptions {
     }
 }
 
-/// One batch: the sample numbers and their bytes, in the same order.
+/// One batch: the sample numbers and their samples, in the same order (bytes for a
+/// [`Dataset`], an Arrow record batch for a Parquet row set).
 #[derive(Clone, Debug)]
-pub struct Batch {
+pub struct Batch<T = Vec<Bytes>> {
     /// Batch number within this reader's epoch (counting every worker's batches).
     pub number: u64,
     pub indices: Vec<u64>,
-    pub samples: Vec<Bytes>,
+    pub samples: T,
 }
 
 impl Batch {
@@ -53,28 +82,28 @@ impl Batch {
 }
 
 /// A submitted batch: its number, its sample numbers, the task reading them.
-type InFlight = (u64, Vec<u64>, JoinHandle<Result<Vec<Bytes>, DatasetError>>);
+type InFlight<T> = (u64, Vec<u64>, JoinHandle<Result<T, DatasetError>>);
 
-pub struct BatchReader {
-    ds: Arc<Dataset>,
+pub struct BatchReader<S: Source = Dataset> {
+    ds: Arc<S>,
     sampler: Sampler,
     opts: ReaderOptions,
     /// Local position where batch 0 starts.
     start: u64,
     /// Next batch number to submit (this worker's share only).
     next_submit: u64,
-    inflight: VecDeque<InFlight>,
+    inflight: VecDeque<InFlight<S::Samples>>,
     /// Batches returned so far (by this reader).
     delivered: u64,
 }
 
-impl BatchReader {
+impl<S: Source> BatchReader<S> {
     /// A reader over `sampler`'s remaining samples of its current epoch.
     pub fn new(
-        ds: Arc<Dataset>,
+        ds: Arc<S>,
         sampler: Sampler,
         opts: ReaderOptions,
-    ) -> Result<BatchReader, DatasetError> {
+    ) -> Result<BatchReader<S>, DatasetError> {
         if opts.batch_size == 0 || opts.batch_size > limits::BATCH_SAMPLES_MAX {
             return Err(DatasetError::InvalidOptions(format!(
                 "batch size {} outside 1..={}",
@@ -95,11 +124,11 @@ impl BatchReader {
                 opts.worker, opts.workers
             )));
         }
-        if sampler.dataset_len() != ds.len() {
+        if sampler.dataset_len() != ds.samples() {
             return Err(DatasetError::InvalidOptions(format!(
                 "sampler over {} samples, dataset has {}",
                 sampler.dataset_len(),
-                ds.len()
+                ds.samples()
             )));
         }
         let start = sampler.local_position();
@@ -114,7 +143,7 @@ impl BatchReader {
         })
     }
 
-    pub fn dataset(&self) -> &Arc<Dataset> {
+    pub fn dataset(&self) -> &Arc<S> {
         &self.ds
     }
 
@@ -142,16 +171,14 @@ impl BatchReader {
             let k = self.next_submit;
             self.next_submit += self.opts.workers as u64;
             let indices = self.batch_indices(k);
-            let ds = self.ds.clone();
-            let ix = indices.clone();
-            let task = tokio::spawn(async move { ds.read_batch(&ix).await });
+            let task = tokio::spawn(S::read(self.ds.clone(), indices.clone()));
             self.inflight.push_back((k, indices, task));
         }
     }
 
     /// The next batch of this worker, `None` at the end of the epoch. Must be called inside
     /// a tokio runtime.
-    pub async fn next_batch(&mut self) -> Result<Option<Batch>, DatasetError> {
+    pub async fn next_batch(&mut self) -> Result<Option<Batch<S::Samples>>, DatasetError> {
         self.fill();
         let Some((number, indices, task)) = self.inflight.pop_front() else {
             return Ok(None);
@@ -191,7 +218,7 @@ impl BatchReader {
     }
 }
 
-impl Drop for BatchReader {
+impl<S: Source> Drop for BatchReader<S> {
     fn drop(&mut self) {
         for (_, _, t) in &self.inflight {
             t.abort();

@@ -31,6 +31,7 @@ async fn pack_a_directory_and_read_every_sample_exactly() {
         "/ds",
         &PackOptions {
             shard_bytes: 100_000,
+            ..Default::default()
         },
     )
     .await
@@ -267,4 +268,25 @@ async fn index_entries_past_their_shard_are_refused_at_open() {
     assert!(e.contains("checksum mismatch"), "{e}");
     let e = Dataset::open(&c, "/nope").await.unwrap_err().to_string();
     assert!(e.contains("/nope"), "{e}");
+}
+
+/// The fake meta of `testkit` has no rename, so these tests write a dataset in place with
+/// `pack`'s writer; the atomic commit (rename, replace, a killed pack) is tested against real
+/// processes in `tests/it/loader.rs`.
+async fn pack(
+    c: &crate::Client,
+    src: &std::path::Path,
+    dst: &str,
+    opts: &PackOptions,
+) -> Result<PackReport, DatasetError> {
+    let meta = std::fs::metadata(src).unwrap();
+    c.mkdir_all(dst, 0o755).await?;
+    let (samples, shards, bytes) = super::pack::write_all(c, src, &meta, dst, opts).await?;
+    Ok(PackReport {
+        samples,
+        shards,
+        bytes,
+        index_path: format!("{dst}/{INDEX_FILE}"),
+        leftovers: Vec::new(),
+    })
 }

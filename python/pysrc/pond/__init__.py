@@ -6,6 +6,7 @@
     ds = c.dataset("/datasets/train")          # packed with `pond dataset pack`
     for indices, samples in ds.reader(batch_size=64, seed=1, epoch=0):
         ...
+    t = c.sql("SELECT k, count(*) FROM read_parquet('/t/*.parquet') GROUP BY k")  # pyarrow.Table
 
 Every object here is safe to carry across ``fork`` and to pickle (for ``spawn``): the native
 connection is made lazily, once per process, the first time it is needed. Native objects from
@@ -17,7 +18,7 @@ PyTorch datasets live in :mod:`pond.torch` (imported only when used).
 
 import os
 
-from ._pond import BatchReader, CorruptIndexError, Sampler
+from ._pond import BatchReader, CorruptIndexError, Sampler, SqlError
 from ._pond import Client as _NativeClient
 
 __all__ = [
@@ -27,7 +28,20 @@ __all__ = [
     "Sampler",
     "BatchReader",
     "CorruptIndexError",
+    "DataFrame",
+    "SqlError",
 ]
+
+
+def _arrow_table(ipc):
+    """An Arrow IPC stream (bytes) as a ``pyarrow.Table``."""
+    try:
+        import pyarrow.ipc
+    except ImportError as e:
+        raise ImportError(
+            "SQL results are pyarrow Tables: install pyarrow (pip install pyarrow)"
+        ) from e
+    return pyarrow.ipc.open_stream(pyarrow.py_buffer(ipc)).read_all()
 
 
 class Client:
@@ -89,9 +103,13 @@ class Client:
         return self.native().get(remote, os.fspath(local))
 
     # Datasets.
-    def pack(self, src, dst, shard_bytes=None):
-        """Packs a local directory (a sample per file) or JSONL file (a sample per line)."""
-        return self.native().pack(os.fspath(src), dst, shard_bytes)
+    def pack(self, src, dst, shard_bytes=None, replace=False):
+        """Packs a local directory (a sample per file) or JSONL file (a sample per line).
+
+        Atomic: ``dst`` appears complete or not at all. An existing ``dst`` raises
+        ``FileExistsError`` unless ``replace`` (then it is swapped in one rename).
+        """
+        return self.native().pack(os.fspath(src), dst, shard_bytes, replace)
 
     def dataset(self, path):
         """A packed dataset: its pond directory or index file."""
@@ -100,6 +118,44 @@ class Client:
     def fixed_dataset(self, paths, record_bytes):
         """Fixed-size records spread over ``paths`` in order."""
         return Dataset(self, paths=list(paths), record_bytes=record_bytes)
+
+    # Near-data SQL (runs on the storage nodes' DuckDB executors).
+    def sql(self, statement, deadline_ms=None):
+        """Runs one ``SELECT ... FROM read_parquet('/pond/glob') ...`` statement near the
+        data (split into per-file partial and final aggregation when it can be) and returns
+        the result as a ``pyarrow.Table``. Raises :class:`SqlError` when it fails."""
+        return DataFrame(self, (("sql_statement", statement),)).to_arrow(deadline_ms)
+
+    def read_parquet(self, glob):
+        """A lazy :class:`DataFrame` over the Parquet files matching ``glob`` (one partition
+        per file)."""
+        return DataFrame(self, (("read_parquet", glob),))
+
+
+class DataFrame:
+    """A lazy near-data plan: ``read_parquet(glob)``, then ``partial_sql(sql)`` (per
+    partition, ``{0}`` names it) and ``sql(sql)`` (once over all partitions). Nothing runs
+    until :meth:`to_arrow`. Plain data: safe to pickle and to carry across fork."""
+
+    def __init__(self, client, ops):
+        self.client = client
+        self.ops = tuple(ops)
+
+    def partial_sql(self, sql):
+        return DataFrame(self.client, self.ops + (("partial_sql", sql),))
+
+    def sql(self, sql):
+        return DataFrame(self.client, self.ops + (("sql", sql),))
+
+    def explain(self):
+        return self.client.native().sql_explain(list(self.ops))
+
+    def to_arrow(self, deadline_ms=None):
+        """Runs the plan; the result as a ``pyarrow.Table``."""
+        return _arrow_table(self.client.native().sql_arrow(list(self.ops), deadline_ms))
+
+    def __repr__(self):
+        return f"pond.DataFrame({list(self.ops)!r})"
 
 
 def connect(cluster_file):
