@@ -670,3 +670,86 @@ async fn bad_input_over_grpc_changes_nothing_and_retries_dedupe() {
     );
     c.shutdown().await;
 }
+
+async fn create_file(c: &MetaClient, name: &str) -> InodeAttr {
+    match c
+        .op(MetaRequest::Create {
+            parent: InodeId::ROOT,
+            name: name.into(),
+            mode: 0o644,
+            caller: Caller::default(),
+            exclusive: true,
+            hint: pond_proto::layout::PlacementHint::Any,
+            session: None,
+        })
+        .await
+    {
+        Ok(MetaReply::Attr(a)) => a,
+        r => panic!("create {name}: {r:?}"),
+    }
+}
+
+/// Open-unlinked files across clients: a reader's session keeps the file after another
+/// client unlinks it; when the reader stops renewing its lease, the file is collected; a
+/// reader that keeps renewing keeps its file until it ends its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_of_other_clients_hold_unlinked_files_until_their_lease_ends() {
+    let c = Cluster::start(3, 10_000).await;
+    c.leader().await;
+    let writer = c.client();
+    let dying = c.client();
+    let living = c.client();
+    assert_ne!(dying.client_id(), living.client_id());
+    let f = create_file(&writer, "f").await.inode;
+    let g = create_file(&writer, "g").await.inode;
+    let ttl = Duration::from_millis(pond_meta::limits::LEASE_TTL_MIN_MS as u64);
+    let dying_lease = dying.start_lease(ttl).await.unwrap();
+    let living_lease = living.start_lease(ttl).await.unwrap();
+    dying
+        .open_session(f, pond_proto::SessionId(1))
+        .await
+        .unwrap();
+    living
+        .open_session(g, pond_proto::SessionId(1))
+        .await
+        .unwrap();
+    for name in ["f", "g"] {
+        writer
+            .op(MetaRequest::Unlink {
+                parent: InodeId::ROOT,
+                name: name.into(),
+            })
+            .await
+            .unwrap();
+    }
+    let attr = |i: InodeId| {
+        let w = writer.clone();
+        async move { w.op(MetaRequest::GetAttr { inode: i }).await }
+    };
+    match attr(f).await {
+        Ok(MetaReply::Attr(a)) => assert_eq!(a.nlink, 0),
+        r => panic!("unlinked file with a session: {r:?}"),
+    }
+    // The dying client stops renewing (as if killed): its file goes once the lease runs out
+    // (after the leader's settling grace).
+    drop(dying_lease);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match attr(f).await {
+            Err(e) if e.code == ErrorCode::NotFound => break,
+            Ok(_) => {}
+            Err(e) => panic!("getattr: {e}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expired lease did not free the file"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // More than two TTLs later, the renewing client's file is still there.
+    assert!(matches!(attr(g).await, Ok(MetaReply::Attr(_))));
+    assert_eq!(living_lease.epoch(), 0);
+    living_lease.end().await.unwrap();
+    assert_eq!(attr(g).await.unwrap_err().code, ErrorCode::NotFound);
+    c.shutdown().await;
+}
