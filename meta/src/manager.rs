@@ -250,10 +250,11 @@ impl Manager {
             .lock()
             .leader_since
             .is_some_and(|t| t.elapsed() >= LEASE_EXPIRY_GRACE);
-        if settled && matches!(self.lease_expired(), Ok(true)) {
-            if let Err(e) = self.propose(ClusterCmd::ExpireLeases).await {
-                tracing::debug!(error = %e, "propose lease expiry");
-            }
+        if settled
+            && matches!(self.lease_expired(), Ok(true))
+            && let Err(e) = self.propose(ClusterCmd::ExpireLeases).await
+        {
+            tracing::debug!(error = %e, "propose lease expiry");
         }
         // Removed trees: a few bounded steps per tick, so a huge tree is detached at
         // ~TRASH_STEPS_PER_TICK x TRASH_STEP_ENTRIES_MAX entries per tick without starving
