@@ -269,9 +269,13 @@ pub fn check_key(key: &str, ops: &[&Op], budget: u64) -> Outcome {
                 deepest = Some(stack.len());
             }
             let Some((e, s)) = stack.pop() else {
+                let detail = match stale_read(ops) {
+                    Some(w) => format!("no linearization; witness: {w}"),
+                    None => explain(ops, ev.op),
+                };
                 return Outcome::Violation(Violation {
                     key: key.to_string(),
-                    detail: explain(ops, ev.op),
+                    detail,
                 });
             };
             state = s;
@@ -298,6 +302,56 @@ fn fmt_v(v: u64) -> String {
         GARBAGE => "<bytes of no write>".into(),
         v => format!("{v:#x}"),
     }
+}
+
+/// A read that returned a value older than a write acknowledged before the read began: the
+/// value's write finished before that later write started (or it is the initial value), so
+/// no order can place the read. The simplest kind of violation, named precisely.
+fn stale_read(ops: &[&Op]) -> Option<String> {
+    let mut writes: BTreeMap<u64, &Op> = BTreeMap::new();
+    for op in ops {
+        if let OpKind::Write(v) = op.kind {
+            writes.insert(v, op);
+        }
+    }
+    let mut acked: Vec<&Op> = ops
+        .iter()
+        .copied()
+        .filter(|o| matches!(o.kind, OpKind::Write(_)) && o.complete_ns.is_some())
+        .collect();
+    acked.sort_by_key(|o| o.complete_ns);
+    for r in ops {
+        let OpKind::Read(v) = r.kind else { continue };
+        // Writes acknowledged before the read began.
+        let n = acked.partition_point(|w| w.complete_ns.is_some_and(|c| c < r.invoke_ns));
+        let Some(newer) = acked[..n].iter().max_by_key(|w| w.invoke_ns) else {
+            continue;
+        };
+        let older = match v {
+            INITIAL => true,
+            v => writes
+                .get(&v)
+                .and_then(|w| w.complete_ns)
+                .is_some_and(|c| c < newer.invoke_ns),
+        };
+        let OpKind::Write(nv) = newer.kind else {
+            continue;
+        };
+        if older && nv != v {
+            return Some(format!(
+                "read by client {} at [{}, {}] returned {}, but write {} by client {} was acknowledged at {} (it began at {}, after the returned value's write had finished)",
+                r.client,
+                fmt_t(r.invoke_ns),
+                fmt_t_opt(r.complete_ns),
+                fmt_v(v),
+                fmt_v(nv),
+                newer.client,
+                fmt_t_opt(newer.complete_ns),
+                fmt_t(newer.invoke_ns)
+            ));
+        }
+    }
+    None
 }
 
 /// Describes the operation that could not be placed and the writes around it.
@@ -383,7 +437,11 @@ mod tests {
         // write 5 acked at 3, then a read starting at 4 still sees the initial value.
         let h = [w(1, 5, 0, Some(3)), r(2, INITIAL, 4, 5)];
         match outcome(&h) {
-            Outcome::Violation(v) => assert!(v.detail.contains("0x5"), "{}", v.detail),
+            Outcome::Violation(v) => assert!(
+                v.detail.contains("returned <initial zeros>, but write 0x5"),
+                "{}",
+                v.detail
+            ),
             o => panic!("expected a violation, got {o:?}"),
         }
     }

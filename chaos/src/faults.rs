@@ -62,7 +62,8 @@ fn ms(rng: &mut StdRng, lo: u64, hi: u64) -> Duration {
     Duration::from_millis(rng.random_range(lo..=hi))
 }
 
-/// The schedule for `seed`: enough faults to fill `total` (each takes a few seconds).
+/// The schedule for `seed`: more faults than fit in `total`. Outages range up to 9 s, past
+/// the cluster manager's 5 s heartbeat timeout, so some of them cause failovers and resyncs.
 /// Every kind appears at least once, the fill exactly once.
 pub fn schedule(seed: u64, total: Duration, meta: u32, storage: u32) -> Vec<Scheduled> {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -98,19 +99,19 @@ pub fn schedule(seed: u64, total: Duration, meta: u32, storage: u32) -> Vec<Sche
         let fault = match kind {
             0 => Fault::Kill {
                 role: any_role(&mut rng),
-                down: ms(&mut rng, 500, 4000),
+                down: ms(&mut rng, 500, 9000),
             },
             1 => Fault::KillLeader {
-                down: ms(&mut rng, 500, 3000),
+                down: ms(&mut rng, 500, 8000),
             },
             2 => Fault::KillChainPair {
                 pick: rng.random(),
                 gap: ms(&mut rng, 200, 2000),
-                down: ms(&mut rng, 1000, 4000),
+                down: ms(&mut rng, 1000, 8000),
             },
             3 => Fault::Pause {
                 role: any_role(&mut rng),
-                frozen: ms(&mut rng, 500, 6000),
+                frozen: ms(&mut rng, 500, 9000),
             },
             4 => Fault::Corrupt {
                 node: rng.random_range(1..=storage),
@@ -122,7 +123,8 @@ pub fn schedule(seed: u64, total: Duration, meta: u32, storage: u32) -> Vec<Sche
             },
         };
         let after = ms(&mut rng, 1000, 4000);
-        t += after + Duration::from_secs(5);
+        // A lower bound of a fault's length: the run stops the schedule at its duration.
+        t += after + Duration::from_secs(1);
         out.push(Scheduled { after, fault });
     }
     out

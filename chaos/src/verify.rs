@@ -143,7 +143,17 @@ pub async fn orphan_chunks(client: &Client, token: &str, within: Duration) -> Re
     let data = DataClient::tcp(token.to_string(), client.client_id());
     let deadline = Instant::now() + within;
     loop {
-        let owners = chunk_owners(client, &data).await?;
+        // A routing change between reading the table and listing (a resync finishing) makes
+        // a target refuse the stale chain version: list again, within the deadline.
+        let owners = match chunk_owners(client, &data).await {
+            Ok(o) => o,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "listing chunks; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let mut orphans = Vec::new();
         for (inode, targets) in &owners {
             match client.getattr(*inode).await {
