@@ -9,6 +9,18 @@ use pond_proto::limits::CHUNK_BYTES_MAX;
 /// chunk's 1024 (~12 KiB). Smaller blocks would cut write amplification for 4 KiB writes but
 /// grow the metadata written per update; 64 KiB keeps both within 16×.
 pub const BLOCK_BYTES: u32 = 64 << 10;
+/// Checksum unit inside a block: every 4 KiB sector of a chunk has its own CRC32C, so a read
+/// verifies (and reads) only the sectors it returns, and an update re-checksums only the
+/// sectors it changes. 4 KiB is the page and O_DIRECT unit; a 4 MiB chunk carries 1024 sector
+/// CRCs (~5 KiB of record).
+pub const SECTOR_BYTES: u32 = 4096;
+pub const SECTORS_PER_BLOCK: u32 = BLOCK_BYTES / SECTOR_BYTES;
+/// Updates remembered per chunk in its persisted record for exactly-once retries across
+/// restarts and head changes: (client, request) → (version, length) of the last 16 updates of
+/// the chunk. A client retries one request at a time per chunk within its deadline, so more
+/// than 16 newer updates of the same chunk before a retry arrives means the retry is long
+/// stale. ~24 B each in the record.
+pub const RECENT_UPDATES_MAX: usize = 16;
 /// Blocks of the largest chunk.
 pub const BLOCKS_PER_CHUNK_MAX: u32 = CHUNK_BYTES_MAX / BLOCK_BYTES;
 /// Slots are `u32`: 2^32 × 64 KiB = 256 TiB per target, beyond any single disk here.
@@ -57,4 +69,5 @@ pub const HEARTBEAT_DEADLINE_MS: u64 = 3_000;
 pub const GC_TASKS_MAX: usize = 1024;
 
 const _: () = assert!(BLOCK_BYTES.is_multiple_of(4096), "O_DIRECT alignment");
+const _: () = assert!(BLOCK_BYTES.is_multiple_of(SECTOR_BYTES));
 const _: () = assert!(CHUNK_BYTES_MAX.is_multiple_of(BLOCK_BYTES));

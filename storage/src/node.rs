@@ -515,8 +515,15 @@ impl Node {
         req: UpdateReq,
         data: Bytes,
     ) -> Result<UpdateReply, PondError> {
-        // 0. The payload must be what the sender checksummed, and fit the chunk.
-        if crc32c::crc32c(&data) != req.crc {
+        // 0. The payload must be what the sender checksummed, and fit the chunk. It is
+        // checksummed per chunk sector (one pass) and the pieces combined: the store reuses
+        // the sector CRCs instead of checksumming the bytes again.
+        let payload_at = match req.op {
+            UpdateOp::Write { offset } => offset as u64,
+            _ => 0,
+        };
+        let pieces = crate::store::crc::piece_crcs(payload_at, &data);
+        if crate::store::crc::combine_pieces(payload_at, data.len() as u64, &pieces) != req.crc {
             return Err(err(ErrorCode::Checksum, "update payload CRC mismatch"));
         }
         if req.chunk_bytes == 0 || req.chunk_bytes > CHUNK_BYTES_MAX {
@@ -576,13 +583,12 @@ impl Node {
             None => {
                 // Head. A retry whose first attempt committed (possibly through an earlier
                 // head that has since failed) is found by its origin.
-                if let Some(c) = info.committed
-                    && c.origin == Some(origin)
-                {
-                    return Ok(UpdateReply {
-                        version: c.version,
-                        length: c.length,
-                    });
+                // The chunk's record remembers its last updates (persisted with it), so this
+                // also holds after a restart.
+                if let Some((version, length)) = t.store.applied(chunk, req.client, req.request) {
+                    let r = UpdateReply { version, length };
+                    t.dedupe.lock().put(key, r);
+                    return Ok(r);
                 }
                 let mut committed = info.committed;
                 if let Some(p) = info.pending {
@@ -630,7 +636,15 @@ impl Node {
         };
         // 4. Store it as the pending version.
         let staged = self
-            .stage(&t, &req, u, view.chain_version, data.clone(), Some(origin))
+            .stage(
+                &t,
+                &req,
+                u,
+                view.chain_version,
+                data.clone(),
+                Some(origin),
+                pieces,
+            )
             .await?;
         if req.version.is_none() && self.test_bug() == Some(TestBug::EarlyAck) {
             return Ok(self.early_ack(t, req, u, staged, data, guard).await);
@@ -712,6 +726,7 @@ impl Node {
         cv: ChainVersion,
         data: Bytes,
         origin: Option<(ClientId, RequestId)>,
+        payload_crcs: Vec<u32>,
     ) -> Result<VersionInfo, PondError> {
         let (chunk, op) = (req.chunk, req.op);
         let res = on_store(&t.store, move |s| {
@@ -724,7 +739,7 @@ impl Node {
                 UpdateOp::Truncate { length } => Mutation::Truncate { length },
                 UpdateOp::Remove => unreachable!("remove is not staged"),
             };
-            s.stage(chunk, u, cv, m, origin)
+            s.stage_with(chunk, u, cv, m, origin, Some(&payload_crcs))
         })
         .await;
         res.map_err(|e| {
@@ -820,10 +835,9 @@ impl Node {
             let (op, payload, crc) = if whole {
                 if full.is_none() {
                     let chunk = req.chunk;
-                    let b = on_store(&t.store, move |s| s.read(chunk, u, 0, u32::MAX))
+                    let (b, crc) = on_store(&t.store, move |s| s.read_crc(chunk, u, 0, u32::MAX))
                         .await
                         .map_err(store_err)?;
-                    let crc = crc32c::crc32c(&b);
                     full = Some((b, crc));
                 }
                 let (b, crc) = full.clone().expect("just set");
@@ -1158,7 +1172,7 @@ impl Node {
                 .map(|j| {
                     j.map(|o| {
                         o.map(|(t, c, v, off, len, cv, clen)| {
-                            let res = t.store.read(c, v, off, len);
+                            let res = t.store.read_crc(c, v, off, len);
                             (t, c, v, cv, clen, res)
                         })
                     })
@@ -1186,13 +1200,13 @@ impl Node {
                     crc: crc32c::crc32c(&[]),
                 })),
                 Ok(Some((t, c, v, cv, clen, res))) => match res {
-                    Ok(b) => {
+                    Ok((b, crc)) => {
                         out.push(Ok(ReadOk {
                             version: v,
                             chain_version: cv,
                             chunk_length: clen,
                             bytes: b.len() as u32,
-                            crc: crc32c::crc32c(&b),
+                            crc,
                         }));
                         bufs.push(b);
                     }
@@ -1494,7 +1508,7 @@ impl Node {
                     continue;
                 }
                 let v = mine.version;
-                let data = on_store(&t.store, move |s| s.read(c, v, 0, u32::MAX))
+                let (data, crc) = on_store(&t.store, move |s| s.read_crc(c, v, 0, u32::MAX))
                     .await
                     .map_err(store_err)?;
                 let req = DataRequest::SyncInstall {
@@ -1502,7 +1516,7 @@ impl Node {
                     chunk: c,
                     version: mine.version,
                     committed_under: mine.chain_version,
-                    crc: crc32c::crc32c(&data),
+                    crc,
                 };
                 self.peers
                     .call(&addr, req, data)

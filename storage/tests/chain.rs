@@ -1138,3 +1138,60 @@ async fn early_ack_test_bug_acks_before_the_tail_commits() {
         "acked before the tail had the write"
     );
 }
+
+/// Exactly-once across a head restart: a retried request whose first attempt committed is
+/// answered from the chunk's persisted record of recent updates, not applied again — even
+/// when later updates of the chunk came in between and the head lost its in-memory table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarted_head_does_not_reapply_a_retried_write() {
+    let mut cl = Cluster::start([None, None, None]).await;
+    let c = client();
+    let r = cl.routing();
+    let (addr, at) = head(&r);
+    let first = c.next_request_id();
+    let rep = c
+        .write_chunk(&addr, at, chunk(0), 0, CHUNK_BYTES, data(1, 100), first)
+        .await
+        .unwrap();
+    assert_eq!(rep.version, ChunkVersion(1));
+    // Later updates overwrite the same bytes.
+    for i in 0..3 {
+        c.write_chunk(
+            &addr,
+            at,
+            chunk(0),
+            0,
+            CHUNK_BYTES,
+            data(10 + i, 100),
+            c.next_request_id(),
+        )
+        .await
+        .unwrap();
+    }
+    for n in 1..=3 {
+        cl.stop_node(n).await;
+    }
+    for n in 1..=3 {
+        cl.start_node(n).await;
+    }
+    let mut r = cl.meta.lock().build();
+    r.version = RoutingVersion(r.version.0 + 1);
+    for t in r.targets.values_mut() {
+        t.local_state = LocalState::Online;
+    }
+    for s in cl.servers.iter().flatten() {
+        s.node.set_routing(r.clone());
+    }
+    let (addr, at) = head(&r);
+    // The retry of the first request: same id, same bytes.
+    let again = c
+        .write_chunk(&addr, at, chunk(0), 0, CHUNK_BYTES, data(1, 100), first)
+        .await
+        .unwrap();
+    assert_eq!(again, rep, "answered from the persisted record");
+    for n in 1..=3 {
+        let (ok, got) = read_from(&c, &r, tid(n), chunk(0)).await.unwrap();
+        assert_eq!(ok.version, ChunkVersion(4), "node {n}: not applied again");
+        assert_eq!(got, data(12, 100), "node {n}");
+    }
+}

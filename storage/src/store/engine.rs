@@ -1,6 +1,15 @@
 //! The block engine: chunks as lists of copy-on-write 64 KiB blocks (`BLOCK_BYTES`) in a slot
-//! space, with the chunk records (committed + pending version, each a block list with per-block
-//! CRC32C) in a metadata store. A `Backend` supplies the slot I/O and the metadata store.
+//! space, with the chunk records (committed + pending version, each a block list plus one
+//! CRC32C per 4 KiB sector, `SECTOR_BYTES`) in a metadata store. A `Backend` supplies the slot
+//! I/O and the metadata store.
+//!
+//! Checksums: a read verifies exactly the sectors it returns (a 4 KiB read reads and checks
+//! 4 KiB, not its 64 KiB block) and derives the CRC of the returned range from the sector
+//! CRCs (`crc::combine`); an update checksums only the sectors it changes, reusing the
+//! caller's payload sector CRCs and the base version's CRCs of untouched sectors. Sectors
+//! copied unchanged from the base version keep their CRC without being re-verified: damage in
+//! them stays detectable. A partially overwritten sector is verified before it is merged, so
+//! damage is never laundered into a valid CRC.
 //!
 //! Update protocol (every window is covered by `CrashPoint` tests):
 //! 1. plan the new block list from the committed one: untouched blocks are shared, touched
@@ -31,7 +40,16 @@ pub const HOLE: u32 = u32::MAX;
 pub struct BlockRef {
     pub slot: u32,
     pub len: u32,
-    pub crc: u32,
+}
+
+/// One client update the chunk remembers: `(client, request)` produced `version`, after which
+/// the chunk was `length` bytes long.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Applied {
+    pub client: u64,
+    pub request: u64,
+    pub version: u32,
+    pub length: u32,
 }
 
 /// One version of a chunk on disk.
@@ -40,9 +58,14 @@ pub struct VersionRec {
     pub version: u32,
     pub chain_version: u32,
     pub length: u32,
+    /// `content_digest` of the content (from `sectors`).
     pub crc: u32,
     pub origin: Option<(u64, u64)>,
     pub blocks: Vec<BlockRef>,
+    /// CRC32C of each `SECTOR_BYTES` piece of the content, in order (the last may be short).
+    pub sectors: Vec<u32>,
+    /// The last `RECENT_UPDATES_MAX` client updates that led to this version, newest last.
+    pub recent: Vec<Applied>,
 }
 
 impl VersionRec {
@@ -58,6 +81,37 @@ impl VersionRec {
 
     fn slots(&self) -> impl Iterator<Item = u32> + '_ {
         self.blocks.iter().map(|b| b.slot).filter(|s| *s != HOLE)
+    }
+
+    /// The shape every reader relies on: block and sector lists that fit the length.
+    fn check(&self) -> Result<(), String> {
+        let len = self.length as u64;
+        if len > pond_proto::limits::CHUNK_BYTES_MAX as u64 {
+            return Err(format!("length {len}"));
+        }
+        let bb = BLOCK_BYTES as u64;
+        if self.blocks.len() as u64 != len.div_ceil(bb) {
+            return Err(format!("{} blocks for length {len}", self.blocks.len()));
+        }
+        for (i, b) in self.blocks.iter().enumerate() {
+            if b.len as u64 != bb.min(len - i as u64 * bb) {
+                return Err(format!("block {i} of length {}", b.len));
+            }
+        }
+        if self.sectors.len() as u64 != len.div_ceil(SB) {
+            return Err(format!(
+                "{} sector CRCs for length {len}",
+                self.sectors.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sector CRCs of block `i`.
+    fn block_sectors(&self, i: usize) -> &[u32] {
+        let from = (i * SECTORS_PER_BLOCK as usize).min(self.sectors.len());
+        let to = ((i + 1) * SECTORS_PER_BLOCK as usize).min(self.sectors.len());
+        &self.sectors[from..to]
     }
 }
 
@@ -106,10 +160,11 @@ impl Entry {
 pub trait Backend: Send + Sync + 'static {
     fn blocking(&self) -> bool;
     fn write_block(&self, slot: u32, data: &[u8]) -> std::io::Result<()>;
-    fn read_block(&self, slot: u32, len: u32) -> std::io::Result<Bytes>;
-    /// Reads a block into `buf` (exactly `buf.len()` bytes), for multi-block reads that
+    /// Bytes `at..at + len` of a slot (`UnexpectedEof` if they were never written).
+    fn read_range(&self, slot: u32, at: u32, len: u32) -> std::io::Result<Bytes>;
+    /// Reads bytes `at..at + buf.len()` of a slot into `buf`, for reads that span blocks and
     /// assemble their reply in place.
-    fn read_block_into(&self, slot: u32, buf: &mut [u8]) -> std::io::Result<()>;
+    fn read_into(&self, slot: u32, at: u32, buf: &mut [u8]) -> std::io::Result<()>;
     /// Makes every written block durable.
     fn sync_data(&self) -> std::io::Result<()>;
     /// Applies all puts (`Some`) and deletes (`None`) atomically; durably if `durable`
@@ -205,16 +260,13 @@ pub struct Engine<B: Backend> {
 
 static ZEROS: [u8; BLOCK_BYTES as usize] = [0; BLOCK_BYTES as usize];
 
-fn zero_crc(len: u32) -> u32 {
-    static FULL: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    if len == BLOCK_BYTES {
-        return *FULL.get_or_init(|| crc32c::crc32c(&ZEROS));
-    }
-    crc32c::crc32c(&ZEROS[..len as usize])
-}
+const SB: u64 = SECTOR_BYTES as u64;
 
-fn chunk_crc(blocks: &[BlockRef]) -> u32 {
-    super::digest_of(blocks.iter().map(|b| (b.crc, b.len)))
+fn sectors_digest(sectors: &[u32], length: u32) -> u32 {
+    super::digest_of(sectors.iter().enumerate().map(|(i, c)| {
+        let start = i as u32 * SECTOR_BYTES;
+        (*c, (length - start).min(SECTOR_BYTES))
+    }))
 }
 
 /// How one block of the new version is produced.
@@ -231,6 +283,17 @@ enum Plan<'a> {
     },
 }
 
+/// What `materialize` made: the new block list, its sector CRCs, and the slots it allocated.
+type Materialized = (Vec<BlockRef>, Vec<u32>, Vec<u32>);
+
+/// The payload of an update as `write_plans` sees it: its chunk offset and, when the caller
+/// has them, the CRC32C of each of its sector pieces.
+#[derive(Clone, Copy)]
+struct Payload<'a> {
+    offset: u64,
+    crcs: Option<&'a [u32]>,
+}
+
 impl<B: Backend> Engine<B> {
     /// Opens a target: loads every chunk record and rebuilds the allocator from them, which
     /// reclaims the slots of updates interrupted before their metadata commit.
@@ -239,6 +302,11 @@ impl<B: Backend> Engine<B> {
         let mut index = BTreeMap::new();
         let mut used = HashSet::new();
         for (id, rec) in recs {
+            for v in rec.committed.iter().chain(rec.pending.iter()) {
+                v.check().map_err(|why| {
+                    StoreError::Internal(anyhow::anyhow!("bad record of chunk {id}: {why}"))
+                })?;
+            }
             let e = Entry {
                 committed: rec.committed.map(Arc::new),
                 pending: rec.pending.map(Arc::new),
@@ -314,51 +382,38 @@ impl<B: Backend> Engine<B> {
         )
     }
 
-    fn read_block_checked(
-        &self,
-        chunk: ChunkId,
-        i: usize,
-        b: &BlockRef,
-    ) -> Result<Bytes, StoreError> {
-        if b.slot == HOLE {
-            return Ok(Bytes::from_static(&ZEROS[..b.len as usize]));
-        }
-        let data = match self.backend.read_block(b.slot, b.len) {
-            Ok(d) => d,
+    fn eof_is_damage(chunk: ChunkId, block: u64) -> impl Fn(std::io::Error) -> StoreError {
+        move |e| {
             // A block cut off by a truncated data file is damage like a bad CRC.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(StoreError::Checksum {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                StoreError::Checksum {
                     chunk,
-                    block: i as u32,
-                });
+                    block: block as u32,
+                }
+            } else {
+                e.into()
             }
-            Err(e) => return Err(e.into()),
-        };
-        if data.len() != b.len as usize || crc32c::crc32c(&data) != b.crc {
-            return Err(StoreError::Checksum {
-                chunk,
-                block: i as u32,
-            });
         }
-        Ok(data)
     }
 
-    /// Writes the planned blocks, syncs them, returns the new block list. On error the
-    /// allocated slots are returned to the allocator (except after an injected crash, where
-    /// nothing runs any more, as in a killed process).
+    /// Writes the planned blocks, syncs them, returns the new block list and sector CRCs. On
+    /// error the allocated slots are returned to the allocator (except after an injected
+    /// crash, where nothing runs any more, as in a killed process).
     fn materialize(
         &self,
         chunk: ChunkId,
         plans: Vec<Plan<'_>>,
-    ) -> Result<(Vec<BlockRef>, Vec<u32>), StoreError> {
+        base: Option<&VersionRec>,
+        payload: Option<Payload<'_>>,
+    ) -> Result<Materialized, StoreError> {
         let fresh = plans
             .iter()
             .filter(|p| matches!(p, Plan::Fresh { .. }))
             .count();
         let slots = self.state.lock().alloc.alloc(fresh)?;
-        let res = self.write_plans(chunk, plans, &slots);
+        let res = self.write_plans(chunk, plans, &slots, base, payload);
         match res {
-            Ok(blocks) => Ok((blocks, slots)),
+            Ok((blocks, sectors)) => Ok((blocks, sectors, slots)),
             Err(e) => {
                 if !matches!(e, StoreError::Crashed(_)) {
                     self.state.lock().alloc.unalloc(slots);
@@ -373,44 +428,110 @@ impl<B: Backend> Engine<B> {
         chunk: ChunkId,
         plans: Vec<Plan<'_>>,
         slots: &[u32],
-    ) -> Result<Vec<BlockRef>, StoreError> {
+        base: Option<&VersionRec>,
+        payload: Option<Payload<'_>>,
+    ) -> Result<(Vec<BlockRef>, Vec<u32>), StoreError> {
         self.crash(CrashPoint::BeforeDataWrite)?;
         let mut out = Vec::with_capacity(plans.len());
+        let mut sectors = Vec::with_capacity(plans.len() * SECTORS_PER_BLOCK as usize);
         let mut next_slot = slots.iter();
         let half = slots.len() / 2;
         let mut written = 0;
         for (i, p) in plans.into_iter().enumerate() {
             match p {
-                Plan::Keep(b) => out.push(b),
-                Plan::Hole(len) => out.push(BlockRef {
-                    slot: HOLE,
-                    len,
-                    crc: zero_crc(len),
-                }),
+                Plan::Keep(b) => {
+                    let base = base.expect("kept blocks come from a base version");
+                    sectors.extend_from_slice(base.block_sectors(i));
+                    out.push(b);
+                }
+                Plan::Hole(len) => {
+                    sectors.extend(
+                        crc::pieces(0, len as u64).map(|(s, e)| crc::zeros((e - s) as u32)),
+                    );
+                    out.push(BlockRef { slot: HOLE, len });
+                }
                 Plan::Fresh {
-                    base,
+                    base: bref,
                     len,
                     at,
                     data,
                 } => {
-                    let mut buf = vec![0u8; len as usize];
-                    if let Some(b) = base {
-                        let old = self.read_block_checked(chunk, i, &b)?;
-                        let n = old.len().min(len as usize);
+                    let b_start = i as u64 * BLOCK_BYTES as u64;
+                    let full = at == 0 && data.len() == len as usize;
+                    let base_len = bref.filter(|_| !full).map(|b| b.len).unwrap_or(0);
+                    let base_secs: &[u32] = match base {
+                        Some(v) if base_len > 0 => v.block_sectors(i),
+                        _ => &[],
+                    };
+                    // The old bytes this block keeps (never read when the write covers it).
+                    let old = match bref {
+                        Some(b) if base_len > 0 => {
+                            let want = base_len.min(len.div_ceil(SECTOR_BYTES) * SECTOR_BYTES);
+                            let o = self
+                                .backend
+                                .read_range(b.slot, 0, want)
+                                .map_err(Self::eof_is_damage(chunk, i as u64))?;
+                            if o.len() != want as usize {
+                                return Err(StoreError::Checksum {
+                                    chunk,
+                                    block: i as u32,
+                                });
+                            }
+                            o
+                        }
+                        _ => Bytes::new(),
+                    };
+                    let merged;
+                    let content: &[u8] = if full {
+                        data
+                    } else {
+                        let mut buf = vec![0u8; len as usize];
+                        let n = (base_len.min(len)) as usize;
                         buf[..n].copy_from_slice(&old[..n]);
+                        buf[at as usize..at as usize + data.len()].copy_from_slice(data);
+                        merged = buf;
+                        &merged
+                    };
+                    let (d_lo, d_hi) = (at as u64, at as u64 + data.len() as u64);
+                    for (k, (ks, ke)) in crc::pieces(0, len as u64).enumerate() {
+                        let covered = !data.is_empty() && d_lo <= ks && ke <= d_hi;
+                        let touched = !data.is_empty() && d_lo < ke && d_hi > ks;
+                        let bke = (ks + SB).min(base_len as u64);
+                        let c = if covered {
+                            match payload.and_then(|p| {
+                                let idx = (b_start + ks) / SB - p.offset / SB;
+                                p.crcs.and_then(|c| c.get(idx as usize).copied())
+                            }) {
+                                Some(c) => c,
+                                None => crc32c::crc32c(&content[ks as usize..ke as usize]),
+                            }
+                        } else if !touched && bke == ke && base_len as u64 >= ke {
+                            // Untouched and the same length as in the base: keep its CRC.
+                            base_secs[k]
+                        } else if !touched && base_len as u64 <= ks {
+                            crc::zeros((ke - ks) as u32)
+                        } else {
+                            // Partly overwritten or resized: check the old part first, so
+                            // damage is never sealed under a fresh CRC.
+                            if base_len as u64 > ks
+                                && crc32c::crc32c(&old[ks as usize..bke as usize]) != base_secs[k]
+                            {
+                                return Err(StoreError::Checksum {
+                                    chunk,
+                                    block: i as u32,
+                                });
+                            }
+                            crc32c::crc32c(&content[ks as usize..ke as usize])
+                        };
+                        sectors.push(c);
                     }
-                    buf[at as usize..at as usize + data.len()].copy_from_slice(data);
                     let slot = *next_slot.next().expect("one slot per fresh block");
                     if written == half && written > 0 {
                         self.crash(CrashPoint::MidDataWrite)?;
                     }
-                    self.backend.write_block(slot, &buf)?;
+                    self.backend.write_block(slot, content)?;
                     written += 1;
-                    out.push(BlockRef {
-                        slot,
-                        len,
-                        crc: crc32c::crc32c(&buf),
-                    });
+                    out.push(BlockRef { slot, len });
                 }
             }
         }
@@ -419,7 +540,7 @@ impl<B: Backend> Engine<B> {
             self.backend.sync_data()?;
         }
         self.crash(CrashPoint::AfterDataSync)?;
-        Ok(out)
+        Ok((out, sectors))
     }
 
     /// Plans `m` over `base` (the committed block list).
@@ -457,8 +578,10 @@ impl<B: Backend> Engine<B> {
             if touched {
                 let from = w_off.max(b_start);
                 let to = w_end.min(b_end);
+                // A block the write covers whole is not read: nothing of it survives.
+                let whole = from == b_start && to == b_end;
                 plans.push(Plan::Fresh {
-                    base: old.filter(|b| b.slot != HOLE),
+                    base: old.filter(|b| b.slot != HOLE && !whole),
                     len,
                     at: (from - b_start) as u32,
                     data: &data[(from - w_off) as usize..(to - w_off) as usize],
@@ -521,17 +644,20 @@ impl<B: Backend> Engine<B> {
     fn version_rec(
         version: ChunkVersion,
         chain_version: ChainVersion,
-        blocks: Vec<BlockRef>,
+        (blocks, sectors): (Vec<BlockRef>, Vec<u32>),
         length: u32,
         origin: Option<(ClientId, RequestId)>,
+        recent: Vec<Applied>,
     ) -> VersionRec {
         VersionRec {
             version: version.0,
             chain_version: chain_version.0,
             length,
-            crc: chunk_crc(&blocks),
+            crc: sectors_digest(&sectors, length),
             origin: origin.map(|(c, r)| (c.0, r.0)),
             blocks,
+            sectors,
+            recent,
         }
     }
 }
@@ -552,6 +678,17 @@ impl<B: Backend> ChunkStore for Engine<B> {
         offset: u32,
         length: u32,
     ) -> Result<Bytes, StoreError> {
+        self.read_crc(chunk, version, offset, length)
+            .map(|(b, _)| b)
+    }
+
+    fn read_crc(
+        &self,
+        chunk: ChunkId,
+        version: ChunkVersion,
+        offset: u32,
+        length: u32,
+    ) -> Result<(Bytes, u32), StoreError> {
         let (entry, _guard) = self.reader(chunk);
         // Pending first: it only shares a number with the committed version while it replaces
         // a diverged copy, and then it is the content wanted.
@@ -563,46 +700,73 @@ impl<B: Backend> ChunkStore for Engine<B> {
         let start = (offset as u64).min(v.length as u64);
         let end = (offset as u64 + length as u64).min(v.length as u64);
         if start == end {
-            return Ok(Bytes::new());
+            return Ok((Bytes::new(), 0));
         }
         let bb = BLOCK_BYTES as u64;
-        let (first, last) = (start / bb, (end - 1) / bb);
-        if first == last {
-            let blk = self.read_block_checked(chunk, first as usize, &v.blocks[first as usize])?;
-            let s = (start - first * bb) as usize;
-            return Ok(blk.slice(s..s + (end - start) as usize));
-        }
-        // Whole blocks are read straight into one buffer (each checked in place), and the
-        // reply is a slice of it: no second copy.
-        let lo = first * bb;
-        let hi = (last * bb + v.blocks[last as usize].len as u64).min(v.length as u64);
-        let mut out = BytesMut::zeroed((hi - lo) as usize);
-        for i in first..=last {
-            let b = &v.blocks[i as usize];
-            let at = (i * bb - lo) as usize;
-            let dst = &mut out[at..at + b.len as usize];
+        // Only the sectors holding the range are read and verified.
+        let (s0, s1) = (start / SB, (end - 1) / SB);
+        let (rs, re) = (s0 * SB, ((s1 + 1) * SB).min(v.length as u64));
+        let (b0, b1) = (rs / bb, (re - 1) / bb);
+        let data = if b0 == b1 {
+            let b = &v.blocks[b0 as usize];
+            let at = (rs - b0 * bb) as usize;
             if b.slot == HOLE {
-                continue; // already zeros
+                Bytes::from_static(&ZEROS[at..at + (re - rs) as usize])
+            } else {
+                self.backend
+                    .read_range(b.slot, at as u32, (re - rs) as u32)
+                    .map_err(Self::eof_is_damage(chunk, b0))?
             }
-            match self.backend.read_block_into(b.slot, dst) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    return Err(StoreError::Checksum {
-                        chunk,
-                        block: i as u32,
-                    });
+        } else {
+            // Spanning blocks: read straight into one buffer; the reply is a slice of it.
+            let mut out = BytesMut::zeroed((re - rs) as usize);
+            for i in b0..=b1 {
+                let b = &v.blocks[i as usize];
+                if b.slot == HOLE {
+                    continue; // already zeros
                 }
-                Err(e) => return Err(e.into()),
+                let lo = rs.max(i * bb);
+                let hi = re.min(i * bb + b.len as u64);
+                self.backend
+                    .read_into(
+                        b.slot,
+                        (lo - i * bb) as u32,
+                        &mut out[(lo - rs) as usize..(hi - rs) as usize],
+                    )
+                    .map_err(Self::eof_is_damage(chunk, i))?;
             }
-            if crc32c::crc32c(dst) != b.crc {
+            out.freeze()
+        };
+        if data.len() as u64 != re - rs {
+            return Err(StoreError::Checksum {
+                chunk,
+                block: b0 as u32,
+            });
+        }
+        let spb = SECTORS_PER_BLOCK as u64;
+        let mut acc = 0;
+        for s in s0..=s1 {
+            let (ss, se) = (s * SB, ((s + 1) * SB).min(v.length as u64));
+            let stored = v.sectors[s as usize];
+            if v.blocks[(s / spb) as usize].slot != HOLE
+                && crc32c::crc32c(&data[(ss - rs) as usize..(se - rs) as usize]) != stored
+            {
                 return Err(StoreError::Checksum {
                     chunk,
-                    block: i as u32,
+                    block: (s / spb) as u32,
                 });
             }
+            // The reply's CRC from the verified sector CRCs; only partial edge sectors are
+            // checksummed again (at most two pieces under 4 KiB).
+            let (ps, pe) = (ss.max(start), se.min(end));
+            let c = if (ps, pe) == (ss, se) {
+                stored
+            } else {
+                crc32c::crc32c(&data[(ps - rs) as usize..(pe - rs) as usize])
+            };
+            acc = crc::combine(acc, c, pe - ps);
         }
-        let out = out.freeze();
-        Ok(out.slice((start - lo) as usize..(end - lo) as usize))
+        Ok((data.slice((start - rs) as usize..(end - rs) as usize), acc))
     }
 
     fn stage(
@@ -613,9 +777,22 @@ impl<B: Backend> ChunkStore for Engine<B> {
         m: Mutation<'_>,
         origin: Option<(ClientId, RequestId)>,
     ) -> Result<VersionInfo, StoreError> {
+        self.stage_with(chunk, version, chain_version, m, origin, None)
+    }
+
+    fn stage_with(
+        &self,
+        chunk: ChunkId,
+        version: ChunkVersion,
+        chain_version: ChainVersion,
+        m: Mutation<'_>,
+        origin: Option<(ClientId, RequestId)>,
+        payload_crcs: Option<&[u32]>,
+    ) -> Result<VersionInfo, StoreError> {
         // 1. plan against the committed version (holding a reader guard: we read its blocks).
         let (old, _guard) = self.reader(chunk);
-        let (base, base_len) = match &old.committed {
+        let base = old.committed.as_deref();
+        let (base_blocks, base_len) = match base {
             Some(c) => (c.blocks.as_slice(), c.length),
             None => (&[][..], 0),
         };
@@ -627,10 +804,39 @@ impl<B: Backend> ChunkStore for Engine<B> {
                 offset as u64 + data.len() as u64
             )));
         }
-        let (plans, new_len) = Self::plan(base, base_len, m)?;
+        let (plans, new_len) = Self::plan(base_blocks, base_len, m)?;
+        let payload = match m {
+            Mutation::Write { offset, data } => Some((offset as u64, data.len())),
+            Mutation::Replace { data } => Some((0, data.len())),
+            Mutation::Truncate { .. } => None,
+        }
+        .map(|(offset, n)| Payload {
+            offset,
+            // Used only if they describe this payload's pieces.
+            crcs: payload_crcs.filter(|c| c.len() == crc::pieces(offset, n as u64).count()),
+        });
         // 2. write + sync the new blocks.
-        let (blocks, fresh) = self.materialize(chunk, plans)?;
-        let rec = Self::version_rec(version, chain_version, blocks, new_len, origin);
+        let (blocks, sectors, fresh) = self.materialize(chunk, plans, base, payload)?;
+        let mut recent = base.map(|b| b.recent.clone()).unwrap_or_default();
+        if let Some((c, r)) = origin {
+            recent.retain(|a| (a.client, a.request) != (c.0, r.0));
+            recent.push(Applied {
+                client: c.0,
+                request: r.0,
+                version: version.0,
+                length: new_len,
+            });
+            let extra = recent.len().saturating_sub(RECENT_UPDATES_MAX);
+            recent.drain(..extra);
+        }
+        let rec = Self::version_rec(
+            version,
+            chain_version,
+            (blocks, sectors),
+            new_len,
+            origin,
+            recent,
+        );
         let info = rec.info();
         // 3.+4. the pending version replaces any previous pending one.
         let new = Entry {
@@ -641,6 +847,21 @@ impl<B: Backend> ChunkStore for Engine<B> {
         // and makes this record durable with it.
         self.publish(chunk, &old, new, fresh, false)?;
         Ok(info)
+    }
+
+    fn applied(
+        &self,
+        chunk: ChunkId,
+        client: ClientId,
+        request: RequestId,
+    ) -> Option<(ChunkVersion, u32)> {
+        let st = self.state.lock();
+        let c = st.index.get(&chunk)?.committed.as_ref()?;
+        c.recent
+            .iter()
+            .rev()
+            .find(|a| (a.client, a.request) == (client.0, request.0))
+            .map(|a| (ChunkVersion(a.version), a.length))
     }
 
     fn commit(&self, chunk: ChunkId, version: ChunkVersion) -> Result<VersionInfo, StoreError> {
@@ -683,8 +904,19 @@ impl<B: Backend> ChunkStore for Engine<B> {
     ) -> Result<VersionInfo, StoreError> {
         let (old, _guard) = self.reader(chunk);
         let (plans, len) = Self::plan(&[], 0, Mutation::Replace { data })?;
-        let (blocks, fresh) = self.materialize(chunk, plans)?;
-        let rec = Self::version_rec(version, chain_version, blocks, len, None);
+        let payload = Payload {
+            offset: 0,
+            crcs: None,
+        };
+        let (blocks, sectors, fresh) = self.materialize(chunk, plans, None, Some(payload))?;
+        let rec = Self::version_rec(
+            version,
+            chain_version,
+            (blocks, sectors),
+            len,
+            None,
+            Vec::new(),
+        );
         let info = rec.info();
         self.publish(
             chunk,

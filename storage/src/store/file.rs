@@ -15,9 +15,12 @@ use std::path::{Path, PathBuf};
 const CHUNKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("chunks");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// On-disk format marker, checked on open. A future layout gets a new marker and a migration.
-pub const FORMAT: &[u8] = b"pond-chunk-engine/1";
+pub const FORMAT: &[u8] = b"pond-chunk-engine/2";
+/// The previous format (one CRC per 64 KiB block, no remembered updates). Not migrated: such a
+/// target is refused with advice; emptying it lets resync refill it from its chain.
+const FORMAT_V1: &[u8] = b"pond-chunk-engine/1";
 /// First byte of every chunk record value: the record encoding version.
-const REC_V1: u8 = 1;
+const REC_V2: u8 = 2;
 
 pub struct FileBackend {
     dir: PathBuf,
@@ -53,6 +56,15 @@ impl FileBackend {
                 .map(|v| v.value().to_vec());
             match existing {
                 Some(f) if f == FORMAT => {}
+                Some(f) if f == FORMAT_V1 => {
+                    return Err(internal(
+                        "it was written by an older pond (pond-chunk-engine/1, one CRC per \
+                         64 KiB block); this version keeps 4 KiB sector CRCs and does not \
+                         migrate: empty the target directory and let resync refill it from \
+                         its chain",
+                        "old chunk engine format",
+                    ));
+                }
                 Some(f) => {
                     return Err(internal(
                         String::from_utf8_lossy(&f),
@@ -99,14 +111,16 @@ impl Backend for FileBackend {
         self.data.write_all_at(data, Self::slot_offset(slot))
     }
 
-    fn read_block(&self, slot: u32, len: u32) -> std::io::Result<Bytes> {
+    fn read_range(&self, slot: u32, at: u32, len: u32) -> std::io::Result<Bytes> {
         let mut buf = vec![0u8; len as usize];
-        self.data.read_exact_at(&mut buf, Self::slot_offset(slot))?;
+        self.data
+            .read_exact_at(&mut buf, Self::slot_offset(slot) + at as u64)?;
         Ok(Bytes::from(buf))
     }
 
-    fn read_block_into(&self, slot: u32, buf: &mut [u8]) -> std::io::Result<()> {
-        self.data.read_exact_at(buf, Self::slot_offset(slot))
+    fn read_into(&self, slot: u32, at: u32, buf: &mut [u8]) -> std::io::Result<()> {
+        self.data
+            .read_exact_at(buf, Self::slot_offset(slot) + at as u64)
     }
 
     fn sync_data(&self) -> std::io::Result<()> {
@@ -132,7 +146,7 @@ impl Backend for FileBackend {
             for (id, rec) in batch {
                 match rec {
                     Some(r) => {
-                        let mut v = vec![REC_V1];
+                        let mut v = vec![REC_V2];
                         v.extend(
                             postcard::to_stdvec(r)
                                 .map_err(|e| internal(e, "encode chunk record"))?,
@@ -172,7 +186,7 @@ impl Backend for FileBackend {
                 .try_into()
                 .map_err(|_| internal("bad key length", "chunk key"))?;
             let v = v.value();
-            if v.first() != Some(&REC_V1) {
+            if v.first() != Some(&REC_V2) {
                 return Err(internal(
                     format!("{:?}", v.first()),
                     "unknown chunk record version",

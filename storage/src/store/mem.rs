@@ -57,9 +57,10 @@ impl Backend for MemBackend {
         Ok(())
     }
 
-    fn read_block(&self, slot: u32, len: u32) -> std::io::Result<Bytes> {
+    fn read_range(&self, slot: u32, at: u32, len: u32) -> std::io::Result<Bytes> {
+        let end = at as usize + len as usize;
         match self.inner.blocks.lock().get(&slot) {
-            Some(b) if b.len() >= len as usize => Ok(b.slice(..len as usize)),
+            Some(b) if b.len() >= end => Ok(b.slice(at as usize..end)),
             _ => Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "slot never written",
@@ -67,10 +68,11 @@ impl Backend for MemBackend {
         }
     }
 
-    fn read_block_into(&self, slot: u32, buf: &mut [u8]) -> std::io::Result<()> {
+    fn read_into(&self, slot: u32, at: u32, buf: &mut [u8]) -> std::io::Result<()> {
+        let end = at as usize + buf.len();
         match self.inner.blocks.lock().get(&slot) {
-            Some(b) if b.len() >= buf.len() => {
-                buf.copy_from_slice(&b[..buf.len()]);
+            Some(b) if b.len() >= end => {
+                buf.copy_from_slice(&b[at as usize..end]);
                 Ok(())
             }
             _ => Err(std::io::Error::new(

@@ -3,6 +3,7 @@
 //! memory (`mem::MemBackend`, benchmarks and simulation). One conformance suite runs against
 //! both (`conformance`).
 
+pub mod crc;
 pub mod engine;
 pub mod file;
 pub mod mem;
@@ -16,12 +17,12 @@ use pond_proto::{ChainVersion, ChunkId, ChunkVersion, ClientId, ErrorCode, PondE
 use std::ops::Bound;
 
 /// Checksum of a chunk's content as stores record it (`VersionInfo::crc`): CRC32C over the
-/// CRC32C and length of each `BLOCK_BYTES` piece. Under copy-on-write blocks it is maintained
-/// from the block list alone — no re-read and no CRC combination, which costs as much as
-/// re-reading — and equal content always gives an equal digest.
+/// CRC32C and length of each `SECTOR_BYTES` piece. The engine keeps the sector CRCs anyway, so
+/// it maintains this digest from them alone — no re-read and no CRC combination — and equal
+/// content always gives an equal digest.
 pub fn content_digest(data: &[u8]) -> u32 {
     digest_of(
-        data.chunks(crate::limits::BLOCK_BYTES as usize)
+        data.chunks(crate::limits::SECTOR_BYTES as usize)
             .map(|b| (crc32c::crc32c(b), b.len() as u32)),
     )
 }
@@ -186,6 +187,47 @@ pub trait ChunkStore: Send + Sync + 'static {
         m: Mutation<'_>,
         origin: Option<(ClientId, RequestId)>,
     ) -> Result<VersionInfo, StoreError>;
+
+    /// `stage`, given the CRC32C of each sector piece of the payload (`crc::piece_crcs` of a
+    /// `Write`'s offset and data, or of a `Replace`'s data at offset 0) that the caller already
+    /// computed while verifying it, so the store does not checksum those bytes again.
+    fn stage_with(
+        &self,
+        chunk: ChunkId,
+        version: ChunkVersion,
+        chain_version: ChainVersion,
+        m: Mutation<'_>,
+        origin: Option<(ClientId, RequestId)>,
+        payload_crcs: Option<&[u32]>,
+    ) -> Result<VersionInfo, StoreError> {
+        let _ = payload_crcs;
+        self.stage(chunk, version, chain_version, m, origin)
+    }
+
+    /// `read` plus the CRC32C of the returned bytes.
+    fn read_crc(
+        &self,
+        chunk: ChunkId,
+        version: ChunkVersion,
+        offset: u32,
+        length: u32,
+    ) -> Result<(Bytes, u32), StoreError> {
+        let b = self.read(chunk, version, offset, length)?;
+        let c = crc32c::crc32c(&b);
+        Ok((b, c))
+    }
+
+    /// The committed result of client request `(client, request)` on `chunk`, if it is one of
+    /// the updates the chunk's record remembers (exactly-once retries, also after a restart).
+    fn applied(
+        &self,
+        chunk: ChunkId,
+        client: ClientId,
+        request: RequestId,
+    ) -> Option<(ChunkVersion, u32)> {
+        let c = self.info(chunk)?.committed?;
+        (c.origin == Some((client, request))).then_some((c.version, c.length))
+    }
 
     /// Makes pending `version` the committed one, durably. Committing the already committed
     /// version is a no-op.
