@@ -5,7 +5,10 @@
 #
 # Env: POND_BIN (default <repo>/target/debug/pond; built with `cargo build --bin pond` if
 # missing), PYTHON (default python3), POND_PY_PROFILE (cargo profile of the extension,
-# default dev: shares the workspace's debug build; use release for benchmarks).
+# default dev: shares the workspace's debug build; use release for benchmarks),
+# POND_REQUIRE_TORCH=1 (fail instead of skipping the PyTorch tests when torch is missing;
+# a CPU-only box gets torch with `pip install torch`, ~3 GB download, see docs/loader.md),
+# POND_REQUIRE_SQL=1 (fail instead of skipping the SQL query when no executor runs).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
@@ -16,13 +19,19 @@ if [[ ! -x "$POND_BIN" ]]; then
     echo "run-tests.sh: building the pond binary ($POND_BIN)"
     (cd "$repo" && cargo build --bin pond)
 fi
-"$py" -m pip install --quiet --disable-pip-version-check "maturin>=1.5,<2" pytest
+"$py" -m pip install --quiet --disable-pip-version-check "maturin>=1.5,<2" pytest pyarrow
 echo "run-tests.sh: installing ./python (cargo profile $profile)"
 MATURIN_PEP517_ARGS="--profile $profile" \
     "$py" -m pip install --quiet --disable-pip-version-check --no-build-isolation "$here"
-if ! "$py" -c "import torch" 2>/dev/null; then
+if "$py" -c "import torch" 2>/dev/null; then
+    echo "run-tests.sh: torch $("$py" -c 'import torch; print(torch.__version__)') found:" \
+        "the PyTorch tests RUN"
+elif [[ "${POND_REQUIRE_TORCH:-0}" == 1 ]]; then
+    echo "run-tests.sh: POND_REQUIRE_TORCH=1 but torch is not importable by $py" >&2
+    exit 1
+else
     echo "run-tests.sh: NOTE: torch is not installed; the PyTorch tests will be SKIPPED" \
-        "(install a CPU wheel from PyPI to run them: $py -m pip install torch)"
+        "(install it to run them: $py -m pip install torch)"
 fi
 cd "$here"
 set +e

@@ -14,10 +14,10 @@
 
 use pond_client::blocking::BlockingClient;
 use pond_client::config::ClusterFile;
-use pond_client::dataframe::{DataFrame, DataFrameError, Session, SessionOptions};
+use pond_client::dataframe::{DataFrame, DataFrameError, Session, SessionOptions, expand_glob};
 use pond_client::dataset::{
-    self, BatchReader, Dataset, DatasetError, PackOptions, ReaderOptions, Sampler, SamplerOptions,
-    SamplerState,
+    self, BatchReader, Dataset, DatasetError, PackOptions, ParquetRows, ReaderOptions, Sampler,
+    SamplerOptions, SamplerState,
 };
 use pond_client::{ClientError, OpenOptions};
 use pond_proto::ErrorCode;
@@ -341,6 +341,39 @@ impl PyClient {
         Ok(PyDataset::new(bc, ds))
     }
 
+    /// Opens the rows of Parquet files as a dataset: `paths` in order, or one glob (an
+    /// absolute path whose last component has `*`/`?`, files in name order). `columns`
+    /// picks root columns (None: all).
+    #[pyo3(signature = (paths, columns = None))]
+    fn open_parquet(
+        &self,
+        py: Python<'_>,
+        paths: Vec<String>,
+        columns: Option<Vec<String>>,
+    ) -> PyResult<PyParquetRows> {
+        let bc = self.bc()?;
+        let rows = py
+            .detach(|| {
+                bc.runtime().block_on(async {
+                    let paths = if paths.len() == 1 && paths[0].contains(['*', '?']) {
+                        expand_glob(bc.client(), &paths[0])
+                            .await
+                            .map_err(|e| DatasetError::InvalidOptions(e.to_string()))?
+                    } else {
+                        paths
+                    };
+                    ParquetRows::open(bc.client(), &paths, columns.as_deref()).await
+                })
+            })
+            .map_err(ds_err)?;
+        Ok(PyParquetRows {
+            inner: ForkGuard::new(PqInner {
+                bc,
+                rows: Some(Arc::new(rows)),
+            }),
+        })
+    }
+
     /// Opens fixed-size records spread over `paths` in order.
     fn open_fixed(
         &self,
@@ -611,6 +644,191 @@ fn state_dict(py: Python<'_>, s: SamplerState) -> PyResult<Bound<'_, PyDict>> {
     Ok(d)
 }
 
+struct PqInner {
+    bc: Arc<BlockingClient>,
+    rows: Option<Arc<ParquetRows>>,
+}
+
+impl PqInner {
+    fn rows(&self) -> &Arc<ParquetRows> {
+        self.rows.as_ref().expect("present until drop")
+    }
+}
+
+impl Drop for PqInner {
+    fn drop(&mut self) {
+        let _g = self.bc.runtime().enter();
+        self.rows.take();
+    }
+}
+
+fn ipc<'py>(py: Python<'py>, b: &arrow_array::RecordBatch) -> PyResult<Bound<'py, PyBytes>> {
+    let v = dataset::parquet::to_ipc(b).map_err(ds_err)?;
+    Ok(PyBytes::new(py, &v))
+}
+
+/// Rows of Parquet files; batches come back as Arrow IPC streams (one record batch each).
+#[pyclass(module = "pond._pond", name = "ParquetRows")]
+struct PyParquetRows {
+    inner: ForkGuard<PqInner>,
+}
+
+#[pymethods]
+impl PyParquetRows {
+    fn __len__(&self) -> PyResult<usize> {
+        Ok(self.inner.get()?.rows().len() as usize)
+    }
+
+    #[getter]
+    fn paths(&self) -> PyResult<Vec<String>> {
+        Ok(self.inner.get()?.rows().paths().to_vec())
+    }
+
+    #[getter]
+    fn row_groups(&self) -> PyResult<usize> {
+        Ok(self.inner.get()?.rows().row_groups())
+    }
+
+    /// Column-chunk bytes asked of storage so far.
+    #[getter]
+    fn bytes_requested(&self) -> PyResult<u64> {
+        Ok(self.inner.get()?.rows().bytes_requested())
+    }
+
+    /// Rows `indices` (in that order) as an Arrow IPC stream of one record batch.
+    fn read_ipc<'py>(&self, py: Python<'py>, indices: Vec<u64>) -> PyResult<Bound<'py, PyBytes>> {
+        let inner = self.inner.get()?;
+        let rows = inner.rows().clone();
+        let b = py
+            .detach(|| inner.bc.runtime().block_on(rows.read_rows(&indices)))
+            .map_err(ds_err)?;
+        ipc(py, &b)
+    }
+
+    /// A batch reader over this rank's rows of `epoch`, from global `position` (the same
+    /// sampler and options as `Dataset.reader`).
+    #[pyo3(signature = (batch_size, *, seed = 0, epoch = 0, position = 0, shuffle = true,
+        drop_last = false, rank = 0, world_size = 1, prefetch = 4, worker = 0, workers = 1,
+        drop_last_batch = false))]
+    #[allow(clippy::too_many_arguments)]
+    fn reader(
+        &self,
+        batch_size: usize,
+        seed: u64,
+        epoch: u64,
+        position: u64,
+        shuffle: bool,
+        drop_last: bool,
+        rank: u32,
+        world_size: u32,
+        prefetch: usize,
+        worker: u32,
+        workers: u32,
+        drop_last_batch: bool,
+    ) -> PyResult<PyParquetReader> {
+        let inner = self.inner.get()?;
+        let rows = inner.rows().clone();
+        let sampler = sampler_at(
+            rows.len(),
+            SamplerOptions {
+                seed,
+                shuffle,
+                drop_last,
+                rank,
+                world_size,
+            },
+            epoch,
+            position,
+        )?;
+        let r = BatchReader::new(
+            rows,
+            sampler,
+            ReaderOptions {
+                batch_size,
+                prefetch,
+                drop_last_batch,
+                worker,
+                workers,
+            },
+        )
+        .map_err(ds_err)?;
+        Ok(PyParquetReader {
+            inner: ForkGuard::new(PqReaderInner {
+                bc: inner.bc.clone(),
+                r: Mutex::new(Some(r)),
+            }),
+        })
+    }
+}
+
+struct PqReaderInner {
+    bc: Arc<BlockingClient>,
+    r: Mutex<Option<BatchReader<ParquetRows>>>,
+}
+
+impl Drop for PqReaderInner {
+    fn drop(&mut self) {
+        let _g = self.bc.runtime().enter();
+        if let Ok(mut r) = self.r.lock() {
+            r.take();
+        }
+    }
+}
+
+/// Iterates `(indices, arrow_ipc_bytes)` batches in order, with prefetch.
+#[pyclass(module = "pond._pond", name = "ParquetReader")]
+struct PyParquetReader {
+    inner: ForkGuard<PqReaderInner>,
+}
+
+#[pymethods]
+impl PyParquetReader {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyBytes>)> {
+        let inner = self.inner.get()?;
+        let got = py
+            .detach(|| {
+                let mut g = inner.r.lock().unwrap_or_else(|p| p.into_inner());
+                let r = g.as_mut().expect("present until drop");
+                inner.bc.runtime().block_on(r.next_batch())
+            })
+            .map_err(ds_err)?;
+        match got {
+            Some(b) => Ok((PyList::new(py, b.indices)?, ipc(py, &b.samples)?)),
+            None => Err(PyStopIteration::new_err(())),
+        }
+    }
+
+    /// `{"seed", "epoch", "position"}` after the batches returned (single worker).
+    fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let inner = self.inner.get()?;
+        let g = inner
+            .r
+            .lock()
+            .map_err(|_| PyRuntimeError::new_err("reader poisoned"))?;
+        state_dict(py, g.as_ref().expect("present until drop").state())
+    }
+}
+
+/// A sampler over `n` samples positioned at (`epoch`, global `position`).
+fn sampler_at(n: u64, opts: SamplerOptions, epoch: u64, position: u64) -> PyResult<Sampler> {
+    let seed = opts.seed;
+    let mut s = Sampler::new(n, opts).map_err(ds_err)?;
+    s.load_state(SamplerState {
+        seed,
+        epoch,
+        position,
+    })
+    .map_err(ds_err)?;
+    Ok(s)
+}
+
 /// The deterministic sharded sampler (no cluster needed).
 #[pyclass(module = "pond._pond", name = "Sampler")]
 struct PySampler {
@@ -737,6 +955,8 @@ fn _pond(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyDataset>()?;
     m.add_class::<PyBatchReader>()?;
     m.add_class::<PySampler>()?;
+    m.add_class::<PyParquetRows>()?;
+    m.add_class::<PyParquetReader>()?;
     m.add("CorruptIndexError", m.py().get_type::<CorruptIndexError>())?;
     m.add("SqlError", m.py().get_type::<SqlError>())?;
     Ok(())

@@ -29,6 +29,7 @@ __all__ = [
     "BatchReader",
     "CorruptIndexError",
     "DataFrame",
+    "ParquetDataset",
     "SqlError",
 ]
 
@@ -42,6 +43,17 @@ def _arrow_table(ipc):
             "SQL results are pyarrow Tables: install pyarrow (pip install pyarrow)"
         ) from e
     return pyarrow.ipc.open_stream(pyarrow.py_buffer(ipc)).read_all()
+
+
+def _record_batch(ipc):
+    """An Arrow IPC stream of one record batch as a ``pyarrow.RecordBatch``."""
+    try:
+        import pyarrow.ipc
+    except ImportError as e:
+        raise ImportError(
+            "Parquet rows come as pyarrow RecordBatches: install pyarrow (pip install pyarrow)"
+        ) from e
+    return pyarrow.ipc.open_stream(pyarrow.py_buffer(ipc)).read_next_batch()
 
 
 class Client:
@@ -119,6 +131,10 @@ class Client:
         """Fixed-size records spread over ``paths`` in order."""
         return Dataset(self, paths=list(paths), record_bytes=record_bytes)
 
+    def parquet_dataset(self, paths, columns=None):
+        """The rows of Parquet files as a dataset: a list of pond paths, or one glob."""
+        return ParquetDataset(self, paths, columns)
+
     # Near-data SQL (runs on the storage nodes' DuckDB executors).
     def sql(self, statement, deadline_ms=None):
         """Runs one ``SELECT ... FROM read_parquet('/pond/glob') ...`` statement near the
@@ -156,6 +172,64 @@ class DataFrame:
 
     def __repr__(self):
         return f"pond.DataFrame({list(self.ops)!r})"
+
+
+class ParquetDataset:
+    """Row ``i`` of Parquet files in pond (rows numbered file by file), read row-group aware:
+    a batch fetches the projected column chunks of the row groups it touches, one batched
+    read per storage node. Batches are ``pyarrow.RecordBatch`` objects, rows in the order
+    asked. Opened lazily in each process (fork and spawn safe, picklable)."""
+
+    def __init__(self, client, paths, columns=None):
+        if isinstance(client, (str, os.PathLike)):
+            client = Client(client)
+        self.client = client
+        self.paths = [paths] if isinstance(paths, str) else list(paths)
+        self.columns = None if columns is None else list(columns)
+        self._native = None
+        self._pid = None
+
+    def native(self):
+        pid = os.getpid()
+        if self._native is None or self._pid != pid:
+            self._native = self.client.native().open_parquet(self.paths, self.columns)
+            self._pid = pid
+        return self._native
+
+    def __getstate__(self):
+        return {"client": self.client, "paths": self.paths, "columns": self.columns}
+
+    def __setstate__(self, s):
+        self.__init__(s["client"], s["paths"], s["columns"])
+
+    def __len__(self):
+        return len(self.native())
+
+    @property
+    def row_groups(self):
+        return self.native().row_groups
+
+    @property
+    def bytes_requested(self):
+        return self.native().bytes_requested
+
+    def get_many(self, indices):
+        """Rows ``indices`` (in that order) as one ``pyarrow.RecordBatch``."""
+        return _record_batch(self.native().read_ipc([int(i) for i in indices]))
+
+    def __getitem__(self, i):
+        """Row ``i`` as a one-row ``pyarrow.RecordBatch``."""
+        n = len(self)
+        j = i + n if i < 0 else i
+        if not 0 <= j < n:
+            raise IndexError(f"row {i} out of range: the dataset has {n} rows")
+        return self.get_many([j])
+
+    def reader(self, batch_size, **kw):
+        """Yields ``(indices, pyarrow.RecordBatch)`` for this rank's epoch; keywords as
+        :meth:`Dataset.reader`."""
+        for indices, ipc in self.native().reader(batch_size, **kw):
+            yield indices, _record_batch(ipc)
 
 
 def connect(cluster_file):

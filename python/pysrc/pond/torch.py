@@ -32,7 +32,7 @@ def _rank_world(rank, world_size):
 
 
 def _dataset(source, path, paths, record_bytes):
-    if isinstance(source, pond.Dataset):
+    if isinstance(source, (pond.Dataset, pond.ParquetDataset)):
         return source
     return pond.Dataset(source, path=path, paths=paths, record_bytes=record_bytes)
 
@@ -107,6 +107,9 @@ class IterableDataset(tud.IterableDataset):
     """Yields this rank's batches of an epoch: ``collate(samples)`` (default: the list of
     samples, each ``transform(bytes)`` if given), or ``(indices, ...)`` with ``with_indices``.
 
+    Over a :class:`pond.ParquetDataset` the samples of a batch are one
+    ``pyarrow.RecordBatch``: ``transform`` (then ``collate``) gets the whole record batch.
+
     Use with ``pond.torch.DataLoader`` (or a plain DataLoader with ``batch_size=None``).
     """
 
@@ -156,9 +159,10 @@ class IterableDataset(tud.IterableDataset):
             world_size=self.world_size, prefetch=self.prefetch, worker=worker,
             workers=workers, drop_last_batch=self.drop_last_batch,
         )
+        rows = isinstance(self.ds, pond.ParquetDataset)
         for indices, samples in reader:
             if self.transform is not None:
-                samples = [self.transform(s) for s in samples]
+                samples = self.transform(samples) if rows else [self.transform(s) for s in samples]
             out = self.collate(samples) if self.collate is not None else samples
             yield (indices, out) if self.with_indices else out
 
