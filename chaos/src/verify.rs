@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 pub async fn wait_all_serving(client: &Client, within: Duration) -> Result<()> {
     let deadline = Instant::now() + within;
     loop {
-        let last;
-        match client.refresh_routing().await {
+        let last = match client.refresh_routing().await {
             Ok(r) => {
                 let bad: Vec<String> = r
                     .targets
@@ -27,10 +26,10 @@ pub async fn wait_all_serving(client: &Client, within: Duration) -> Result<()> {
                 if bad.is_empty() && !r.chains.is_empty() {
                     return Ok(());
                 }
-                last = bad.join(", ");
+                bad.join(", ")
             }
-            Err(e) => last = e.to_string(),
-        }
+            Err(e) => e.to_string(),
+        };
         if Instant::now() > deadline {
             bail!("after {within:?}: {last}");
         }

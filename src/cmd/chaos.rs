@@ -24,18 +24,9 @@ pub struct ChaosArgs {
     /// checker catches it. Only `early-ack` exists.
     #[arg(long)]
     pub inject_bug: Option<String>,
-    /// Place nodes in network namespaces and inject network faults (not implemented yet; see
-    /// docs/chaos.md).
-    #[arg(long)]
-    pub netns: bool,
 }
 
 pub fn chaos(args: ChaosArgs) -> Result<()> {
-    if args.netns {
-        bail!(
-            "--netns is not implemented yet: pond chaos injects process, disk and capacity faults only (docs/chaos.md)"
-        );
-    }
     let seed = args.seed.unwrap_or_else(rand::random::<u64>);
     let bin = std::env::current_exe().context("locate the pond binary")?;
     let mut opts = pond_chaos::ChaosOpts::new(bin, seed, args.quick);
