@@ -62,6 +62,8 @@ enum Command {
     /// The main job: start (or reuse) the local cluster, write and read a sample dataset
     /// through the client library and a FUSE mount, and report.
     Demo(cmd::demo::DemoArgs),
+    /// SQL over Parquet files in pond, run near the data by the storage nodes' DuckDB.
+    Sql(cmd::sql::SqlArgs),
     /// Training datasets: pack files into shards + index, read shuffled epochs.
     #[command(subcommand)]
     Dataset(cmd::dataset::DatasetCmd),
@@ -89,6 +91,7 @@ fn main() -> Result<()> {
         Command::Mount(m) => cmd::mount::mount(cli.cluster.as_deref(), m),
         Command::Unmount { mountpoint } => cmd::mount::unmount(&mountpoint),
         Command::Demo(d) => cmd::demo::demo(d),
+        Command::Sql(a) => cmd::sql::run(cli.cluster.as_deref(), a),
         Command::Dataset(d) => cmd::dataset::run(cli.cluster.as_deref(), d),
         Command::Admin(a) => cmd::admin::admin(cli.cluster.as_deref(), a),
     }

@@ -55,12 +55,29 @@ pub enum EngineOutput {
     Rows,
     /// `COPY (…) TO` this file, which must lie inside the task directory.
     ParquetFile(PathBuf),
+    /// Rows split by the integer SQL expression `by` into `n` Parquet files `dir/b.parquet`
+    /// (`dir` inside the task directory; every bucket gets a file, empty ones too).
+    Buckets {
+        dir: PathBuf,
+        by: String,
+        n: u32,
+    },
 }
 
 pub enum EngineResult {
-    ArrowIpc { bytes: Vec<u8>, rows: u64 },
+    ArrowIpc {
+        bytes: Vec<u8>,
+        rows: u64,
+    },
     Rows(RowSet),
-    Parquet { rows: u64 },
+    Parquet {
+        rows: u64,
+    },
+    /// `files[b]` holds bucket `b`.
+    Buckets {
+        rows: u64,
+        files: Vec<PathBuf>,
+    },
 }
 
 pub struct Engine {
@@ -127,13 +144,103 @@ impl Engine {
                 let p = path
                     .to_str()
                     .ok_or_else(|| EngineError::internal("output path is not UTF-8"))?;
-                let copy = format!(
-                    "COPY ({}) TO {} (FORMAT parquet)",
-                    strip_semicolon(sql),
-                    sql_string(p)
-                );
+                // DuckDB writes HUGEINT to Parquet as DOUBLE; DECIMAL(38,0) keeps integer sums
+                // exact through intermediate files (read back as DECIMAL, returned as HUGEINT).
+                let sql = self.recast(strip_semicolon(sql), |t| {
+                    matches!(t, "HUGEINT" | "UHUGEINT").then_some("DECIMAL(38,0)")
+                })?;
+                let copy = format!("COPY ({sql}) TO {} (FORMAT parquet)", sql_string(p));
                 let rows = self.conn.execute(&copy, []).map_err(classify)?;
                 Ok(EngineResult::Parquet { rows: rows as u64 })
+            }
+            EngineOutput::Buckets { dir, by, n } => {
+                let sql = self.recast(strip_semicolon(sql), |t| {
+                    matches!(t, "HUGEINT" | "UHUGEINT").then_some("DECIMAL(38,0)")
+                })?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| EngineError::internal(format!("create {}: {e}", dir.display())))?;
+                let parts = dir.join("parts");
+                let d = parts
+                    .to_str()
+                    .ok_or_else(|| EngineError::internal("output path is not UTF-8"))?;
+                let copy = format!(
+                    "COPY (SELECT *, CAST(({by}) AS BIGINT) AS __pond_bucket FROM ({sql})) TO {} \
+                     (FORMAT parquet, PARTITION_BY (__pond_bucket))",
+                    sql_string(d)
+                );
+                let rows = self.conn.execute(&copy, []).map_err(classify)? as u64;
+                let mut files: Vec<Option<PathBuf>> = vec![None; *n as usize];
+                if parts.exists() {
+                    let entries = std::fs::read_dir(&parts)
+                        .map_err(|e| EngineError::internal(format!("list buckets: {e}")))?;
+                    for e in entries.flatten() {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        let b = name
+                            .strip_prefix("__pond_bucket=")
+                            .and_then(|b| b.parse::<i64>().ok());
+                        let b = match b {
+                            Some(b) if (0..i64::from(*n)).contains(&b) => b as usize,
+                            _ => {
+                                return Err(EngineError {
+                                    kind: FailureKind::Sql,
+                                    message: format!(
+                                        "bucket expression `{by}` gave {name:?}, outside 0..{n}"
+                                    ),
+                                });
+                            }
+                        };
+                        let mut inside: Vec<PathBuf> = std::fs::read_dir(e.path())
+                            .map_err(|e| EngineError::internal(format!("list bucket: {e}")))?
+                            .flatten()
+                            .map(|f| f.path())
+                            .collect();
+                        inside.sort();
+                        if inside.len() != 1 {
+                            // Several files for one bucket: merge them into one.
+                            let merged = dir.join(format!("merged-{b}.parquet"));
+                            let list: Vec<String> = inside
+                                .iter()
+                                .map(|p| sql_string(p.to_str().unwrap_or_default()))
+                                .collect();
+                            self.conn
+                                .execute(
+                                    &format!(
+                                        "COPY (SELECT * FROM read_parquet([{}])) TO {} (FORMAT parquet)",
+                                        list.join(", "),
+                                        sql_string(merged.to_str().unwrap_or_default())
+                                    ),
+                                    [],
+                                )
+                                .map_err(classify)?;
+                            files[b] = Some(merged);
+                        } else {
+                            files[b] = inside.pop();
+                        }
+                    }
+                }
+                let mut out = Vec::with_capacity(files.len());
+                let empty = dir.join("empty.parquet");
+                for f in files {
+                    match f {
+                        Some(f) => out.push(f),
+                        None => {
+                            if !empty.exists() {
+                                let e = empty.to_str().unwrap_or_default();
+                                self.conn
+                                    .execute(
+                                        &format!(
+                                            "COPY (SELECT * FROM ({sql}) LIMIT 0) TO {} (FORMAT parquet)",
+                                            sql_string(e)
+                                        ),
+                                        [],
+                                    )
+                                    .map_err(classify)?;
+                            }
+                            out.push(empty.clone());
+                        }
+                    }
+                }
+                Ok(EngineResult::Buckets { rows, files: out })
             }
             EngineOutput::ArrowIpc => {
                 let mut stmt = self.conn.prepare(sql).map_err(classify)?;
@@ -158,7 +265,19 @@ impl Engine {
                 Ok(EngineResult::ArrowIpc { bytes: buf, rows })
             }
             EngineOutput::Rows => {
-                let mut stmt = self.conn.prepare(sql).map_err(classify)?;
+                // Whole-number decimals wider than BIGINT (integer sums that went through
+                // Parquet) come back as HUGEINT, as single-process DuckDB would type them.
+                let sql = self.recast(strip_semicolon(sql), |t| {
+                    let scale0 = t.starts_with("DECIMAL(") && t.ends_with(",0)");
+                    let width: u32 = t
+                        .trim_start_matches("DECIMAL(")
+                        .split(',')
+                        .next()
+                        .and_then(|w| w.parse().ok())
+                        .unwrap_or(0);
+                    (scale0 && width > 18).then_some("HUGEINT")
+                })?;
+                let mut stmt = self.conn.prepare(&sql).map_err(classify)?;
                 let mut rows = stmt.query([]).map_err(classify)?;
                 let mut set = RowSet {
                     columns: rows.as_ref().map(|s| s.column_names()).unwrap_or_default(),
@@ -185,6 +304,42 @@ impl Engine {
                 Ok(EngineResult::Rows(set))
             }
         }
+    }
+}
+
+impl Engine {
+    /// `sql` wrapped so that every output column whose DuckDB type `to` maps is cast to the
+    /// type it returns; `sql` itself when none is. Reads the types with `DESCRIBE`. A
+    /// statement that is not a query (DESCRIBE fails on it) is returned as it is.
+    fn recast(
+        &self,
+        sql: &str,
+        to: impl Fn(&str) -> Option<&'static str>,
+    ) -> Result<String, EngineError> {
+        let Ok(mut stmt) = self.conn.prepare(&format!("DESCRIBE {sql}")) else {
+            return Ok(sql.to_string());
+        };
+        let Ok(rows) = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        else {
+            return Ok(sql.to_string());
+        };
+        let cols: Vec<(String, String)> = rows.filter_map(|r| r.ok()).collect();
+        let casts: Vec<String> = cols
+            .iter()
+            .filter_map(|(name, ty)| {
+                to(ty).map(|t| {
+                    let q = format!("\"{}\"", name.replace('"', "\"\""));
+                    format!("CAST({q} AS {t}) AS {q}")
+                })
+            })
+            .collect();
+        if casts.is_empty() {
+            return Ok(sql.to_string());
+        }
+        Ok(format!(
+            "SELECT * REPLACE ({}) FROM ({sql})",
+            casts.join(", ")
+        ))
     }
 }
 

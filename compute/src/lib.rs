@@ -70,14 +70,20 @@ pub struct Executor {
 
 /// Where executors announce themselves: one file per storage node holding `host:port`.
 /// (Until routing carries executor addresses: see docs/compute.md.)
-pub const REGISTRY_DIR: &str = "/.pond/compute";
+pub const REGISTRY_DIR: &str = pond_client::dataframe::REGISTRY_DIR;
 
 impl Executor {
-    /// Binds the listener and prepares the work directory.
-    pub async fn bind(cfg: ComputeConfig, client: Arc<Client>) -> Result<Executor, ComputeError> {
+    /// Binds the listener and prepares the work directory. `local` is the storage node this
+    /// executor lives in: task inputs whose chunks it holds are read from its chunk engines
+    /// directly (in-process), the rest through `client`.
+    pub async fn bind(
+        cfg: ComputeConfig,
+        client: Arc<Client>,
+        local: Option<Arc<pond_storage::Node>>,
+    ) -> Result<Executor, ComputeError> {
         #[cfg(not(feature = "duckdb"))]
         {
-            let _ = (cfg, client);
+            let _ = (cfg, client, local);
             Err(ComputeError::NoDuckDb)
         }
         #[cfg(feature = "duckdb")]
@@ -104,6 +110,7 @@ impl Executor {
                 token: cfg.token,
                 work_dir: cfg.work_dir,
                 client,
+                local,
                 slots: Arc::new(tokio::sync::Semaphore::new(limits::TASKS_MAX)),
             });
             Ok(Executor {
@@ -123,7 +130,8 @@ impl Executor {
         &self.advertise
     }
 
-    /// Writes `REGISTRY_DIR/node-<id>` = the advertised address, so clients find this executor.
+    /// Writes `REGISTRY_DIR/node-<id>` = the advertised address, creating the registry, so
+    /// clients find this executor at once (`run` also does it, lazily).
     pub async fn register(&self) -> Result<(), ComputeError> {
         #[cfg(not(feature = "duckdb"))]
         {
@@ -136,21 +144,23 @@ impl Executor {
             c.mkdir_all(REGISTRY_DIR, 0o755)
                 .await
                 .context("create registry dir")?;
-            let path = format!("{REGISTRY_DIR}/node-{}", self.shared.node);
-            c.write_file(&path, self.advertise.as_bytes())
+            server::register_if_needed(&self.shared, &self.advertise)
                 .await
-                .with_context(|| format!("write {path}"))?;
+                .map_err(|e| ComputeError::Internal(anyhow::anyhow!("{e}")))?;
             Ok(())
         }
     }
 
-    /// Serves tasks until `shutdown` resolves. Tasks in flight are dropped with it (their
-    /// callers see the connection close and retry elsewhere).
+    /// Serves tasks until `shutdown` resolves, and keeps this executor's address in the
+    /// registry whenever the registry exists (a `Session` creates it). Tasks in flight are
+    /// dropped with it (their callers see the connection close and retry elsewhere).
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         #[cfg(feature = "duckdb")]
         {
+            let reg = server::registry_loop(self.shared.clone(), self.advertise.clone());
             tokio::select! {
                 _ = server::accept_loop(self.listener, self.shared) => {}
+                _ = reg => {}
                 _ = shutdown => {}
             }
         }
@@ -161,14 +171,32 @@ impl Executor {
     }
 }
 
-/// Binds, registers and serves: what `pond storage` calls next to `pond_storage::run`.
+/// What `pond storage` calls next to its storage server: connects a client to meta (retrying
+/// until meta answers or `shutdown`), binds, and serves until `shutdown`.
 pub async fn serve(
     cfg: ComputeConfig,
-    client: Arc<Client>,
+    cluster: pond_client::config::ClusterFile,
+    local: Option<Arc<pond_storage::Node>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ComputeError> {
-    let ex = Executor::bind(cfg, client).await?;
-    ex.register().await?;
+    if !DUCKDB_LINKED {
+        return Err(ComputeError::NoDuckDb);
+    }
+    tokio::pin!(shutdown);
+    let client = loop {
+        tokio::select! {
+            c = Client::connect(&cluster) => match c {
+                Ok(c) => break Arc::new(c),
+                Err(e) => tracing::info!(error = %e, "compute: meta not reachable yet; retrying"),
+            },
+            _ = &mut shutdown => return Ok(()),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(limits::CLIENT_CONNECT_RETRY_MS)) => {}
+            _ = &mut shutdown => return Ok(()),
+        }
+    };
+    let ex = Executor::bind(cfg, client, local).await?;
     tracing::info!(addr = %ex.advertise(), "compute executor serving");
     ex.run(shutdown).await;
     Ok(())

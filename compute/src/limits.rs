@@ -30,3 +30,20 @@ pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
 
 /// Pieces in which a Parquet output is copied into pond.
 pub const OUTPUT_COPY_BYTES: usize = 8 << 20;
+
+/// How often an executor checks that its address is in the registry (`REGISTRY_DIR`). The
+/// registry exists only once a session asked for executors, so that clusters that never run a
+/// query keep their namespace untouched; one stat per node per period is the cost.
+pub const REGISTRY_POLL_MS: u64 = 2_000;
+
+/// Pause between attempts to connect the executor's client while meta is not up yet.
+pub const CLIENT_CONNECT_RETRY_MS: u64 = 1_000;
+
+/// Bytes asked of the local chunk engine in one read batch.
+pub const LOCAL_READ_BATCH_BYTES: u64 = 16 << 20;
+
+/// Chunks asked of the local chunk engine in one read batch.
+pub const LOCAL_READ_BATCH_ITEMS: usize = 256;
+
+/// Buckets one repartitioning task may write (each is a file in pond).
+pub const BUCKETS_MAX: usize = 1024;

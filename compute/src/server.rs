@@ -25,7 +25,39 @@ pub(crate) struct Shared {
     pub token: String,
     pub work_dir: PathBuf,
     pub client: Arc<Client>,
+    /// The storage node hosting this executor: its chunk engines serve local chunks.
+    pub local: Option<Arc<pond_storage::Node>>,
     pub slots: Arc<Semaphore>,
+}
+
+/// Writes this executor's address into the registry unless it is there already.
+pub(crate) async fn register_if_needed(shared: &Shared, advertise: &str) -> Result<bool, String> {
+    let c = &shared.client;
+    let path = format!("{}/node-{}", crate::REGISTRY_DIR, shared.node);
+    match c.read_file(&path).await {
+        Ok(b) if b == advertise.as_bytes() => return Ok(false),
+        _ => {}
+    }
+    c.write_file(&path, advertise.as_bytes())
+        .await
+        .map_err(|e| format!("write {path}: {e}"))?;
+    Ok(true)
+}
+
+/// Keeps the address in the registry while the registry exists (see `REGISTRY_POLL_MS`).
+pub(crate) async fn registry_loop(shared: Arc<Shared>, advertise: String) {
+    loop {
+        match shared.client.exists(crate::REGISTRY_DIR).await {
+            Ok(true) => match register_if_needed(&shared, &advertise).await {
+                Ok(true) => info!(%advertise, "compute: registered"),
+                Ok(false) => {}
+                Err(e) => info!(error = %e, "compute: registration failed; will retry"),
+            },
+            Ok(false) => {}
+            Err(e) => info!(error = %e, "compute: registry check failed; will retry"),
+        }
+        tokio::time::sleep(Duration::from_millis(REGISTRY_POLL_MS)).await;
+    }
 }
 
 pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
@@ -200,6 +232,24 @@ async fn run_task(
         wire::TaskOutput::ArrowIpc => EngineOutput::ArrowIpc,
         wire::TaskOutput::Rows => EngineOutput::Rows,
         wire::TaskOutput::Parquet { .. } => EngineOutput::ParquetFile(out_local.clone()),
+        wire::TaskOutput::Buckets { paths, by, heads } => {
+            if paths.is_empty() || paths.len() != heads.len() || paths.len() > BUCKETS_MAX {
+                return fail(
+                    node,
+                    FailureKind::Sql,
+                    format!(
+                        "{} bucket paths and {} heads (1..={BUCKETS_MAX}, equal)",
+                        paths.len(),
+                        heads.len()
+                    ),
+                );
+            }
+            EngineOutput::Buckets {
+                dir: dir.path().join("buckets"),
+                by: by.clone(),
+                n: paths.len() as u32,
+            }
+        }
     };
     let t = Instant::now();
     let limits = spec.limits;
@@ -262,7 +312,17 @@ async fn run_task(
                 Err(e) => return fail(node, FailureKind::Io, format!("write {path}: {e}")),
             }
         }
-        (EngineResult::Parquet { .. }, _) => {
+        (EngineResult::Buckets { rows, files }, wire::TaskOutput::Buckets { paths, heads, .. }) => {
+            let mut bytes = Vec::with_capacity(files.len());
+            for ((local, remote), head) in files.iter().zip(paths).zip(heads) {
+                match upload(&shared.client, *head, local, remote).await {
+                    Ok(b) => bytes.push(b),
+                    Err(e) => return fail(node, FailureKind::Io, format!("write {remote}: {e}")),
+                }
+            }
+            (rows, ResultBody::Buckets { bytes })
+        }
+        (EngineResult::Parquet { .. } | EngineResult::Buckets { .. }, _) => {
             return fail(
                 node,
                 FailureKind::Internal,
@@ -314,8 +374,9 @@ fn scan_of(files: &[PathBuf]) -> String {
     format!("read_parquet([{}])", list.join(", "))
 }
 
-/// Copies every input file into `dir/in/`, once per distinct pond path. Returns the local paths
-/// per input.
+/// Copies every input file into `dir/in/`, once per distinct pond path: chunks this node holds
+/// a serving replica of come straight from its chunk engines, the rest through the client.
+/// Returns the local paths per input.
 async fn fetch_inputs(
     shared: &Arc<Shared>,
     spec: &TaskSpec,
@@ -326,8 +387,6 @@ async fn fetch_inputs(
     tokio::fs::create_dir_all(&in_dir)
         .await
         .map_err(|e| format!("create {}: {e}", in_dir.display()))?;
-    let routing = shared.client.routing();
-    let me = NodeId(shared.node);
     let mut seen: std::collections::HashMap<&str, PathBuf> = Default::default();
     let mut out = Vec::with_capacity(spec.inputs.len());
     for input in &spec.inputs {
@@ -338,34 +397,202 @@ async fn fetch_inputs(
                 continue;
             }
             let local = in_dir.join(format!("{}.parquet", seen.len()));
-            let attr = shared
-                .client
-                .stat(remote)
-                .await
-                .map_err(|e| format!("stat {remote}: {e}"))?;
-            if let Some(layout) = &attr.layout {
-                let cb = u64::from(layout.chunk_bytes);
-                let chunks = attr.size.div_ceil(cb);
-                for i in 0..chunks {
-                    let len = cb.min(attr.size - i * cb);
-                    let chain = layout.chain_of(i);
-                    if routing.serving_targets(chain).iter().any(|t| t.node == me) {
-                        stats.input_local_bytes += len;
-                    }
-                }
-            }
-            let n = shared
-                .client
-                .get(remote, &local, |_| {})
-                .await
-                .map_err(|e| format!("read {remote}: {e}"))?;
+            let (n, local_n) = copy_in(shared, remote, &local).await?;
             stats.input_bytes += n;
+            stats.input_local_bytes += local_n;
             seen.insert(remote, local.clone());
             locals.push(local);
         }
         out.push(locals);
     }
     Ok(out)
+}
+
+/// One chunk of a file to copy in: where it lands in the file and which replica is local.
+struct Piece {
+    index: u64,
+    offset: u64,
+    len: u64,
+    at: Option<pond_proto::data::ChainRef>,
+}
+
+/// Copies `remote` to `local`. Returns (bytes, bytes read from this node's chunk engines).
+async fn copy_in(shared: &Arc<Shared>, remote: &str, local: &Path) -> Result<(u64, u64), String> {
+    use tokio::io::AsyncWriteExt;
+    let c = &shared.client;
+    let f = c
+        .open(remote, pond_client::OpenOptions::read())
+        .await
+        .map_err(|e| format!("open {remote}: {e}"))?;
+    let attr = f.stat().await.map_err(|e| format!("stat {remote}: {e}"))?;
+    let size = f.size().max(attr.size);
+    let mut pieces = Vec::new();
+    if let (Some(layout), Some(node)) = (&attr.layout, &shared.local) {
+        let routing = node.routing();
+        let cb = u64::from(layout.chunk_bytes);
+        for index in 0..size.div_ceil(cb) {
+            let chain = layout.chain_of(index);
+            let at = routing
+                .serving_targets(chain)
+                .into_iter()
+                .find(|t| t.node == NodeId(shared.node) && node.target(t.id).is_some())
+                .and_then(|t| {
+                    routing
+                        .chains
+                        .get(&chain)
+                        .map(|ci| pond_proto::data::ChainRef {
+                            chain,
+                            chain_version: ci.version,
+                            target: t.id,
+                        })
+                });
+            pieces.push(Piece {
+                index,
+                offset: index * cb,
+                len: cb.min(size - index * cb),
+                at,
+            });
+        }
+    } else {
+        // No local node (or no layout): the client path, in copy-sized steps.
+        let step = OUTPUT_COPY_BYTES as u64;
+        let mut off = 0;
+        while off < size {
+            pieces.push(Piece {
+                index: 0,
+                offset: off,
+                len: step.min(size - off),
+                at: None,
+            });
+            off += step;
+        }
+    }
+    let r = async {
+        let mut dst = tokio::fs::File::create(local)
+            .await
+            .map_err(|e| format!("create {}: {e}", local.display()))?;
+        let (mut total, mut local_bytes) = (0u64, 0u64);
+        let mut k = 0;
+        while k < pieces.len() {
+            // A batch of consecutive local pieces, or one remote piece.
+            let mut end = k;
+            let mut bytes = 0;
+            while end < pieces.len()
+                && pieces[end].at.is_some()
+                && end - k < LOCAL_READ_BATCH_ITEMS
+                && bytes + pieces[end].len <= LOCAL_READ_BATCH_BYTES.max(pieces[k].len)
+            {
+                bytes += pieces[end].len;
+                end += 1;
+            }
+            let mut got: Vec<Option<bytes::Bytes>> = Vec::new();
+            if end > k {
+                got = read_local(shared, attr.inode, &pieces[k..end]).await;
+            } else {
+                end = k + 1;
+                got.push(None);
+            }
+            for (p, g) in pieces[k..end].iter().zip(got) {
+                let data = match g {
+                    Some(d) => {
+                        local_bytes += p.len;
+                        d
+                    }
+                    None => f
+                        .pread(p.offset, p.len as usize)
+                        .await
+                        .map_err(|e| format!("read {remote} at {}: {e}", p.offset))?,
+                };
+                if data.len() as u64 != p.len {
+                    return Err(format!(
+                        "read {remote} at {}: {} bytes, expected {}",
+                        p.offset,
+                        data.len(),
+                        p.len
+                    ));
+                }
+                dst.write_all(&data)
+                    .await
+                    .map_err(|e| format!("write {}: {e}", local.display()))?;
+                total += p.len;
+            }
+            k = end;
+        }
+        dst.flush()
+            .await
+            .map_err(|e| format!("write {}: {e}", local.display()))?;
+        Ok((total, local_bytes))
+    }
+    .await;
+    let _ = f.close().await;
+    r
+}
+
+/// Reads whole chunks from this node's chunk engines (one in-process read batch, the same
+/// handler and CRAQ version rules as the data plane). `None` for a piece that could not be read
+/// locally (the caller reads it through the client); holes and short chunks are zero-filled to
+/// the piece length, as the file size says.
+async fn read_local(
+    shared: &Arc<Shared>,
+    inode: pond_proto::ids::InodeId,
+    pieces: &[Piece],
+) -> Vec<Option<bytes::Bytes>> {
+    use pond_proto::data::{DataRequest, DataResponse, ReadItem};
+    let Some(node) = &shared.local else {
+        return vec![None; pieces.len()];
+    };
+    let items: Vec<ReadItem> = pieces
+        .iter()
+        .map(|p| ReadItem {
+            at: p.at.expect("local pieces only"),
+            chunk: pond_proto::ids::ChunkId::new(inode, p.index),
+            offset: 0,
+            length: p.len as u32,
+        })
+        .collect();
+    let (resp, payload) = node
+        .handle(DataRequest::Read { items }, bytes::Bytes::new())
+        .await;
+    let DataResponse::Read { items } = resp else {
+        info!(?resp, "compute: local read refused; using the client path");
+        return vec![None; pieces.len()];
+    };
+    let mut out = Vec::with_capacity(pieces.len());
+    let mut at = 0usize;
+    for (p, r) in pieces.iter().zip(items) {
+        match r {
+            Ok(ok) => {
+                let n = ok.bytes as usize;
+                let Some(data) = payload.get(at..at + n) else {
+                    out.push(None);
+                    at += n;
+                    continue;
+                };
+                at += n;
+                if crc32c::crc32c(data) != ok.crc || n as u64 > p.len {
+                    warn!(chunk = p.index, "compute: local chunk failed its checksum");
+                    out.push(None);
+                    continue;
+                }
+                if n as u64 == p.len {
+                    out.push(Some(payload.slice(at - n..at)));
+                } else {
+                    let mut v = Vec::with_capacity(p.len as usize);
+                    v.extend_from_slice(data);
+                    v.resize(p.len as usize, 0);
+                    out.push(Some(bytes::Bytes::from(v)));
+                }
+            }
+            Err(e) => {
+                info!(chunk = p.index, error = %e, "compute: local read failed; using the client path");
+                out.push(None);
+            }
+        }
+    }
+    while out.len() < pieces.len() {
+        out.push(None);
+    }
+    out
 }
 
 /// Copies a local file into pond at `remote` (created or truncated), asking for a chain whose
@@ -376,18 +603,32 @@ async fn upload(client: &Client, node: u32, local: &Path, remote: &str) -> Resul
         .parent_of(remote)
         .await
         .map_err(|e| format!("resolve parent: {e}"))?;
-    let (_, file) = client
-        .create_open(
-            parent.inode,
-            name,
-            0o644,
-            Caller::default(),
-            false,
-            PlacementHint::HeadOnNode(NodeId(node)),
-            OpenMode::WRITE,
-        )
-        .await
-        .map_err(|e| format!("create: {e}"))?;
+    // Head on `node` when a chain has its head there; any chain otherwise (a chain's head
+    // moves when its node fails).
+    let mut hint = PlacementHint::HeadOnNode(NodeId(node));
+    let created = loop {
+        match client
+            .create_open(
+                parent.inode,
+                name,
+                0o644,
+                Caller::default(),
+                false,
+                hint,
+                OpenMode::WRITE,
+            )
+            .await
+        {
+            Err(e)
+                if e.code() == pond_proto::ErrorCode::InvalidArgument
+                    && hint != PlacementHint::Any =>
+            {
+                hint = PlacementHint::Any;
+            }
+            r => break r.map_err(|e| format!("create: {e}")),
+        }
+    };
+    let (_, file) = created?;
     let r = async {
         let mut src = tokio::fs::File::open(local)
             .await

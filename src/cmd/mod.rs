@@ -8,6 +8,7 @@ pub mod demo;
 pub mod fs;
 pub mod mount;
 pub mod roles;
+pub mod sql;
 pub mod status;
 pub mod up;
 

@@ -42,6 +42,8 @@ pub const JOBS_DIR: &str = "/.pond/jobs";
 /// Where executors register their addresses (`node-<id>` files holding `host:port`).
 pub const REGISTRY_DIR: &str = "/.pond/compute";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a new session waits for executors to register (they poll every 2 s).
+pub const DISCOVERY_WAIT: Duration = Duration::from_secs(10);
 /// Slack over a task's own deadline before the client gives up on the reply.
 const REPLY_SLACK: Duration = Duration::from_secs(30);
 
@@ -91,6 +93,8 @@ struct SessionInner {
     executors: Mutex<BTreeMap<NodeId, String>>,
     next_job: AtomicU64,
     log: Mutex<Vec<TaskRecord>>,
+    /// Tasks of this session in flight per executor.
+    inflight: Mutex<BTreeMap<NodeId, u64>>,
 }
 
 /// Entry point: a client, the cluster token and the executors it found.
@@ -98,7 +102,10 @@ struct SessionInner {
 pub struct Session(Arc<SessionInner>);
 
 impl Session {
-    /// A session over `client`; finds executors in [`REGISTRY_DIR`].
+    /// A session over `client`; finds executors in [`REGISTRY_DIR`]. Executors register only
+    /// once the registry exists (so a cluster that never runs a query has no `/.pond`): the
+    /// first session creates it and waits up to [`DISCOVERY_WAIT`] until every live storage
+    /// node's executor is listed (or returns with the ones that are).
     pub async fn new(client: Arc<Client>, token: &str, opts: SessionOptions) -> Result<Session> {
         let s = Session(Arc::new(SessionInner {
             client,
@@ -107,9 +114,32 @@ impl Session {
             executors: Mutex::new(BTreeMap::new()),
             next_job: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
+            inflight: Mutex::new(BTreeMap::new()),
         }));
-        s.refresh_executors().await?;
+        s.discover().await?;
         Ok(s)
+    }
+
+    async fn discover(&self) -> Result<()> {
+        let c = &self.0.client;
+        if !c.exists(REGISTRY_DIR).await? {
+            c.mkdir_all(REGISTRY_DIR, 0o755).await?;
+        }
+        let deadline = Instant::now() + DISCOVERY_WAIT;
+        loop {
+            self.refresh_executors().await?;
+            let routing = c.routing();
+            let have = self.0.executors.lock().clone();
+            let missing = routing
+                .nodes
+                .values()
+                .filter(|n| n.alive && !have.contains_key(&n.id))
+                .count();
+            if missing == 0 || Instant::now() >= deadline {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Re-reads the executor registry.
@@ -197,9 +227,24 @@ impl Session {
 
 #[derive(Debug)]
 enum Plan {
-    Scan { glob: String },
-    Partial { sql: String, inputs: Vec<Arc<Plan>> },
-    Final { sql: String, input: Arc<Plan> },
+    Scan {
+        glob: String,
+    },
+    /// Every partition of `input` split into `n` buckets by `by` (an integer SQL expression in
+    /// `0..n`); partition `b` of the result is bucket `b` of every input partition.
+    Repartition {
+        input: Arc<Plan>,
+        n: u32,
+        by: String,
+    },
+    Partial {
+        sql: String,
+        inputs: Vec<Arc<Plan>>,
+    },
+    Final {
+        sql: String,
+        input: Arc<Plan>,
+    },
 }
 
 /// A lazy plan; nothing runs until an action (`count`, `take`, `collect`, `to_arrow`,
@@ -222,6 +267,45 @@ impl DataFrame {
         })
     }
 
+    /// `n` partitions by a hash of the columns `hash_by` (DuckDB's `hash()`, the one hash
+    /// function pond uses for this): rows with equal keys land in the same partition, so joins
+    /// and aggregations by those keys can run per partition afterwards.
+    pub fn repartition(&self, n: u32, hash_by: &[&str]) -> DataFrame {
+        let cols = if hash_by.is_empty() {
+            // No key: spread rows evenly (random shuffle).
+            "random()".to_string()
+        } else {
+            hash_by.join(", ")
+        };
+        let by = if hash_by.is_empty() {
+            format!("CAST(floor(random() * {n}) AS BIGINT)")
+        } else {
+            format!("CAST(hash({cols}) % {n} AS BIGINT)")
+        };
+        self.repartition_by(n, &by)
+    }
+
+    /// `n` partitions by an integer SQL expression in `0..n` per row (range partitioning:
+    /// e.g. `CASE WHEN k < 10 THEN 0 ELSE 1 END`, or a key prefix scaled to `n`).
+    pub fn repartition_by(&self, n: u32, by: &str) -> DataFrame {
+        self.session.frame(Plan::Repartition {
+            input: self.plan.clone(),
+            n: n.max(1),
+            by: by.to_string(),
+        })
+    }
+
+    /// Rows of each partition for which the SQL `predicate` holds (smallpond's `filter`).
+    pub fn filter(&self, predicate: &str) -> DataFrame {
+        self.partial_sql(&format!("SELECT * FROM {{0}} WHERE {predicate}"))
+    }
+
+    /// Each partition projected through SQL expressions (`"k, v * 2 AS v2"`; smallpond's
+    /// `map` with SQL).
+    pub fn map(&self, exprs: &str) -> DataFrame {
+        self.partial_sql(&format!("SELECT {exprs} FROM {{0}}"))
+    }
+
     /// `sql` once over all partitions of this frame combined (`{0}`), on one executor.
     pub fn sql(&self, sql: &str) -> DataFrame {
         self.session.frame(Plan::Final {
@@ -238,6 +322,12 @@ impl DataFrame {
                 Plan::Scan { glob } => out.push_str(&format!(
                     "{pad}read_parquet {glob} (one partition per file)\n"
                 )),
+                Plan::Repartition { input, n, by } => {
+                    out.push_str(&format!(
+                        "{pad}repartition into {n} by {by} (bucket b's file headed on the node that runs partition b)\n"
+                    ));
+                    walk(input, depth + 1, out);
+                }
                 Plan::Partial { sql, inputs } => {
                     out.push_str(&format!("{pad}partial_sql per partition: {sql}\n"));
                     for i in inputs {
@@ -351,6 +441,8 @@ struct Job {
     /// Per file: bytes per node holding a serving replica.
     bytes_by_node: Mutex<HashMap<String, BTreeMap<NodeId, u64>>>,
     used_dir: Mutex<bool>,
+    /// Input bytes assigned per executor by this job (the spreading tie-break).
+    assigned: Mutex<BTreeMap<NodeId, u64>>,
 }
 
 impl Job {
@@ -363,6 +455,7 @@ impl Job {
             stages: AtomicU64::new(0),
             bytes_by_node: Mutex::new(HashMap::new()),
             used_dir: Mutex::new(false),
+            assigned: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -416,6 +509,7 @@ impl Job {
                     Ok(files.into_iter().map(|f| vec![f]).collect())
                 }
                 Plan::Partial { sql, inputs } => self.run_partial(sql, inputs, None).await,
+                Plan::Repartition { input, n, by } => self.run_repartition(input, *n, by).await,
                 Plan::Final { .. } => {
                     let stage = self.stages.fetch_add(1, Ordering::Relaxed);
                     let path = format!("{}/s{stage}.parquet", self.dir());
@@ -492,6 +586,56 @@ impl Job {
         results.into_iter().collect()
     }
 
+    /// One task per input partition writes `n` bucket files; returns partition `b` = bucket `b`
+    /// of every task. Bucket `b` is placed with executor `b % executors` as chain head, which
+    /// is where locality then sends partition `b`'s next task.
+    async fn run_repartition(&self, input: &Arc<Plan>, n: u32, by: &str) -> Result<Vec<Partition>> {
+        let parts = self.partitions(input).await?;
+        let stage_no = self.stages.fetch_add(1, Ordering::Relaxed);
+        let stage = format!("s{stage_no}");
+        self.ensure_dir().await?;
+        let out_dir = format!("{}/{stage}", self.dir());
+        self.session.0.client.mkdir_all(&out_dir, 0o755).await?;
+        let execs: Vec<u32> = self.session.executors().keys().map(|n| n.0).collect();
+        if execs.is_empty() {
+            return Err(DataFrameError::NoExecutor("no executor registered".into()));
+        }
+        let heads: Vec<u32> = (0..n as usize).map(|b| execs[b % execs.len()]).collect();
+        let tasks = parts.into_iter().enumerate().map(|(p, files)| {
+            let paths: Vec<String> = (0..n)
+                .map(|b| format!("{out_dir}/m{p:05}-b{b:05}.parquet"))
+                .collect();
+            let output = TaskOutput::Buckets {
+                paths: paths.clone(),
+                by: by.to_string(),
+                heads: heads.clone(),
+            };
+            let stage = stage.clone();
+            async move {
+                self.run_task(
+                    &stage,
+                    p as u32,
+                    vec![TaskInput { files }],
+                    "SELECT * FROM {0}".to_string(),
+                    output,
+                )
+                .await
+                .map(|_| paths)
+            }
+        });
+        let per_map: Vec<Result<Vec<String>>> = futures::stream::iter(tasks)
+            .buffered(execs.len() * TASKS_IN_FLIGHT_PER_EXECUTOR)
+            .collect()
+            .await;
+        let mut out: Vec<Partition> = vec![Vec::new(); n as usize];
+        for m in per_map {
+            for (b, path) in m?.into_iter().enumerate() {
+                out[b].push(path);
+            }
+        }
+        Ok(out)
+    }
+
     /// Bytes of each file per node with a serving replica of its chunks.
     async fn locality(&self, files: &[String]) -> Result<BTreeMap<NodeId, u64>> {
         let client = &self.session.0.client;
@@ -557,12 +701,12 @@ impl Job {
         let mut excluded: Vec<NodeId> = Vec::new();
         let mut last: Option<DataFrameError> = None;
         for attempt in 1..=TASK_ATTEMPTS_MAX {
-            let Some((node, addr)) = self.session.pick(&local, &excluded) else {
+            let Some((node, addr)) = self.session.pick(&local, &excluded, &self.assigned) else {
                 break;
             };
             let started = Instant::now();
             let reply = self.session.send(&addr, &spec).await;
-            self.session.release(node, &local);
+            self.session.release(node);
             match reply {
                 Ok(TaskReply::Done(r)) => {
                     self.session.0.log.lock().push(TaskRecord {
@@ -610,36 +754,34 @@ impl Job {
 }
 
 impl Session {
-    /// Picks the executor with the most local bytes, then the least load; records the load.
-    fn pick(&self, local: &BTreeMap<NodeId, u64>, excluded: &[NodeId]) -> Option<(NodeId, String)> {
+    /// Picks the executor for a task (see [`choose`]) and counts the task as in flight there
+    /// and as assigned to it in `job`.
+    fn pick(
+        &self,
+        local: &BTreeMap<NodeId, u64>,
+        excluded: &[NodeId],
+        job: &Mutex<BTreeMap<NodeId, u64>>,
+    ) -> Option<(NodeId, String)> {
         let routing = self.0.client.routing();
         let executors = self.0.executors.lock();
-        let mut load = LOAD.lock();
-        let best = executors
-            .iter()
-            .filter(|(n, _)| !excluded.contains(n))
-            .filter(|(n, _)| routing.nodes.get(n).is_none_or(|i| i.alive))
-            .map(|(n, a)| {
-                let l = local.get(n).copied().unwrap_or(0);
-                let busy = load
-                    .get(&(Arc::as_ptr(&self.0) as usize, *n))
-                    .copied()
-                    .unwrap_or(0);
-                (l, std::cmp::Reverse(busy), std::cmp::Reverse(*n), a.clone())
-            })
-            .max()?;
-        let node = (best.2).0;
-        *load
-            .entry((Arc::as_ptr(&self.0) as usize, node))
-            .or_default() += best.0.max(1);
-        Some((node, best.3))
+        let mut inflight = self.0.inflight.lock();
+        let mut assigned = job.lock();
+        let candidates: Vec<NodeId> = executors
+            .keys()
+            .filter(|n| !excluded.contains(n))
+            .filter(|n| routing.nodes.get(n).is_none_or(|i| i.alive))
+            .copied()
+            .collect();
+        let node = choose(&candidates, local, &inflight, &assigned)?;
+        *inflight.entry(node).or_default() += 1;
+        let bytes: u64 = local.values().copied().max().unwrap_or(0).max(1);
+        *assigned.entry(node).or_default() += bytes;
+        Some((node, executors[&node].clone()))
     }
 
-    fn release(&self, node: NodeId, local: &BTreeMap<NodeId, u64>) {
-        let mut load = LOAD.lock();
-        let key = (Arc::as_ptr(&self.0) as usize, node);
-        if let Some(v) = load.get_mut(&key) {
-            *v = v.saturating_sub(local.get(&node).copied().unwrap_or(0).max(1));
+    fn release(&self, node: NodeId) {
+        if let Some(v) = self.0.inflight.lock().get_mut(&node) {
+            *v = v.saturating_sub(1);
         }
     }
 
@@ -667,8 +809,31 @@ impl Session {
     }
 }
 
-/// Bytes assigned per (session, node) while tasks run: the load that breaks locality ties.
-static LOAD: Mutex<BTreeMap<(usize, NodeId), u64>> = Mutex::new(BTreeMap::new());
+/// The executor for a task among `candidates`: the most bytes of the task's inputs on the node
+/// (any serving replica), then the fewest tasks of this session in flight there, then the
+/// fewest bytes the current job has already assigned to it (so that with every node holding
+/// every byte — chains as wide as the cluster — partitions spread evenly even when tasks run
+/// one after another), then the lowest node id.
+pub fn choose(
+    candidates: &[NodeId],
+    local: &BTreeMap<NodeId, u64>,
+    inflight: &BTreeMap<NodeId, u64>,
+    assigned: &BTreeMap<NodeId, u64>,
+) -> Option<NodeId> {
+    candidates
+        .iter()
+        .map(|n| {
+            let get = |m: &BTreeMap<NodeId, u64>| m.get(n).copied().unwrap_or(0);
+            (
+                get(local),
+                std::cmp::Reverse(get(inflight)),
+                std::cmp::Reverse(get(assigned)),
+                std::cmp::Reverse(*n),
+            )
+        })
+        .max()
+        .map(|k| (k.3).0)
+}
 
 /// Files matching `glob`: a literal directory, then a last component with `*`/`?`. A path
 /// without wildcards names one file.
@@ -726,7 +891,43 @@ fn wildcard(p: &[u8], s: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::wildcard;
+    use super::{NodeId, choose, wildcard};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn equal_locality_spreads_over_nodes() {
+        let nodes = [NodeId(1), NodeId(2), NodeId(3)];
+        let local: BTreeMap<NodeId, u64> = nodes.iter().map(|n| (*n, 100)).collect();
+        let inflight = BTreeMap::new();
+        let mut assigned = BTreeMap::new();
+        let mut picked = Vec::new();
+        for _ in 0..6 {
+            let n = choose(&nodes, &local, &inflight, &assigned).unwrap();
+            *assigned.entry(n).or_insert(0) += 100;
+            picked.push(n.0);
+        }
+        assert_eq!(picked, vec![1, 2, 3, 1, 2, 3]);
+    }
+
+    #[test]
+    fn locality_wins_over_load() {
+        let nodes = [NodeId(1), NodeId(2)];
+        let local = BTreeMap::from([(NodeId(1), 10), (NodeId(2), 500)]);
+        let inflight = BTreeMap::from([(NodeId(2), 3)]);
+        let assigned = BTreeMap::from([(NodeId(2), 10_000)]);
+        assert_eq!(
+            choose(&nodes, &local, &inflight, &assigned),
+            Some(NodeId(2))
+        );
+        // Fewer tasks in flight break a locality tie before job-assigned bytes do.
+        let local = BTreeMap::from([(NodeId(1), 500), (NodeId(2), 500)]);
+        let inflight = BTreeMap::from([(NodeId(1), 2)]);
+        assert_eq!(
+            choose(&nodes, &local, &inflight, &assigned),
+            Some(NodeId(2))
+        );
+        assert_eq!(choose(&[], &local, &inflight, &assigned), None);
+    }
 
     #[test]
     fn wildcards() {

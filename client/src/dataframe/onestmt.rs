@@ -320,6 +320,20 @@ fn split(s: &str, src_start: usize, src_end: usize, glob: &str) -> Option<OneSta
         }
     }
 
+    if keys.is_empty() && !items_have_aggregate(items_txt) {
+        // No aggregation: ORDER BY … LIMIT becomes a top-k per partition and a merge.
+        let (&o, &l) = (order.first()?, limit.first()?);
+        return topk(TopK {
+            s,
+            glob,
+            items_txt,
+            alias,
+            where_txt,
+            order_txt: s[o..next(o)].trim(),
+            limit_txt: s[l..].trim(),
+        });
+    }
+
     // The items.
     let mut partial_cols: Vec<String> = keys
         .iter()
@@ -425,6 +439,96 @@ fn split(s: &str, src_start: usize, src_end: usize, glob: &str) -> Option<OneSta
     })
 }
 
+/// Whether any select item calls an aggregate (conservatively: the text `agg(` anywhere).
+fn items_have_aggregate(items: &str) -> bool {
+    let lower = items.to_ascii_lowercase();
+    let b = lower.as_bytes();
+    AGGS.iter().any(|a| {
+        let mut from = 0;
+        while let Some(off) = lower[from..].find(a) {
+            let i = from + off;
+            let before_ok = i == 0 || !is_word(b[i - 1]);
+            let rest = lower[i + a.len()..].trim_start();
+            if before_ok && rest.starts_with('(') {
+                return true;
+            }
+            from = i + a.len();
+        }
+        false
+    })
+}
+
+struct TopK<'a> {
+    s: &'a str,
+    glob: &'a str,
+    items_txt: &'a str,
+    alias: Option<String>,
+    where_txt: Option<String>,
+    /// `ORDER BY …` (without LIMIT).
+    order_txt: &'a str,
+    /// `LIMIT n [OFFSET m]`.
+    limit_txt: &'a str,
+}
+
+/// `SELECT items FROM src [WHERE p] ORDER BY out-names LIMIT n [OFFSET m]` as a per-partition
+/// `… ORDER BY … LIMIT n+m` and a final `SELECT * … ORDER BY … LIMIT n OFFSET m` over the
+/// partial results. ORDER BY must name output columns (or ordinals) so that the final step
+/// can sort by them too.
+fn topk(t: TopK<'_>) -> Option<OneStatement> {
+    let _ = t.s;
+    let items = split_top(t.items_txt, b',');
+    let star = items.len() == 1 && items[0] == "*";
+    let mut names = Vec::new();
+    if !star {
+        for item in &items {
+            let (expr, alias) = split_alias(item);
+            match alias {
+                Some(a) => names.push(norm(&a)),
+                None if is_ident_path(&expr) => {
+                    names.push(norm(expr.rsplit('.').next().expect("non-empty")))
+                }
+                None => return None,
+            }
+        }
+    }
+    let body = t.order_txt[5..].trim_start()[2..].trim();
+    for item in split_top(body, b',') {
+        let target = item.split_whitespace().next()?;
+        if let Ok(k) = target.parse::<usize>() {
+            if star || k == 0 || k > names.len() {
+                return None;
+            }
+        } else if !star && !names.contains(&norm(target)) {
+            return None;
+        }
+    }
+    // LIMIT n [OFFSET m], integer literals only.
+    let words: Vec<&str> = t.limit_txt.split_whitespace().collect();
+    let (n, m): (u64, u64) = match words.as_slice() {
+        [l, n] if l.eq_ignore_ascii_case("limit") => (n.parse().ok()?, 0),
+        [l, n, o, m] if l.eq_ignore_ascii_case("limit") && o.eq_ignore_ascii_case("offset") => {
+            (n.parse().ok()?, m.parse().ok()?)
+        }
+        _ => return None,
+    };
+    let partial = format!(
+        "SELECT {} FROM {{0}}{}{} {} LIMIT {}",
+        t.items_txt.trim(),
+        t.alias.map(|a| format!(" AS {a}")).unwrap_or_default(),
+        t.where_txt
+            .map(|w| format!(" WHERE {w}"))
+            .unwrap_or_default(),
+        t.order_txt,
+        n.checked_add(m)?
+    );
+    let final_sql = format!("SELECT * FROM {{0}} {} {}", t.order_txt, t.limit_txt);
+    Some(OneStatement::Split {
+        glob: t.glob.to_string(),
+        partial,
+        final_sql,
+    })
+}
+
 trait StripCi {
     fn strip_prefix_ci(&self, p: &str) -> Option<&str>;
 }
@@ -441,6 +545,39 @@ impl StripCi for str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_k_splits_into_per_partition_limits() {
+        let p = plan(
+            "SELECT k, v AS value FROM read_parquet('/d/*.parquet') WHERE v > 3 ORDER BY value DESC, 1 LIMIT 10 OFFSET 5",
+        )
+        .unwrap();
+        assert_eq!(
+            p,
+            OneStatement::Split {
+                glob: "/d/*.parquet".into(),
+                partial:
+                    "SELECT k, v AS value FROM {0} WHERE v > 3 ORDER BY value DESC, 1 LIMIT 15"
+                        .into(),
+                final_sql: "SELECT * FROM {0} ORDER BY value DESC, 1 LIMIT 10 OFFSET 5".into(),
+            }
+        );
+        let p = plan("SELECT * FROM read_parquet('/d/x.parquet') ORDER BY d LIMIT 3").unwrap();
+        assert!(matches!(p, OneStatement::Split { .. }), "{p:?}");
+        // ORDER BY a column that is not in the output: run whole.
+        let p = plan("SELECT k FROM read_parquet('/d/x.parquet') ORDER BY v LIMIT 3").unwrap();
+        assert!(matches!(p, OneStatement::Whole { .. }), "{p:?}");
+        // No LIMIT: no top-k.
+        let p = plan("SELECT k FROM read_parquet('/d/x.parquet') ORDER BY k").unwrap();
+        assert!(matches!(p, OneStatement::Whole { .. }), "{p:?}");
+        // An aggregate in the items is not a top-k.
+        let p = plan("SELECT sum(v) AS s FROM read_parquet('/d/x.parquet') ORDER BY s LIMIT 3")
+            .unwrap();
+        match p {
+            OneStatement::Split { partial, .. } => assert!(!partial.contains("LIMIT"), "{partial}"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn group_by_splits() {

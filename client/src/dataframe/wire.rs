@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Bumped on any incompatible change of the types below.
-pub const COMPUTE_PROTOCOL_VERSION: u32 = 1;
+pub const COMPUTE_PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame either side accepts. A result bigger than this must be written as Parquet into
 /// pond instead of streamed back (`TaskOutput::Parquet`).
@@ -57,6 +57,15 @@ pub enum TaskOutput {
     /// The result written as one Parquet file at this pond path (created or replaced), placed on
     /// a chain whose head is the executing node.
     Parquet { path: String },
+    /// The result split into `paths.len()` buckets by the SQL expression `by` (an integer in
+    /// `0..paths.len()` per row), bucket `b` written as one Parquet file at `paths[b]` (empty
+    /// buckets too, with the result's schema) on a chain whose head is storage node
+    /// `heads[b]` — the node that will run bucket `b`'s next task.
+    Buckets {
+        paths: Vec<String>,
+        by: String,
+        heads: Vec<u32>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,7 +105,14 @@ pub struct TaskResult {
 pub enum ResultBody {
     ArrowIpc(Vec<u8>),
     Rows(RowSet),
-    Parquet { path: String, bytes: u64 },
+    Parquet {
+        path: String,
+        bytes: u64,
+    },
+    /// Bytes written per bucket (`TaskOutput::Buckets`).
+    Buckets {
+        bytes: Vec<u64>,
+    },
 }
 
 /// What the executor measured while running one task.
