@@ -229,6 +229,19 @@ fn main() {
         run.extend(one);
     }
     put(&dir, "chunk_record", "seed-run", &run);
+    // Regression: a record naming a slot near u32::MAX once made open() build a free list of
+    // billions of entries (an allocation sized by a number read from disk).
+    let regress = dir.parent().expect("cargo-fuzz dir").join("regressions");
+    if let Some((_, mut rec)) = backend.load_meta().expect("load").into_iter().next() {
+        let v = rec.committed.as_mut().expect("installed chunk is committed");
+        v.blocks[0].slot = 4_000_000_000;
+        put(
+            &regress,
+            "chunk_record",
+            "huge-slot",
+            &postcard::to_stdvec(&rec).unwrap(),
+        );
+    }
 
     // dataset_index and sampler state.
     let ix = Index {
