@@ -263,10 +263,20 @@ async fn verify_file(
                     .zip(want)
                     .position(|(a, b)| a != b)
                     .unwrap_or(got.len().min(want.len()));
+                let zeros = got.iter().filter(|&&b| b == 0).count();
+                let show = |b: &[u8]| {
+                    b.iter()
+                        .skip(at)
+                        .take(8)
+                        .map(|x| format!("{x:02x}"))
+                        .collect::<String>()
+                };
                 shared.violations.lock().push(format!(
-                    "{when}: {path} read {} bytes, the acknowledged operations give {} bytes; first difference at byte {at}",
+                    "{when}: {path} read {} bytes, the acknowledged operations give {} bytes; first difference at byte {at} (got {}.., want {}..; {zeros} zero bytes read)",
                     got.len(),
-                    want.len()
+                    want.len(),
+                    show(&got),
+                    show(want)
                 ));
             }
             true
