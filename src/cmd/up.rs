@@ -45,6 +45,11 @@ pub struct UpArgs {
     /// How long to wait for the cluster to become healthy.
     #[arg(long, default_value_t = 120)]
     pub timeout_secs: u64,
+    /// Capacity of every storage target in bytes (`capacity_bytes` in storage.toml; counted in
+    /// 64 KiB blocks). Default: the free space of the filesystem. Used when the cluster
+    /// directory is created.
+    #[arg(long)]
+    pub target_capacity_bytes: Option<u64>,
 }
 
 /// The topology fixed at first start.
@@ -158,7 +163,7 @@ fn prepare(args: &UpArgs) -> Result<(Topology, ClusterFile)> {
             .map(|k| pond_storage::TargetConfig {
                 id: target_id(id, k),
                 path: node_dir.join(format!("target-{}", target_id(id, k))),
-                capacity_bytes: None,
+                capacity_bytes: args.target_capacity_bytes,
             })
             .collect();
         let cfg = pond_storage::StorageConfig {
