@@ -115,6 +115,8 @@ pub(crate) struct Core {
     next_session: AtomicU64,
     open: Mutex<HashMap<InodeId, Weak<OpenInode>>>,
     poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// This client's lease on its sessions (renewed in the background; `None` in tests).
+    lease: Mutex<Option<crate::meta_client::LeaseHandle>>,
 }
 
 impl Drop for Core {
@@ -202,7 +204,14 @@ impl Client {
         // One id for both planes: meta dedupes retried writes by it, storage retried updates.
         let client_id = meta.client_id();
         let data = DataClient::tcp(cf.token.clone(), client_id);
-        Client::with_parts(Arc::new(meta), data, opts).await
+        // Sessions of open files die with the client: a crashed client's open-unlinked files
+        // are collected once its lease runs out instead of never.
+        let lease = meta
+            .start_lease(Duration::from_millis(limits::SESSION_LEASE_MS))
+            .await?;
+        let c = Client::with_parts(Arc::new(meta), data, opts).await?;
+        *c.core.lease.lock() = Some(lease);
+        Ok(c)
     }
 
     /// Builds a client over any meta service and data-plane client (tests, simulation).
@@ -226,6 +235,7 @@ impl Client {
             next_session: AtomicU64::new(1),
             open: Mutex::new(HashMap::new()),
             poller: Mutex::new(Some(poller)),
+            lease: Mutex::new(None),
         });
         Ok(Client { core })
     }
@@ -465,9 +475,7 @@ impl Client {
     }
 
     /// Creates (or with `!exclusive` opens an existing) file and opens it, in one meta round
-    /// trip. No write session is opened here: the first write that goes to storage while the
-    /// file stays open opens one, and a file written and closed at once reports its length in
-    /// one request at close (see `OpenInode::sync_report`).
+    /// trip: `Create` also opens this client's session on the inode (see `open_attr`).
     #[allow(clippy::too_many_arguments)]
     pub async fn create_open(
         &self,
@@ -481,6 +489,7 @@ impl Client {
     ) -> Result<(InodeAttr, File)> {
         validate_name(name)?;
         let (caller, perm) = self.inherit(parent, caller, perm, false).await?;
+        let session = self.core.new_session();
         let mut attr = expect_attr(
             "Create",
             self.core
@@ -491,43 +500,71 @@ impl Client {
                     caller,
                     exclusive,
                     hint,
-                    session: None,
+                    session: Some((self.core.client_id, session)),
                 })
                 .await?,
         )?;
         let oi = self.core.open_inode(&attr)?;
         let file = File::new(oi.clone(), mode);
+        if let Err(e) = oi.ensure_session(Some(session)).await {
+            let _ = file.close().await;
+            return Err(e);
+        }
         oi.overlay(&mut attr);
         Ok((attr, file))
     }
 
     /// Opens an existing file by its attributes (from lookup/getattr).
+    ///
+    /// Every open file of a client is held by one session of that client in meta (opened by
+    /// the first open, `OpenSession`, or by `Create`; closed with the last handle, with the
+    /// length): a file unlinked or renamed over by anyone stays readable here until closed.
     pub async fn open_attr(
         &self,
         attr: &InodeAttr,
         mode: OpenMode,
         truncate: bool,
     ) -> Result<File> {
-        match attr.kind {
-            FileType::Dir if mode.write => {
-                return Err(ClientError::new(
-                    ErrorCode::IsDir,
-                    "cannot open a directory for writing",
-                ));
+        self.open_with(attr, mode, truncate, None).await
+    }
+
+    async fn open_with(
+        &self,
+        attr: &InodeAttr,
+        mode: OpenMode,
+        truncate: bool,
+        session: Option<SessionId>,
+    ) -> Result<File> {
+        let refused = match attr.kind {
+            FileType::Dir if mode.write => Some(ClientError::new(
+                ErrorCode::IsDir,
+                "cannot open a directory for writing",
+            )),
+            FileType::Dir => Some(ClientError::new(ErrorCode::IsDir, "is a directory")),
+            FileType::Symlink => Some(ClientError::new(
+                ErrorCode::Loop,
+                "open of a symlink without following",
+            )),
+            FileType::File => None,
+        };
+        let oi = match refused {
+            None => self.core.open_inode(attr),
+            Some(e) => Err(e),
+        };
+        let oi = match oi {
+            Ok(oi) => oi,
+            Err(e) => {
+                if let Some(s) = session {
+                    self.close_stray_session(attr.inode, s).await;
+                }
+                return Err(e);
             }
-            FileType::Dir => return Err(ClientError::new(ErrorCode::IsDir, "is a directory")),
-            FileType::Symlink => {
-                return Err(ClientError::new(
-                    ErrorCode::Loop,
-                    "open of a symlink without following",
-                ));
-            }
-            FileType::File => {}
-        }
-        let oi = self.core.open_inode(attr)?;
+        };
         let file = File::new(oi.clone(), mode);
-        // No write session yet: the first write sent to storage while the file stays open
-        // opens it (a file rewritten and closed at once needs none).
+        if let Err(e) = oi.ensure_session(session).await {
+            let _ = file.close().await;
+            return Err(e);
+        }
         if mode.write
             && truncate
             && (oi.size() > 0 || attr.size > 0)
@@ -539,9 +576,53 @@ impl Client {
         Ok(file)
     }
 
+    async fn close_stray_session(&self, inode: InodeId, session: SessionId) {
+        let r = self
+            .core
+            .meta_op(MetaRequest::CloseSession {
+                inode,
+                client: self.core.client_id,
+                session,
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(%inode, error = %e, "close of an unused session failed");
+        }
+    }
+
     pub async fn open_inode(&self, inode: InodeId, mode: OpenMode, truncate: bool) -> Result<File> {
+        self.open_inode_fresh(inode, mode, truncate)
+            .await
+            .map(|(f, _)| f)
+    }
+
+    /// Opens `inode` and returns meta's current attributes with it (close-to-open), in one
+    /// meta request: `OpenSession` when the inode is not open here yet (it answers with the
+    /// attributes), `GetAttr` when it is (the session exists).
+    pub async fn open_inode_fresh(
+        &self,
+        inode: InodeId,
+        mode: OpenMode,
+        truncate: bool,
+    ) -> Result<(File, InodeAttr)> {
+        if self.open_file_of(inode).is_none() {
+            let session = self.core.new_session();
+            let reply = self
+                .core
+                .meta_op(MetaRequest::OpenSession {
+                    inode,
+                    client: self.core.client_id,
+                    session,
+                })
+                .await?;
+            let mut attr = expect_attr("OpenSession", reply)?;
+            let file = self.open_with(&attr, mode, truncate, Some(session)).await?;
+            file.open_inode().overlay(&mut attr);
+            return Ok((file, attr));
+        }
         let attr = self.getattr(inode).await?;
-        self.open_attr(&attr, mode, truncate).await
+        let file = self.open_with(&attr, mode, truncate, None).await?;
+        Ok((file, attr))
     }
 
     /// The open-file state of `inode` in this client, if a handle is open.

@@ -203,32 +203,46 @@ impl OpenInode {
         }
     }
 
-    /// Opens the write session if none is open (`OpenWrite`), or adopts `given` (a session that
-    /// `Create` already opened). A second session from `Create` is closed again.
-    pub(crate) async fn ensure_session(&self, given: Option<SessionId>) -> Result<()> {
+    /// Opens this client's session on the inode if none is open (`OpenSession`; returns the
+    /// attributes meta answered with), or adopts `given` (a session that `Create` or an
+    /// `OpenSession` of the caller already opened). A second session is closed again.
+    pub(crate) async fn ensure_session(
+        &self,
+        given: Option<SessionId>,
+    ) -> Result<Option<InodeAttr>> {
         let _g = self.session_lock.lock().await;
         let have = self.st.lock().session;
         match (have, given) {
-            (Some(_), Some(extra)) => self.close_session(extra).await,
-            (Some(_), None) => Ok(()),
+            (Some(_), Some(extra)) => {
+                let reply = self
+                    .core
+                    .meta_op(MetaRequest::CloseSession {
+                        inode: self.inode,
+                        client: self.core.client_id,
+                        session: extra,
+                    })
+                    .await;
+                reply.map(|_| None)
+            }
+            (Some(_), None) => Ok(None),
             (None, Some(s)) => {
                 self.st.lock().session = Some(s);
-                Ok(())
+                Ok(None)
             }
             (None, None) => {
                 let s = self.core.new_session();
                 let reply = self
                     .core
-                    .meta_op(MetaRequest::OpenWrite {
+                    .meta_op(MetaRequest::OpenSession {
                         inode: self.inode,
                         client: self.core.client_id,
                         session: s,
                     })
                     .await?;
-                let mut attr = expect_attr("OpenWrite", reply)?;
+                let mut attr = expect_attr("OpenSession", reply)?;
                 self.overlay(&mut attr);
                 self.st.lock().session = Some(s);
-                Ok(())
+                Ok(Some(attr))
             }
         }
     }
@@ -408,7 +422,7 @@ impl OpenInode {
                 }
                 let len = p.data.len();
                 let r = match need_session {
-                    true => me.ensure_session(None).await,
+                    true => me.ensure_session(None).await.map(|_| ()),
                     false => Ok(()),
                 };
                 let r = match r {
@@ -484,7 +498,7 @@ impl OpenInode {
                 m,
                 st.meta_size,
                 st.session,
-                st.writers <= 1 && !st.pinned,
+                st.handles <= 1 && !st.pinned,
             )
         };
         // A report that does not grow meta's size moves no mtime there: overwrites in place
@@ -703,7 +717,9 @@ impl OpenInode {
                 assert!(st.writers > 0, "writer count underflow");
                 st.writers -= 1;
             }
-            let keep = st.writers > 0 || (st.pinned && st.handles > 0);
+            // The session holds the inode for every handle (readers too: another client's
+            // unlink must not take the file from under them).
+            let keep = st.handles > 0;
             (st.session, !keep)
         };
         let reported = match session {

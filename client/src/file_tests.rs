@@ -388,21 +388,23 @@ async fn a_small_file_written_and_closed_costs_one_meta_request_after_create() {
     use std::sync::atomic::Ordering;
     let (c, meta, _storage) = testkit::client().await;
     let f = c.create_file("/small").await.unwrap();
-    assert_eq!(meta.sessions(f.inode()), 0, "no session opened by create");
+    assert_eq!(meta.sessions(f.inode()), 1, "the create opened the session");
     let before = meta.ops.load(Ordering::Relaxed);
     f.pwrite(0, &pattern(3, 1000)).await.unwrap();
     f.close().await.unwrap();
     assert_eq!(
         meta.ops.load(Ordering::Relaxed) - before,
         1,
-        "the length report alone"
+        "the length report closes the session too"
     );
+    assert_eq!(meta.sessions(f.inode()), 0);
     assert_eq!(meta.attr(f.inode()).unwrap().size, 1000);
-    // An empty create and close: nothing after the create.
+    // An empty create and close: the session close alone.
     let g = c.create_file("/empty").await.unwrap();
     let before = meta.ops.load(Ordering::Relaxed);
     g.close().await.unwrap();
-    assert_eq!(meta.ops.load(Ordering::Relaxed), before);
+    assert_eq!(meta.ops.load(Ordering::Relaxed) - before, 1);
+    assert_eq!(meta.sessions(g.inode()), 0);
 }
 
 #[tokio::test]
@@ -457,4 +459,22 @@ async fn an_overwrite_in_place_moves_mtime() {
     let a = meta.attr(ino).unwrap();
     assert_eq!(a.size, 5000);
     assert!(a.mtime.sec > 1, "mtime moved: {:?}", a.mtime);
+}
+
+#[tokio::test]
+async fn a_file_unlinked_by_another_client_stays_readable_until_closed() {
+    let (a, meta, storage) = testkit::client().await;
+    let b = testkit::client_of(&meta, &storage).await;
+    let data = pattern(6, 3 * TEST_CHUNK as usize + 5);
+    a.write_file("/shared", &data).await.unwrap();
+    let f = b.open("/shared", OpenOptions::read()).await.unwrap();
+    assert_eq!(meta.sessions(f.inode()), 1, "the reader holds a session");
+    a.unlink_path("/shared").await.unwrap();
+    assert!(meta.attr(f.inode()).is_some(), "kept while open elsewhere");
+    assert_eq!(f.pread(0, data.len()).await.unwrap(), data);
+    f.close().await.unwrap();
+    assert!(
+        meta.attr(f.inode()).is_none(),
+        "collected at the last close"
+    );
 }

@@ -277,11 +277,46 @@ impl DataPath {
         self.read_chunks(&reads).await
     }
 
+    /// One attempt at one piece on the least-loaded replica. `Err(Some(target))`: that replica
+    /// failed it; `Err(None)`: no attempt was made.
+    async fn read_one(&self, p: &ChunkRead) -> std::result::Result<Bytes, Option<TargetId>> {
+        let route = self.routing.reader(p.chain, &[]).map_err(|_| None)?;
+        let target = route.at.target;
+        let _g = self.routing.begin(target);
+        let item = ReadItem {
+            at: route.at,
+            chunk: p.chunk,
+            offset: p.offset,
+            length: p.len,
+        };
+        match self.data.read_chunks(&route.addr, vec![item]).await {
+            Ok(mut items) if items.len() == 1 => match items.pop().expect("one item") {
+                Ok((_, bytes)) if bytes.len() <= p.len as usize => Ok(bytes),
+                _ => Err(Some(target)),
+            },
+            Ok(_) => Err(Some(target)),
+            Err(_) => {
+                self.routing.penalize(target);
+                Err(Some(target))
+            }
+        }
+    }
+
     /// Reads ranges of chunks of any files, batched per storage node (see `read_pieces`).
     #[tracing::instrument(level = "debug", skip_all, fields(pieces = pieces.len()))]
     pub async fn read_chunks(&self, pieces: &[ChunkRead]) -> Result<Vec<Bytes>> {
-        let mut out: Vec<Option<Bytes>> = vec![None; pieces.len()];
         let mut excluded: Vec<Vec<TargetId>> = vec![Vec::new(); pieces.len()];
+        // One piece (a small random read, a FUSE read within one chunk): one request, none of
+        // the grouping below. Any failure goes on through the general path with the replica
+        // that failed excluded.
+        if let [p] = pieces {
+            match self.read_one(p).await {
+                Ok(b) => return Ok(vec![b]),
+                Err(Some(t)) => excluded[0].push(t),
+                Err(None) => {}
+            }
+        }
+        let mut out: Vec<Option<Bytes>> = vec![None; pieces.len()];
         let mut todo: Vec<usize> = (0..pieces.len()).collect();
         let mut budget = Budget::new(self.retry_budget);
         while !todo.is_empty() {

@@ -81,6 +81,11 @@ pub const BATCH_IN_FLIGHT_MAX: usize = 256;
 /// is written in parallel per step.
 pub const COPY_STEP_BYTES: usize = 16 << 20;
 
+/// Lease of a client's open-file sessions in meta (renewed every third of it). A client that
+/// dies keeps its open-unlinked files alive this long; a client cut off from meta this long
+/// loses its sessions (meta answers the next renewal `StaleHandle` and a new lease starts).
+pub const SESSION_LEASE_MS: u64 = 30_000;
+
 /// Attributes (and names) the namespace cache (`cache.rs`) holds before it starts over:
 /// 65,536 × ~300 B ≈ 20 MB, more than the working set of a stat sweep over a large directory.
 pub const META_CACHE_ENTRIES_MAX: usize = 1 << 16;

@@ -370,7 +370,19 @@ impl FakeMeta {
                 }
                 Ok(MetaReply::Attr(n.attr.clone()))
             }
-            MetaRequest::OpenWrite { inode, .. } => {
+            MetaRequest::CloseSession { inode, .. } => {
+                let s = st
+                    .sessions
+                    .get_mut(&inode)
+                    .expect("CloseSession of an open session");
+                assert!(*s > 0, "session count underflow");
+                *s -= 1;
+                if *s == 0 && st.inodes.get(&inode).is_some_and(|n| n.attr.nlink == 0) {
+                    st.inodes.remove(&inode);
+                }
+                Ok(MetaReply::Done)
+            }
+            MetaRequest::OpenWrite { inode, .. } | MetaRequest::OpenSession { inode, .. } => {
                 let a = get(st, inode)?.attr;
                 *st.sessions.entry(inode).or_default() += 1;
                 Ok(MetaReply::Attr(a))
@@ -657,6 +669,12 @@ impl Transport for FakeStorage {
 pub async fn client() -> (crate::Client, Arc<FakeMeta>, Arc<FakeStorage>) {
     let meta = FakeMeta::new();
     let storage = FakeStorage::new(meta.routing());
+    let c = client_of(&meta, &storage).await;
+    (c, meta, storage)
+}
+
+/// Another client of the same fake cluster.
+pub async fn client_of(meta: &Arc<FakeMeta>, storage: &Arc<FakeStorage>) -> crate::Client {
     let opts = crate::ClientOptions {
         caller: Caller {
             uid: 1000,
@@ -667,8 +685,7 @@ pub async fn client() -> (crate::Client, Arc<FakeMeta>, Arc<FakeStorage>) {
         chunk_retry_budget: Duration::from_secs(3),
         cache_ttl: Duration::ZERO,
     };
-    let c = crate::Client::with_parts(meta.clone(), storage.data_client(), opts)
+    crate::Client::with_parts(meta.clone(), storage.data_client(), opts)
         .await
-        .expect("fake client");
-    (c, meta, storage)
+        .expect("fake client")
 }

@@ -9,8 +9,8 @@
 //! - Writes go through the client's write-behind buffer; `flush` (every `close(2)`) waits for
 //!   them and reports the length to meta, so `stat` after `close` is exact everywhere; `release`
 //!   closes the write session.
-//! - A file open here stays readable after unlink or rename-over: the client pins it with a
-//!   write session until its last handle is released.
+//! - A file open here stays readable after unlink or rename-over, by this mount or any other
+//!   client: the client holds a session on it in meta until its last handle is released.
 
 use crate::MountOptions;
 use crate::attr::{access_ok, errno, file_attr, from_time, kind};
@@ -526,12 +526,12 @@ impl Filesystem for PondFs {
             self.check_writable()?;
         }
         let truncate = flags & libc::O_TRUNC != 0 && mode.write;
-        // Close-to-open: always meta's current attributes, never the cache's.
-        let attr = self.s.client.getattr(InodeId(inode)).await.map_err(fail)?;
-        let file = self
+        // Close-to-open: always meta's current attributes, never the cache's (one request:
+        // the session open answers with them).
+        let (file, attr) = self
             .s
             .client
-            .open_attr(&attr, mode, truncate)
+            .open_inode_fresh(InodeId(inode), mode, truncate)
             .await
             .map_err(fail)?;
         // The page cache survives this open when the file is still at the version it holds

@@ -100,6 +100,16 @@ pub async fn mount(
         return Err(MountError::NoDevFuse);
     }
     let mp = mountpoint.to_path_buf();
+    // A FUSE mount whose daemon died (kill -9, OOM): the kernel answers ENOTCONN until it is
+    // unmounted (a stat may still come from its attribute cache; a listing does not). Detach
+    // it lazily and mount over the plain directory again.
+    let enotconn = |e: std::io::Error| e.raw_os_error() == Some(libc::ENOTCONN);
+    let dead = std::fs::read_dir(&mp).err().is_some_and(enotconn)
+        || std::fs::metadata(&mp).err().is_some_and(enotconn);
+    if dead {
+        tracing::warn!(mountpoint = %mp.display(), "a dead FUSE mount is in the way (its daemon died); detaching it");
+        detach_dead(&mp).map_err(|e| MountError::Unmount(mp.clone(), e))?;
+    }
     let md = std::fs::metadata(&mp).map_err(|e| MountError::Mountpoint(mp.clone(), e))?;
     if !md.is_dir() {
         return Err(MountError::NotADirectory(mp));
@@ -268,6 +278,30 @@ fn set_read_ahead(dev: u64, kb: u32) -> std::io::Result<()> {
         format!("/sys/class/bdi/{maj}:{min}/read_ahead_kb"),
         kb.to_string(),
     )
+}
+
+/// Lazily detaches the mount at `mp` (`umount2(MNT_DETACH)`, `fusermount3 -uz` when not
+/// root): for dead mounts, whose users only get ENOTCONN anyway.
+fn detach_dead(mp: &Path) -> std::io::Result<()> {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        let st = std::process::Command::new("fusermount3")
+            .arg("-uz")
+            .arg(mp)
+            .status()?;
+        return if st.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other("fusermount3 -uz failed"))
+        };
+    }
+    let c = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    Err(std::io::Error::last_os_error())
 }
 
 /// `umount2(path, 0)`, falling back to a lazy detach when busy; `fusermount3 -u[z]` when not

@@ -766,6 +766,16 @@ fn two_mounts_see_each_others_closed_writes() {
     for n in &la {
         assert_eq!(fs::read(a.p(&format!("race/{n}"))).unwrap(), b"x");
     }
+    // A file open in b stays readable after a unlinks it, until b closes it.
+    let held = pattern(10, 5 << 20);
+    fs::write(a.p("held"), &held).unwrap();
+    let mut f = fs::File::open(b.p("held")).unwrap();
+    fs::remove_file(a.p("held")).unwrap();
+    assert_eq!(errno(fs::metadata(a.p("held"))), libc::ENOENT);
+    let mut got = Vec::new();
+    f.read_to_end(&mut got).unwrap();
+    assert!(got == held, "bytes of the file unlinked by the other mount");
+    drop(f);
 }
 
 #[test]
@@ -786,4 +796,175 @@ fn copy_into_the_mount_survives_a_storage_node_kill() {
     assert_eq!(n, data.len() as u64);
     assert_eq!(fs::metadata(&dst).unwrap().len(), data.len() as u64);
     assert!(fs::read(&dst).unwrap() == data, "bytes after the kill");
+}
+
+/// Whether `mp` appears in this process's mount table.
+fn in_mount_table(mp: &Path) -> bool {
+    let want = mp.to_string_lossy().into_owned();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(want.as_str()))
+}
+
+/// `pond mount MNT` as a child process (the daemon as users run it), once it serves.
+fn spawn_mount(cluster: &Cluster, mp: &Path) -> std::process::Child {
+    require_fuse();
+    fs::create_dir_all(mp).unwrap();
+    let log = fs::File::create(mp.with_extension("log")).unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .arg("--cluster")
+        .arg(cluster.cluster_file_path())
+        .arg("mount")
+        .arg(mp)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn pond mount");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    // Mounted and answering: the root (inode 1) lists (a dead mount in the way may still
+    // answer a stat from the kernel's attribute cache, never a listing).
+    while !(in_mount_table(mp)
+        && fs::metadata(mp).is_ok_and(|m| m.ino() == 1)
+        && fs::read_dir(mp).is_ok())
+    {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!(
+                "pond mount exited early ({st}): {}",
+                fs::read_to_string(mp.with_extension("log")).unwrap_or_default()
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not mounted after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// Waits for `child` to exit, at most `limit`; kills it and fails otherwise.
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process {} still running after {limit:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `ls DIR` and returns its exit status and stderr, failing if it hangs.
+fn ls(dir: &Path, limit: Duration) -> (std::process::ExitStatus, String) {
+    let mut c = std::process::Command::new("ls")
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let st = wait_exit(&mut c, limit);
+    let mut err = String::new();
+    c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (st, err)
+}
+
+#[test]
+fn sigterm_unmounts_cleanly_and_flushes_open_files() {
+    let cluster = Cluster::start(BIN, small()).expect("start cluster");
+    let mp = cluster.path().join("term");
+    let mut daemon = spawn_mount(&cluster, &mp);
+    fs::write(mp.join("closed"), b"closed before the signal").unwrap();
+    // A file still open for writing when the signal comes: its buffered bytes must land.
+    let data = pattern(41, 300_000);
+    let mut open = fs::File::create(mp.join("open")).unwrap();
+    open.write_all(&data).unwrap();
+    // SAFETY: plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) }, 0);
+    let st = wait_exit(&mut daemon, Duration::from_secs(30));
+    assert!(st.success(), "pond mount exits 0 on SIGTERM: {st}");
+    assert!(!in_mount_table(&mp), "mountpoint is no longer a mount");
+    let (st, err) = ls(&mp, Duration::from_secs(10));
+    assert!(st.success(), "ls of the plain directory again: {err}");
+    // Our descriptor outlived the mount; closing it must not hang either.
+    drop(open);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = Client::from_cluster_file(&cluster.cluster_file_path())
+            .await
+            .unwrap();
+        let base = format!("/{}", "open");
+        assert_eq!(
+            c.read_file(&base).await.unwrap(),
+            data,
+            "bytes written before SIGTERM"
+        );
+        assert_eq!(
+            c.read_file("/closed").await.unwrap(),
+            b"closed before the signal"
+        );
+    });
+}
+
+#[test]
+fn a_killed_daemon_leaves_enotconn_not_hangs_and_the_next_mount_replaces_it() {
+    let cluster = Cluster::start(BIN, small()).expect("start cluster");
+    let mp = cluster.path().join("dead");
+    let mut daemon = spawn_mount(&cluster, &mp);
+    fs::write(mp.join("f"), pattern(42, 1 << 20)).unwrap();
+    // A reader busy in the mount when the daemon dies.
+    let reader = {
+        let p = mp.join("f");
+        std::thread::spawn(move || -> i32 {
+            loop {
+                let r = fs::File::open(&p).and_then(|mut f| {
+                    let mut b = Vec::new();
+                    f.read_to_end(&mut b)
+                });
+                if let Err(e) = r {
+                    return e.raw_os_error().unwrap_or(-1);
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    // The reader ends (with an error), it does not hang.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !reader.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reader hung behind the dead mount"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let e = reader.join().unwrap();
+    assert!(
+        e == libc::ENOTCONN || e == libc::ECONNABORTED || e == libc::EIO,
+        "reader error {e}"
+    );
+    // `ls` fails quickly with ENOTCONN.
+    let (st, err) = ls(&mp, Duration::from_secs(10));
+    assert!(!st.success(), "ls of a dead mount fails");
+    assert!(
+        err.contains("not connected"),
+        "ls says ENOTCONN, said: {err}"
+    );
+    assert_eq!(
+        errno(fs::read_dir(&mp)),
+        libc::ENOTCONN,
+        "listing the dead mount"
+    );
+    // Mounting again on the same directory detaches the dead mount first.
+    let mut again = spawn_mount(&cluster, &mp);
+    assert_eq!(fs::read(mp.join("f")).unwrap(), pattern(42, 1 << 20));
+    // SAFETY: plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(again.id() as i32, libc::SIGTERM) }, 0);
+    assert!(wait_exit(&mut again, Duration::from_secs(30)).success());
+    assert!(!in_mount_table(&mp), "no mount left behind");
 }
