@@ -18,3 +18,5 @@ pub mod meta;
 pub mod passthrough;
 pub mod posix;
 pub mod report;
+pub mod sort;
+pub mod sql;

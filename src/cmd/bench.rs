@@ -13,7 +13,7 @@ use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Suite: meta | io | fuse | loader | all.
+    /// Suite: meta | io | fuse | loader | sql | sort | all.
     pub suite: String,
     /// Short runs (CI): smaller files, fewer operations, shorter phases.
     #[arg(long)]
@@ -224,6 +224,27 @@ async fn loader_suite(cluster: Option<&Path>, quick: bool) -> Result<()> {
     pond_bench::loader::run(&tc.cluster_path(), quick).await
 }
 
+/// Single-process DuckDB (pond-compute's unrestricted helpers) for the sql/sort baselines.
+const LOCAL_DUCKDB: pond_bench::sql::LocalDuckDb = pond_bench::sql::LocalDuckDb {
+    exec: |sql| Ok(pond_compute::local_exec(sql)?),
+    rows: |sql| Ok(pond_compute::local_rows(sql)?),
+};
+
+/// `sql` or `sort`: near-data SQL on a 3-node cluster (chains of 3) vs DuckDB on local files.
+async fn compute_suite(cluster: Option<&Path>, quick: bool, which: &str) -> Result<()> {
+    let run = |p: PathBuf| async move {
+        match which {
+            "sql" => pond_bench::sql::run(&p, quick, &LOCAL_DUCKDB).await,
+            _ => pond_bench::sort::run(&p, quick, &LOCAL_DUCKDB).await,
+        }
+    };
+    if let Some(p) = cluster {
+        return run(p.to_path_buf()).await;
+    }
+    let tc = TempCluster::start(1, 3)?;
+    run(tc.cluster_path()).await
+}
+
 fn fuse_suite(cluster: Option<&Path>, quick: bool) -> Result<()> {
     if let Some(p) = cluster {
         return fuse_on(p, "given cluster", quick);
@@ -251,12 +272,16 @@ pub fn bench(cluster: Option<&Path>, args: BenchArgs) -> Result<()> {
         "io" => rt.block_on(io_suite(cluster, q)),
         "fuse" => fuse_suite(cluster, q),
         "loader" => rt.block_on(loader_suite(cluster, q)),
+        "sql" => rt.block_on(compute_suite(cluster, q, "sql")),
+        "sort" => rt.block_on(compute_suite(cluster, q, "sort")),
         "all" => rt
             .block_on(meta_suite(cluster, q))
             .and_then(|_| rt.block_on(io_suite(cluster, q)))
             .and_then(|_| fuse_suite(cluster, q))
-            .and_then(|_| rt.block_on(loader_suite(cluster, q))),
-        other => bail!("unknown suite {other:?} (have: meta, io, fuse, loader, all)"),
+            .and_then(|_| rt.block_on(loader_suite(cluster, q)))
+            .and_then(|_| rt.block_on(compute_suite(cluster, q, "sql")))
+            .and_then(|_| rt.block_on(compute_suite(cluster, q, "sort"))),
+        other => bail!("unknown suite {other:?} (have: meta, io, fuse, loader, sql, sort, all)"),
     };
     print_load("at end");
     if let Some(path) = &args.json {
