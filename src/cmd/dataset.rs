@@ -205,6 +205,12 @@ pub fn demo_epoch(rt: &tokio::runtime::Runtime, c: &Client, run: &str, samples: 
         "epoch read {} samples",
         stats.samples
     );
+    rt.block_on(ds.close())?;
+    {
+        // The files' last references go inside the runtime (their drop may spawn there).
+        let _g = rt.enter();
+        drop(ds);
+    }
     println!(
         "\ntraining epoch: {} JSONL samples ({:.1} MB) packed into {} shard(s) under {dst} in \
          {pack_secs:.2} s",
