@@ -192,6 +192,8 @@ pub fn write_rows(out: &mut impl std::io::Write, rows: &RowSet, format: Format) 
                     .map(|(i, v)| format!("{v:<width$}", width = w.get(i).copied().unwrap_or(0)))
                     .collect::<Vec<_>>()
                     .join(" | ")
+                    .trim_end()
+                    .to_string()
             };
             writeln!(out, "{}", line(&rows.columns))?;
             writeln!(
@@ -251,7 +253,11 @@ mod tests {
         let mut b = Vec::new();
         write_rows(&mut b, &sample(), Format::Table).unwrap();
         let s = String::from_utf8(b).unwrap();
-        assert!(s.starts_with("k                      | s  \n"), "{s}");
+        assert!(
+            s.starts_with("k                      | s\n-----------------------+-----\n"),
+            "{s}"
+        );
+        assert!(s.contains("\n1180591620717411303424 | NULL\n"), "{s}");
         assert!(s.ends_with("(2 rows)\n"));
     }
 }
