@@ -10,8 +10,8 @@
 //!   request failed (it may have applied).
 //! - **No stale refill.** A read that started before an invalidation does not insert its
 //!   (possibly older) answer (`generation`).
-//! - **Directory prefetch.** The second lookup miss in one directory within `ttl` fetches the
-//!   directory's entries with attributes (`ReadDirPlus`, up to `DIR_PREFETCH_ENTRIES_MAX`),
+//! - **Directory prefetch.** After two lookups in one directory within `ttl` that missed the
+//!   cache and found their name in meta, the next miss fetches the directory's entries with attributes (`ReadDirPlus`, up to `DIR_PREFETCH_ENTRIES_MAX`),
 //!   so `ls -l`, `find` and stat sweeps cost one round trip per page instead of one per name.
 //! - Bounded: past `META_CACHE_ENTRIES_MAX` attributes the cache starts over.
 
@@ -109,8 +109,26 @@ impl MetaCache {
         Some((a.clone(), e_left.min(a_left)))
     }
 
-    /// Counts a lookup miss in `dir`; true when the directory should be prefetched now.
-    pub(crate) fn miss_wants_prefetch(&self, dir: InodeId) -> bool {
+    /// Counts a lookup that missed the cache and found the name in meta. Names that do not
+    /// exist (the lookup before every create) do not count: listing a directory that is being
+    /// filled would cost a page per create.
+    pub(crate) fn note_found_miss(&self, dir: InodeId) {
+        if !self.enabled() {
+            return;
+        }
+        let now = Instant::now();
+        let ttl = self.ttl();
+        let mut g = self.inner.lock();
+        let m = g.misses.entry(dir).or_insert((0, now));
+        if now.saturating_duration_since(m.1) >= ttl {
+            *m = (0, now);
+        }
+        m.0 += 1;
+    }
+
+    /// True (once) when `DIR_PREFETCH_MISSES` found misses in `dir` within the TTL say a sweep
+    /// is going on and the directory was not listed within the TTL: list it now.
+    pub(crate) fn prefetch_due(&self, dir: InodeId) -> bool {
         if !self.enabled() {
             return false;
         }
@@ -121,20 +139,16 @@ impl MetaCache {
             .get(&dir)
             .is_some_and(|at| now.saturating_duration_since(*at) < ttl)
         {
-            // Listed recently: the name is not there (or the listing was cut at its bound).
             return false;
         }
-        let m = g.misses.entry(dir).or_insert((0, now));
-        if now.saturating_duration_since(m.1) >= ttl {
-            *m = (0, now);
-        }
-        m.0 += 1;
-        if m.0 >= limits::DIR_PREFETCH_MISSES {
+        let due = g.misses.get(&dir).is_some_and(|(n, first)| {
+            *n >= limits::DIR_PREFETCH_MISSES && now.saturating_duration_since(*first) < ttl
+        });
+        if due {
             g.misses.remove(&dir);
             g.listed.insert(dir, now);
-            return true;
         }
-        false
+        due
     }
 
     fn bound(g: &mut Inner) {
@@ -389,16 +403,24 @@ mod tests {
             Instant::now(),
         );
         assert!(c.lookup(InodeId(1), "a").is_none());
-        assert!(!c.miss_wants_prefetch(InodeId(1)));
+        c.note_found_miss(InodeId(1));
+        c.note_found_miss(InodeId(1));
+        assert!(!c.prefetch_due(InodeId(1)));
     }
 
     #[test]
-    fn second_miss_in_a_directory_asks_for_a_prefetch_once() {
+    fn found_misses_ask_for_a_prefetch_once_and_missing_names_never() {
         let c = MetaCache::new(Duration::from_secs(60));
-        assert!(!c.miss_wants_prefetch(InodeId(1)));
-        assert!(c.miss_wants_prefetch(InodeId(1)));
-        assert!(!c.miss_wants_prefetch(InodeId(1)), "listed recently");
-        // A mutation in the directory makes the listing stale: prefetch again on misses.
+        assert!(!c.prefetch_due(InodeId(1)));
+        c.note_found_miss(InodeId(1));
+        assert!(
+            !c.prefetch_due(InodeId(1)),
+            "one found miss is a single stat"
+        );
+        c.note_found_miss(InodeId(1));
+        assert!(c.prefetch_due(InodeId(1)));
+        assert!(!c.prefetch_due(InodeId(1)), "listed recently");
+        // A mutation in the directory makes the listing stale: prefetch again after misses.
         c.observe(
             &MetaRequest::Unlink {
                 parent: InodeId(1),
@@ -408,7 +430,9 @@ mod tests {
             c.generation(),
             Instant::now(),
         );
-        assert!(!c.miss_wants_prefetch(InodeId(1)));
-        assert!(c.miss_wants_prefetch(InodeId(1)));
+        c.note_found_miss(InodeId(1));
+        c.note_found_miss(InodeId(1));
+        assert!(c.prefetch_due(InodeId(1)));
+        assert!(!c.prefetch_due(InodeId(2)), "other directories untouched");
     }
 }

@@ -309,8 +309,9 @@ impl Client {
     }
 
     /// `lookup`, answered from the namespace cache when it holds an answer younger than the
-    /// cache TTL; returns the attributes and how long they may still be used. The second miss
-    /// in one directory within the TTL lists the directory into the cache.
+    /// cache TTL; returns the attributes and how long they may still be used. After two misses
+    /// in one directory within the TTL that found their names, the next lists the directory
+    /// into the cache (a sweep; the failed lookups before creates never do).
     pub async fn lookup_cached(
         &self,
         parent: InodeId,
@@ -321,7 +322,7 @@ impl Client {
             self.overlay(&mut a);
             return Ok((a, left));
         }
-        if self.core.cache.miss_wants_prefetch(parent) {
+        if self.core.cache.prefetch_due(parent) {
             if let Err(e) = self.prefetch_dir(parent).await {
                 tracing::debug!(%parent, error = %e, "directory prefetch failed");
             }
@@ -330,7 +331,9 @@ impl Client {
                 return Ok((a, left));
             }
         }
-        Ok((self.lookup(parent, name).await?, ttl))
+        let a = self.lookup(parent, name).await?;
+        self.core.cache.note_found_miss(parent);
+        Ok((a, ttl))
     }
 
     /// `getattr`, answered from the namespace cache when it can (see `lookup_cached`).
