@@ -233,7 +233,10 @@ fn main() {
     // billions of entries (an allocation sized by a number read from disk).
     let regress = dir.parent().expect("cargo-fuzz dir").join("regressions");
     if let Some((_, mut rec)) = backend.load_meta().expect("load").into_iter().next() {
-        let v = rec.committed.as_mut().expect("installed chunk is committed");
+        let v = rec
+            .committed
+            .as_mut()
+            .expect("installed chunk is committed");
         v.blocks[0].slot = 4_000_000_000;
         put(
             &regress,
@@ -286,9 +289,19 @@ fn main() {
             pid: None,
         }],
     };
-    put(&dir, "cluster_file", "seed-cluster", cf.to_toml().as_bytes());
+    put(
+        &dir,
+        "cluster_file",
+        "seed-cluster",
+        cf.to_toml().as_bytes(),
+    );
     put(&dir, "cluster_file", "seed-empty", b"");
-    put(&dir, "cluster_file", "seed-no-meta", b"token = \"x\"\nmeta = []\n");
+    put(
+        &dir,
+        "cluster_file",
+        "seed-no-meta",
+        b"token = \"x\"\nmeta = []\n",
+    );
     put(
         &dir,
         "cluster_file",

@@ -744,3 +744,33 @@ fn crash_points_file() {
 fn crash_points_mem() {
     crash_points(|| mem(1 << 30));
 }
+
+/// A record naming a slot past the data file (damaged metadata) is refused at open with an
+/// error, without an allocation sized by the slot number (found by the `chunk_record` fuzzer).
+fn record_past_data_file_is_refused<H: Harness>(h: H) {
+    let e = h.open();
+    write(&e, cid(1), Mutation::Replace { data: &[7; 1000] });
+    let mut recs = e.backend().load_meta().unwrap();
+    drop(e);
+    let (id, rec) = &mut recs[0];
+    rec.committed.as_mut().unwrap().blocks[0].slot = 4_000_000_000;
+    h.open()
+        .backend()
+        .commit_meta(&[(*id, Some(rec.clone()))], true)
+        .unwrap();
+    let err = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.open())) {
+        Ok(_) => panic!("a record past the data file opened"),
+        Err(p) => p.downcast_ref::<String>().cloned().unwrap_or_default(),
+    };
+    assert!(err.contains("beyond the"), "unexpected failure: {err}");
+}
+
+#[test]
+fn record_past_data_file_is_refused_file() {
+    record_past_data_file_is_refused(file(None));
+}
+
+#[test]
+fn record_past_data_file_is_refused_mem() {
+    record_past_data_file_is_refused(mem(1 << 30));
+}

@@ -179,6 +179,9 @@ pub trait Backend: Send + Sync + 'static {
     fn capacity_slots(&self, used: u64) -> u64;
     /// Slots from `first` on are unused: the backend may release their space.
     fn release_from(&self, first: u32) -> std::io::Result<()>;
+    /// One past the highest slot that can hold data (data is durable before the record that
+    /// names it, so a record naming a slot at or beyond this is damaged).
+    fn slot_bound(&self) -> std::io::Result<u64>;
 }
 
 type Failpoint = Arc<dyn Fn(CrashPoint) -> bool + Send + Sync>;
@@ -301,6 +304,7 @@ impl<B: Backend> Engine<B> {
         let recs = backend.load_meta()?;
         let mut index = BTreeMap::new();
         let mut used = HashSet::new();
+        let bound = backend.slot_bound().map_err(StoreError::Io)?;
         for (id, rec) in recs {
             for v in rec.committed.iter().chain(rec.pending.iter()) {
                 v.check().map_err(|why| {
@@ -312,6 +316,14 @@ impl<B: Backend> Engine<B> {
                 pending: rec.pending.map(Arc::new),
             };
             for s in e.slots() {
+                // A slot past the data file is a damaged record; refusing it here also keeps
+                // the free list below (built over every slot under the highest) sized by the
+                // data file rather than by a number read from disk.
+                if u64::from(s) >= bound {
+                    return Err(StoreError::Internal(anyhow::anyhow!(
+                        "bad record of chunk {id}: slot {s} beyond the {bound} slots of the data file"
+                    )));
+                }
                 // A slot shared by two chunks would mean a lost update or a bug; refuse to
                 // open rather than serve one chunk's bytes as another's.
                 if !used.insert(s) {

@@ -207,6 +207,10 @@ impl Backend for FileBackend {
         bytes / BLOCK_BYTES as u64
     }
 
+    fn slot_bound(&self) -> std::io::Result<u64> {
+        Ok(self.data.metadata()?.len().div_ceil(BLOCK_BYTES as u64))
+    }
+
     fn release_from(&self, first: u32) -> std::io::Result<()> {
         let end = Self::slot_offset(first);
         if self.data.metadata()?.len() > end {

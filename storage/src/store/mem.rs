@@ -115,6 +115,11 @@ impl Backend for MemBackend {
         self.capacity_slots
     }
 
+    fn slot_bound(&self) -> std::io::Result<u64> {
+        let blocks = self.inner.blocks.lock();
+        Ok(blocks.keys().max().map_or(0, |m| u64::from(*m) + 1))
+    }
+
     fn release_from(&self, first: u32) -> std::io::Result<()> {
         self.inner.blocks.lock().retain(|s, _| *s < first);
         Ok(())
