@@ -11,7 +11,11 @@ fn inputs(dir: &Path) -> Vec<PathBuf> {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut v: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+    let mut v: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
     v.sort();
     v
 }
@@ -45,6 +49,9 @@ fn every_cargo_fuzz_target_names_a_harness() {
         assert!(names.iter().any(|n| n == name), "no fuzz_targets/{name}.rs");
     }
     for n in &names {
-        assert!(pond_fuzz::target(n).is_some(), "fuzz_targets/{n}.rs has no harness");
+        assert!(
+            pond_fuzz::target(n).is_some(),
+            "fuzz_targets/{n}.rs has no harness"
+        );
     }
 }
