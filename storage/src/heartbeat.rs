@@ -107,9 +107,11 @@ pub async fn heartbeat_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut failures = 0u32;
+    node.arm_lease();
     loop {
         let gc_done = node.take_gc_done();
         let hb = heartbeat_of(&node, &data_addr, gc_done.clone());
+        let sent = std::time::Instant::now();
         match link.cluster(ClusterRequest::Heartbeat(hb)).await {
             Ok(ClusterReply::Heartbeat(reply)) => {
                 if failures > 0 {
@@ -119,6 +121,8 @@ pub async fn heartbeat_loop(
                 if let Some(r) = reply.routing {
                     node.set_routing(r);
                 }
+                // The routing is now as fresh as this heartbeat: serve again (or on).
+                node.renew_lease(sent);
                 node.accept_gc(reply.gc);
             }
             Ok(other) => {

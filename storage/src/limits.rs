@@ -63,11 +63,20 @@ pub const SCRUB_PASS_INTERVAL_MS: u64 = 60_000;
 /// Chunks copied concurrently by one resync (sequential is simpler and the disk is the limit).
 pub const RESYNC_PAGE: u32 = pond_proto::data::CHUNK_LIST_PAGE_MAX;
 
+/// A storage node stops serving its targets once the last heartbeat meta answered was sent this
+/// long ago (`Node::fenced`). Meta marks a node offline `heartbeat_timeout_ms` (5 s by default)
+/// after the last heartbeat it received, and only then can a chain go on without the node;
+/// 3.5 s leaves 1.5 s for the new routing to reach the other nodes and for scheduling delays,
+/// while a healthy node renews every `heartbeat_interval_ms` (1 s). Must stay below meta's
+/// timeout minus a margin if either is changed.
+pub const FENCE_AFTER_MS: u64 = 3_500;
 /// Deadline of one heartbeat RPC to meta.
 pub const HEARTBEAT_DEADLINE_MS: u64 = 3_000;
 /// GC tasks accepted per heartbeat reply and kept until reported done.
 pub const GC_TASKS_MAX: usize = 1024;
 
 const _: () = assert!(BLOCK_BYTES.is_multiple_of(4096), "O_DIRECT alignment");
+// The fence must fall a margin before meta's default offline timeout (5000 ms).
+const _: () = assert!(FENCE_AFTER_MS + 1_000 <= 5_000);
 const _: () = assert!(BLOCK_BYTES.is_multiple_of(SECTOR_BYTES));
 const _: () = assert!(CHUNK_BYTES_MAX.is_multiple_of(BLOCK_BYTES));

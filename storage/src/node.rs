@@ -173,14 +173,19 @@ impl Target {
     /// The chunk's lock stripe. Owned, so a guard can move into a task (the `early-ack` test
     /// bug keeps the chunk locked until its background commit).
     async fn lock(&self, chunk: ChunkId) -> tokio::sync::OwnedMutexGuard<()> {
+        self.stripe(chunk).lock_owned().await
+    }
+
+    fn try_lock(&self, chunk: ChunkId) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.stripe(chunk).try_lock_owned().ok()
+    }
+
+    fn stripe(&self, chunk: ChunkId) -> Arc<tokio::sync::Mutex<()>> {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in chunk.0 {
             h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
         }
-        self.locks[(h % self.locks.len() as u64) as usize]
-            .clone()
-            .lock_owned()
-            .await
+        self.locks[(h % self.locks.len() as u64) as usize].clone()
     }
 }
 
@@ -224,6 +229,9 @@ pub struct Node {
     request_seq: AtomicU64,
     /// Test-only fault (`TestBug`), from the environment at start or set by a test.
     test_bug: Mutex<Option<TestBug>>,
+    /// Heartbeat lease: `None` while no heartbeat loop runs (tests feeding routing directly);
+    /// otherwise when the last heartbeat that meta answered was sent (`None` before the first).
+    lease: Mutex<Option<Option<std::time::Instant>>>,
 }
 
 impl Node {
@@ -245,7 +253,59 @@ impl Node {
             gc_running: Mutex::default(),
             request_seq: AtomicU64::new(1),
             test_bug: Mutex::new(TestBug::from_env()),
+            lease: Mutex::new(None),
         })
+    }
+
+    /// From now on this node serves only while its last answered heartbeat was sent less than
+    /// `FENCE_AFTER_MS` ago (called by the heartbeat loop before its first heartbeat).
+    pub fn arm_lease(&self) {
+        let mut l = self.lease.lock();
+        if l.is_none() {
+            *l = Some(None);
+        }
+    }
+
+    /// Meta answered a heartbeat sent at `sent` (and its routing, if any, is installed).
+    pub fn renew_lease(&self, sent: std::time::Instant) {
+        let mut l = self.lease.lock();
+        if let Some(cur) = l.as_mut()
+            && cur.is_none_or(|c| c < sent)
+        {
+            *cur = Some(sent);
+        }
+    }
+
+    /// True when this node must not serve its targets: meta may have declared it offline
+    /// (it marks a node offline `heartbeat_timeout_ms`, 5 s by default, after the last
+    /// heartbeat it received, which is after we sent it), and the chain may have gone on
+    /// without us. A node frozen (SIGSTOP, a long pause) or cut off from meta stops here
+    /// instead of answering from an old routing table, until a heartbeat gets through.
+    pub fn fenced(&self) -> bool {
+        Self::lease_expired(*self.lease.lock(), std::time::Instant::now())
+    }
+
+    fn lease_expired(lease: Option<Option<std::time::Instant>>, now: std::time::Instant) -> bool {
+        match lease {
+            None => false,
+            Some(None) => true,
+            Some(Some(sent)) => {
+                now.saturating_duration_since(sent) >= Duration::from_millis(FENCE_AFTER_MS)
+            }
+        }
+    }
+
+    fn fence_check(&self) -> Result<(), PondError> {
+        if self.fenced() {
+            return Err(err(
+                ErrorCode::TargetNotServing,
+                format!(
+                    "node {} has no recent heartbeat lease; not serving",
+                    self.id
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Turns a deliberate protocol violation on or off (tests; the process-level switch is
@@ -359,6 +419,11 @@ impl Node {
         self.gc_done.lock().extend(tasks);
     }
 
+    /// The client id this node uses for requests it originates (GC, re-drives).
+    fn server_client(&self) -> ClientId {
+        ClientId((1 << 63) | self.id.0 as u64)
+    }
+
     fn next_request(&self) -> RequestId {
         RequestId(self.request_seq.fetch_add(1, Ordering::Relaxed))
     }
@@ -405,6 +470,7 @@ impl Node {
 
     /// Step 1 of every hop: the request's chain version must be ours.
     fn checked_view(&self, at: &ChainRef) -> Result<(Arc<RoutingInfo>, View), PondError> {
+        self.fence_check()?;
         let r = self.routing();
         let v = self.view(&r, at.target)?;
         if v.chain != at.chain {
@@ -618,6 +684,20 @@ impl Node {
                     && info.committed.is_some_and(|c| {
                         c.version == u && c.crc != crate::store::content_digest(&data)
                     });
+                // An incremental update numbered like our committed version but from another
+                // request: the versions diverged (a predecessor reused `u` after losing track
+                // of an update we committed). Acking it as "already applied" would lose it;
+                // ask for the whole chunk instead, which the `diverged` rule then installs.
+                let reused = req.op != UpdateOp::Replace
+                    && info
+                        .committed
+                        .is_some_and(|c| c.version == u && c.origin.is_some_and(|o| o != origin));
+                if reused {
+                    return Err(err(
+                        ErrorCode::VersionGap,
+                        format!("chunk {chunk}: version {u} committed here by another request"),
+                    ));
+                }
                 if u <= committed && !diverged {
                     let len = info.committed.map(|c| c.length).unwrap_or(0);
                     return Ok(UpdateReply {
@@ -650,7 +730,24 @@ impl Node {
             return Ok(self.early_ack(t, req, u, staged, data, guard).await);
         }
         // 5. Forward down the chain; 6. commit when the successor replied.
-        if let Err(e) = self.forward_update(&t, &req, u, data).await {
+        let mut maybe_delivered = false;
+        if let Err(e) = self
+            .forward_update(&t, &req, u, data, &mut maybe_delivered)
+            .await
+        {
+            if maybe_delivered {
+                // A successor may have stored (and the tail committed) `u`: dropping it here
+                // would let the next update reuse `u` with other content, which the
+                // successors would then ack as "already applied" (an acknowledged update
+                // lost). Keep it pending: the next update of the chunk, or a retry of this
+                // one, re-drives it first. Report it as retryable, never as a definitive
+                // rejection, so our predecessor keeps its pending copy too.
+                tracing::info!(chunk = %chunk, version = %u, error = %e, "forward failed after it may have reached the successor; keeping the pending version");
+                return Err(err(
+                    ErrorCode::Unavailable,
+                    format!("update {u} of {chunk} in doubt: {e}"),
+                ));
+            }
             let _ = on_store(&t.store, move |s| s.abort(chunk, u)).await;
             return Err(e);
         }
@@ -690,7 +787,8 @@ impl Node {
                 let _guard = guard;
                 let chunk = req.chunk;
                 let key = (req.client, req.request, chunk);
-                let fwd = node.forward_update(&t, &req, u, data);
+                let mut maybe_delivered = false;
+                let fwd = node.forward_update(&t, &req, u, data, &mut maybe_delivered);
                 tokio::pin!(fwd);
                 // Poll the forward once (it queues the frame to the successor), then ack.
                 let first = futures::poll!(&mut fwd);
@@ -759,18 +857,49 @@ impl Node {
         p: VersionInfo,
     ) -> Result<VersionInfo, PondError> {
         tracing::info!(chunk = %req.chunk, version = %p.version, "re-driving a leftover pending version");
+        // The pending version's own origin travels with it: successors record it for
+        // exactly-once retries, and recording the origin of the update that triggered the
+        // re-drive would make a retry of that update look applied when it never was.
+        let (client, request) = p
+            .origin
+            .unwrap_or((self.server_client(), self.next_request()));
         let replace = UpdateReq {
             op: UpdateOp::Replace,
+            client,
+            request,
             ..req.clone()
         };
         let chunk = req.chunk;
         let data = on_store(&t.store, move |s| s.read(chunk, p.version, 0, u32::MAX))
             .await
             .map_err(store_err)?;
-        self.forward_update(t, &replace, p.version, data).await?;
+        let mut maybe_delivered = false;
+        self.forward_update(t, &replace, p.version, data, &mut maybe_delivered)
+            .await?;
         on_store(&t.store, move |s| s.commit(chunk, p.version))
             .await
             .map_err(store_err)
+    }
+
+    /// Whether a failed forward may still have been stored by the successor (and committed
+    /// further down): everything but a refused connection or a rejection the successor makes
+    /// before it stages anything.
+    fn maybe_delivered(e: &NetError) -> bool {
+        match e {
+            NetError::Connect { .. } => false,
+            NetError::Remote(r) => !matches!(
+                r.code,
+                ErrorCode::StaleChainVersion
+                    | ErrorCode::TargetNotServing
+                    | ErrorCode::VersionGap
+                    | ErrorCode::Checksum
+                    | ErrorCode::NoSpace
+                    | ErrorCode::InvalidArgument
+                    | ErrorCode::Malformed
+                    | ErrorCode::Unauthenticated
+            ),
+            _ => true,
+        }
     }
 
     fn forward_retryable(code: ErrorCode) -> bool {
@@ -803,6 +932,7 @@ impl Node {
         req: &UpdateReq,
         u: ChunkVersion,
         data: Bytes,
+        maybe_delivered: &mut bool,
     ) -> Result<(), PondError> {
         let mut rx = self.routing.subscribe();
         let mut full: Option<(Bytes, u32)> = None;
@@ -811,6 +941,7 @@ impl Node {
         for _attempt in 0..FORWARD_ATTEMPTS_MAX {
             let r = rx.borrow_and_update().clone();
             let view = self.view(&r, t.id)?;
+            self.fence_check()?;
             if !Self::writable(t, &view) {
                 return Err(err(
                     ErrorCode::TargetNotServing,
@@ -859,6 +990,7 @@ impl Node {
             match self.peers.send_update(&addr, fwd, payload).await {
                 Ok(_) => return Ok(()),
                 Err(e) => {
+                    *maybe_delivered |= Self::maybe_delivered(&e);
                     let code = e.code();
                     if !Self::forward_retryable(code) {
                         return Err(e.into_pond());
@@ -1047,9 +1179,23 @@ impl Node {
         chunk: ChunkId,
     ) -> Result<(DataResponse, Bytes), PondError> {
         let t = self.target_or_err(at.target)?;
-        self.checked_view(&at)?;
-        let v = t.store.info(chunk).unwrap_or_default().committed_version();
-        Ok((DataResponse::Version(v), Bytes::new()))
+        let (_, view) = self.checked_view(&at)?;
+        let info = t.store.info(chunk).unwrap_or_default();
+        if info
+            .pending
+            .is_some_and(|p| p.chain_version != view.chain_version)
+        {
+            // See `settle_in_doubt`: our committed version may be older than what the previous
+            // tail served. The asker retries; a read here (or the next update) settles it.
+            return Err(err(
+                ErrorCode::Unavailable,
+                format!("chunk {chunk}: an update from an older chain is in doubt here"),
+            ));
+        }
+        Ok((
+            DataResponse::Version(info.committed_version()),
+            Bytes::new(),
+        ))
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1059,6 +1205,7 @@ impl Node {
     /// Which version of `chunk` a read on `t` returns (CRAQ apportioned query).
     async fn read_version(
         self: &Arc<Self>,
+        t: &Arc<Target>,
         r: &RoutingInfo,
         view: &View,
         info: &ChunkInfo,
@@ -1072,8 +1219,14 @@ impl Node {
             .as_ref()
             .ok_or_else(|| err(ErrorCode::TargetNotServing, "chain has no serving tail"))?;
         if tail.id == view.me.id {
-            // The tail commits as soon as it stores: its committed version is the truth.
-            return Ok(info.committed);
+            if p.chain_version == view.chain_version {
+                // Staged as the tail, which commits as soon as it stores: nobody else has it
+                // yet, so the committed version is the truth.
+                return Ok(info.committed);
+            }
+            // Staged as a middle under an older chain: the tail of that chain may have
+            // committed it and served it, so it must not be skipped now that we are the tail.
+            return self.settle_in_doubt(t, chunk, p).await;
         }
         let addr = r.node_addr(tail.node).ok_or_else(|| {
             err(
@@ -1102,6 +1255,43 @@ impl Node {
                 ),
             )),
             _ => Err(err(ErrorCode::Malformed, "unexpected version query reply")),
+        }
+    }
+
+    /// A tail's pending version staged under an older chain version (its update may have
+    /// been committed by the old tail, or may be committed later by a re-drive): commits it,
+    /// as any retry or re-drive from the predecessors would, and returns it. If an update of
+    /// the chunk is in progress here, the read is retried instead.
+    async fn settle_in_doubt(
+        self: &Arc<Self>,
+        t: &Arc<Target>,
+        chunk: ChunkId,
+        p: VersionInfo,
+    ) -> Result<Option<VersionInfo>, PondError> {
+        let busy = || {
+            err(
+                ErrorCode::Unavailable,
+                format!(
+                    "chunk {chunk}: update {} in doubt at the new tail",
+                    p.version
+                ),
+            )
+        };
+        let Some(_g) = t.try_lock(chunk) else {
+            return Err(busy());
+        };
+        let now = on_store(&t.store, move |s| s.info(chunk))
+            .await
+            .unwrap_or_default();
+        match now.pending {
+            Some(q) if q.version == p.version && q.chain_version == p.chain_version => {
+                tracing::info!(%chunk, version = %p.version, "tail commits an update staged under an older chain");
+                let c = on_store(&t.store, move |s| s.commit(chunk, p.version))
+                    .await
+                    .map_err(store_err)?;
+                Ok(Some(c))
+            }
+            _ => Err(busy()),
         }
     }
 
@@ -1139,7 +1329,7 @@ impl Node {
                     ));
                 }
                 let info = t.store.info(it.chunk).unwrap_or_default();
-                let Some(v) = self.read_version(&r, &view, &info, it.chunk).await? else {
+                let Some(v) = self.read_version(&t, &r, &view, &info, it.chunk).await? else {
                     return Ok(None);
                 };
                 let n = (v.length.saturating_sub(it.offset)).min(it.length) as u64;
@@ -1186,6 +1376,9 @@ impl Node {
         } else {
             run()
         };
+        // The data must have been read while the lease held: a node frozen between the role
+        // check and here may have been replaced meanwhile.
+        self.fence_check()?;
         // 3. Assemble the reply; damaged copies are reported and repaired in the background.
         let mut out = Vec::with_capacity(done.len());
         let mut bufs = Vec::with_capacity(done.len());
@@ -1402,6 +1595,9 @@ impl Node {
     /// If `t` is the predecessor of a syncing target that it has not filled yet under the
     /// current chain version, fills it (DESIGN §4 recovery, steps 2–4).
     pub async fn maybe_resync(self: &Arc<Self>, t: &Arc<Target>) {
+        if self.fenced() {
+            return;
+        }
         let r = self.routing();
         let Ok(view) = self.view(&r, t.id) else {
             return;
@@ -1619,5 +1815,54 @@ impl Node {
             false,
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn lease_rules() {
+        let now = Instant::now();
+        let fence = Duration::from_millis(FENCE_AFTER_MS);
+        // No heartbeat loop (routing injected directly): never fenced.
+        assert!(!Node::lease_expired(None, now));
+        // Heartbeat loop running, nothing answered yet: fenced.
+        assert!(Node::lease_expired(Some(None), now));
+        // Renewed just now, or a moment short of the bound: serving.
+        assert!(!Node::lease_expired(Some(Some(now)), now));
+        assert!(!Node::lease_expired(
+            Some(Some(now)),
+            now + fence - Duration::from_millis(1)
+        ));
+        // At or past the bound (a node frozen by SIGSTOP wakes up here): fenced.
+        assert!(Node::lease_expired(Some(Some(now)), now + fence));
+        assert!(Node::lease_expired(
+            Some(Some(now)),
+            now + Duration::from_secs(9)
+        ));
+    }
+
+    #[test]
+    fn maybe_delivered_classification() {
+        let remote = |code| NetError::Remote(PondError::new(code, "x"));
+        // Rejected before staging: the successor has nothing; the sender may drop its copy.
+        for code in [
+            ErrorCode::StaleChainVersion,
+            ErrorCode::TargetNotServing,
+            ErrorCode::VersionGap,
+            ErrorCode::NoSpace,
+        ] {
+            assert!(!Node::maybe_delivered(&remote(code)), "{code:?}");
+        }
+        // Timed out, lost connection, or failed further down: it may have been committed.
+        assert!(Node::maybe_delivered(&remote(ErrorCode::Unavailable)));
+        assert!(Node::maybe_delivered(&remote(ErrorCode::Timeout)));
+        assert!(Node::maybe_delivered(&NetError::Timeout(
+            Duration::from_secs(8)
+        )));
+        assert!(Node::maybe_delivered(&NetError::Closed));
     }
 }

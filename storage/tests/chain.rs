@@ -463,8 +463,18 @@ async fn version_rules_duplicate_stale_gap() {
     let d = data(9, 10);
     let e = c.update(&maddr, fwd(3, &d), d.clone()).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::VersionGap);
-    let ok = c.update(&maddr, fwd(1, &d), d.clone()).await.unwrap();
+    // The retry of the update that made version 1 (same client and request) is acked.
+    let retry = UpdateReq {
+        client: c.client_id(),
+        request: req,
+        ..fwd(1, &d)
+    };
+    let ok = c.update(&maddr, retry, d.clone()).await.unwrap();
     assert_eq!(ok.version, ChunkVersion(1));
+    // Another request numbered 1 means the versions diverged: acking it as applied would
+    // lose it, so the middle asks for the whole chunk (VersionGap) and keeps its copy.
+    let e = c.update(&maddr, fwd(1, &d), d.clone()).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::VersionGap);
     let (_, got) = read_from(&c, &r, tid(2), chunk(0)).await.unwrap();
     assert_eq!(
         &got[..],
@@ -1194,4 +1204,125 @@ async fn restarted_head_does_not_reapply_a_retried_write() {
         assert_eq!(ok.version, ChunkVersion(4), "node {n}: not applied again");
         assert_eq!(got, data(12, 100), "node {n}");
     }
+}
+
+/// Regression (chaos long run 1, lost acknowledged chunk updates): the middle and the tail
+/// committed version 2 of a chunk that the head no longer has (the head dropped its pending
+/// copy after a forward it could not confirm). The head then gives version 2 to another
+/// client write. The successors must not ack it as "already applied" (they hold other
+/// content under that number): the whole chunk is sent instead, and every replica ends with
+/// the acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reused_version_is_not_acked_as_applied() {
+    let cl = Cluster::start([None, None, None]).await;
+    let c = client();
+    let r = cl.routing();
+    let (addr, at) = head(&r);
+    c.write_chunk(
+        &addr,
+        at,
+        chunk(0),
+        0,
+        CHUNK_BYTES,
+        data(1, 300),
+        c.next_request_id(),
+    )
+    .await
+    .unwrap();
+    // Version 2 (request A) reaches the middle and the tail only.
+    let (maddr, mat) = at_of(&r, tid(2));
+    let a = data(2, 200);
+    let lost = UpdateReq {
+        at: mat,
+        chunk: chunk(0),
+        op: UpdateOp::Write { offset: 0 },
+        chunk_bytes: CHUNK_BYTES,
+        crc: 0,
+        version: Some(ChunkVersion(2)),
+        client: ClientId(7),
+        request: RequestId(1),
+    };
+    c.update(&maddr, lost, a.clone()).await.unwrap();
+    assert_eq!(
+        cl.store(3).info(chunk(0)).unwrap().committed_version(),
+        ChunkVersion(2)
+    );
+    assert_eq!(
+        cl.store(1).info(chunk(0)).unwrap().committed_version(),
+        ChunkVersion(1)
+    );
+    // The head numbers the next client write 2 as well; it is acknowledged.
+    let b = data(3, 100);
+    let ok = c
+        .write_chunk(
+            &addr,
+            at,
+            chunk(0),
+            0,
+            CHUNK_BYTES,
+            b.clone(),
+            c.next_request_id(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.version, ChunkVersion(2));
+    let mut want = data(1, 300).to_vec();
+    want[..100].copy_from_slice(&b);
+    for n in 1..=3 {
+        let (got_ok, got) = read_from(&c, &r, tid(n), chunk(0)).await.unwrap();
+        assert_eq!(got_ok.version, ChunkVersion(2), "replica {n}");
+        assert_eq!(
+            &got[..],
+            &want[..],
+            "replica {n} lost the acknowledged write"
+        );
+    }
+}
+
+/// Regression (chaos long run 1, stale reads after SIGSTOP): a node whose heartbeat lease
+/// lapsed (frozen, or cut off from meta) may have been replaced in its chain, so it refuses
+/// reads and writes even though its own (old) routing table says it serves, until a
+/// heartbeat gets through again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_without_heartbeat_lease_does_not_serve() {
+    let cl = Cluster::start([None, None, None]).await;
+    let c = client();
+    let r = cl.routing();
+    let (addr, at) = head(&r);
+    c.write_chunk(
+        &addr,
+        at,
+        chunk(0),
+        0,
+        CHUNK_BYTES,
+        data(1, 50),
+        c.next_request_id(),
+    )
+    .await
+    .unwrap();
+    let tail = &cl.node(3).node;
+    tail.arm_lease();
+    assert!(tail.fenced(), "no heartbeat answered yet");
+    let e = read_from(&c, &r, tid(3), chunk(0)).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::TargetNotServing);
+    // A write through the chain cannot complete at a fenced tail either.
+    let head_node = &cl.node(1).node;
+    head_node.arm_lease();
+    let e = c
+        .write_chunk(
+            &addr,
+            at,
+            chunk(0),
+            0,
+            CHUNK_BYTES,
+            data(2, 50),
+            c.next_request_id(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::TargetNotServing);
+    // An answered heartbeat renews the lease: serving again.
+    tail.renew_lease(Instant::now());
+    let (_, got) = read_from(&c, &r, tid(3), chunk(0)).await.unwrap();
+    assert_eq!(&got[..], &data(1, 50)[..]);
 }
