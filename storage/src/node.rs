@@ -128,6 +128,12 @@ pub struct Target {
     resynced: Mutex<Option<(ChainId, ChainVersion)>>,
     resync_running: AtomicBool,
     repairing: Mutex<std::collections::HashSet<ChunkId>>,
+    /// Chunk ranges (inode, first index) being removed here (GC, truncate): a resync must not
+    /// copy them to the syncing successor, which may already have removed them.
+    removing: Mutex<Vec<(InodeId, u64)>>,
+    /// Held (shared) by a resync around each chunk it copies; a removal takes it exclusively
+    /// once after announcing its range, so no copy of the range is still in flight.
+    resync_gate: tokio::sync::RwLock<()>,
     /// Corrupt chunk copies found (reads + scrubber) and repaired.
     pub corrupt_found: AtomicU64,
     pub repaired: AtomicU64,
@@ -161,6 +167,8 @@ impl Target {
             resynced: Mutex::new(None),
             resync_running: AtomicBool::new(false),
             repairing: Mutex::default(),
+            removing: Mutex::default(),
+            resync_gate: tokio::sync::RwLock::new(()),
             corrupt_found: AtomicU64::new(0),
             repaired: AtomicU64::new(0),
         }
@@ -168,6 +176,14 @@ impl Target {
 
     pub fn local_state(&self) -> LocalState {
         *self.local.lock()
+    }
+
+    /// Whether `chunk` is in a range being removed on this target.
+    fn being_removed(&self, chunk: ChunkId) -> bool {
+        self.removing
+            .lock()
+            .iter()
+            .any(|&(inode, from)| chunk.inode() == inode && chunk.index() >= from)
     }
 
     /// The chunk's lock stripe. Owned, so a guard can move into a task (the `early-ack` test
@@ -1077,6 +1093,21 @@ impl Node {
                 format!("target {} is not the head", t.id),
             ));
         }
+        // Announce the range before the successors remove it: a resync from here to a
+        // syncing successor would otherwise copy back chunks it has just removed (and that we
+        // remove below), leaving them on the successor for good.
+        struct Removing<'a>(&'a Target, (InodeId, u64));
+        impl Drop for Removing<'_> {
+            fn drop(&mut self) {
+                let mut l = self.0.removing.lock();
+                if let Some(i) = l.iter().position(|r| *r == self.1) {
+                    l.swap_remove(i);
+                }
+            }
+        }
+        t.removing.lock().push((inode, from_index));
+        let _removing = Removing(&t, (inode, from_index));
+        drop(t.resync_gate.write().await);
         // Successors first, so that a chunk is gone from the tail before the head: a reader
         // never sees a chunk come back.
         let mut rx = self.routing.subscribe();
@@ -1692,12 +1723,17 @@ impl Node {
             let Some((lastc, _)) = page.last() else { break };
             from = Bound::Excluded(*lastc);
             for (c, _) in page {
+                let _gate = t.resync_gate.read().await;
                 let _g = t.lock(c).await;
                 let info = t.store.info(c).unwrap_or_default();
                 let other = theirs.remove(&c);
                 let Some(mine) = info.summary(c) else {
                     continue;
                 };
+                if t.being_removed(c) {
+                    // Removed on the successor by the same removal (forwarded before ours).
+                    continue;
+                }
                 if other.is_some_and(|o| {
                     o.version == mine.version && o.crc == mine.crc && o.length == mine.length
                 }) {
