@@ -566,7 +566,7 @@ impl Node {
                         .await
                 }
                 DataRequest::SyncRemove { at, chunk } => self.handle_sync_remove(at, chunk).await,
-                DataRequest::SyncDone { at } => self.handle_sync_done(at),
+                DataRequest::SyncDone { at } => self.handle_sync_done(at).await,
                 DataRequest::RdmaConnect { .. } => Err(err(
                     ErrorCode::NotSupported,
                     "this storage node does not accept RDMA connections; use TCP",
@@ -1612,11 +1612,55 @@ impl Node {
         Ok((DataResponse::Done, Bytes::new()))
     }
 
-    fn handle_sync_done(&self, at: ChainRef) -> Result<(DataResponse, Bytes), PondError> {
+    async fn handle_sync_done(
+        self: &Arc<Self>,
+        at: ChainRef,
+    ) -> Result<(DataResponse, Bytes), PondError> {
         let t = self.syncing_target(&at)?;
+        let dropped = self.drop_stale_pending(&t, at.chain_version).await?;
+        if dropped > 0 {
+            tracing::info!(target = %t.id, dropped, "dropped pending versions left from before the resync");
+        }
         *t.local.lock() = LocalState::UpToDate;
         tracing::info!(target = %t.id, chain = %at.chain, "resync done; target is up to date");
         Ok((DataResponse::Done, Bytes::new()))
+    }
+
+    /// Aborts every pending version of `t` staged under another chain version than `cv`:
+    /// updates left in doubt before the target went away (or before a crash). The resync
+    /// compares committed versions only, so without this a leftover would later be committed
+    /// by a re-drive (as head) or by `settle_in_doubt` (as tail) on top of newer acknowledged
+    /// updates, bringing an old value back. Pending versions forwarded to us during the sync
+    /// carry the current chain version and stay.
+    async fn drop_stale_pending(
+        self: &Arc<Self>,
+        t: &Arc<Target>,
+        cv: ChainVersion,
+    ) -> Result<u64, PondError> {
+        let mut dropped = 0;
+        let mut from = Bound::Unbounded;
+        loop {
+            let page = t.store.list(from, Bound::Unbounded, 1024);
+            let Some((lastc, _)) = page.last() else { break };
+            from = Bound::Excluded(*lastc);
+            for (c, info) in page {
+                if info.pending.is_none_or(|p| p.chain_version == cv) {
+                    continue;
+                }
+                let _g = t.lock(c).await;
+                let Some(p) = t.store.info(c).and_then(|i| i.pending) else {
+                    continue;
+                };
+                if p.chain_version == cv {
+                    continue;
+                }
+                on_store(&t.store, move |s| s.abort(c, p.version))
+                    .await
+                    .map_err(store_err)?;
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
     }
 
     // -----------------------------------------------------------------------------------------

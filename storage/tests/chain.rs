@@ -1326,3 +1326,59 @@ async fn node_without_heartbeat_lease_does_not_serve() {
     let (_, got) = read_from(&c, &r, tid(3), chunk(0)).await.unwrap();
     assert_eq!(&got[..], &data(1, 50)[..]);
 }
+
+/// Regression (chaos, stale reads): an update left pending on a target before it went away
+/// (in doubt: its forward failed after it may have been delivered) must not survive the
+/// target's resync. The resync compares committed versions only; a leftover pending version
+/// would later be committed (re-driven as head, settled as tail) on top of newer acknowledged
+/// writes and bring an old value back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resync_drops_pending_versions_left_from_before() {
+    let cl = Cluster::start([None, None, None]).await;
+    let c = client();
+    let r = cl.routing();
+    let (addr, at) = head(&r);
+    let v1 = data(1, 500);
+    c.write_chunk(
+        &addr,
+        at,
+        chunk(0),
+        0,
+        CHUNK_BYTES,
+        v1.clone(),
+        c.next_request_id(),
+    )
+    .await
+    .unwrap();
+    // The tail holds an in-doubt version 2 staged under the current chain version.
+    let old = data(2, 500);
+    cl.store(3)
+        .stage(
+            chunk(0),
+            ChunkVersion(2),
+            r.chains[&CHAIN].version,
+            pond_storage::store::Mutation::Write {
+                offset: 0,
+                data: &old,
+            },
+            Some((ClientId(9), RequestId(9))),
+        )
+        .unwrap();
+    // It goes away and comes back through a resync.
+    cl.set_state(tid(3), PublicState::Offline);
+    cl.set_state(tid(3), PublicState::Waiting);
+    cl.set_state(tid(3), PublicState::Syncing);
+    let node = cl.node(3).node.clone();
+    wait_for("resync", || {
+        node.local_states()[0].1 == LocalState::UpToDate
+    })
+    .await;
+    assert!(
+        cl.store(3).info(chunk(0)).unwrap().pending.is_none(),
+        "the leftover pending version survived the resync"
+    );
+    cl.set_state(tid(3), PublicState::Serving);
+    let r = cl.routing();
+    let (_, got) = read_from(&c, &r, tid(3), chunk(0)).await.unwrap();
+    assert_eq!(&got[..], &v1[..], "an old in-doubt value came back");
+}
