@@ -225,7 +225,7 @@ async fn loader_suite(cluster: Option<&Path>, quick: bool) -> Result<()> {
 }
 
 /// Single-process DuckDB (pond-compute's unrestricted helpers) for the sql/sort baselines.
-const LOCAL_DUCKDB: pond_bench::sql::LocalDuckDb = pond_bench::sql::LocalDuckDb {
+pub(crate) const LOCAL_DUCKDB: pond_bench::sql::LocalDuckDb = pond_bench::sql::LocalDuckDb {
     exec: |sql| Ok(pond_compute::local_exec(sql)?),
     rows: |sql| Ok(pond_compute::local_rows(sql)?),
 };
