@@ -12,8 +12,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 
+/// A harness: feeds one input to one decoder and checks what must hold.
+pub type Harness = fn(&[u8]);
+
 /// Every harness by the name its corpus directory and cargo-fuzz target carry.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Harness)] = &[
     ("data_frame", data_frame),
     ("control_message", control_message),
     ("raft_message", raft_message),
@@ -23,7 +26,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
 ];
 
 /// Looks a harness up by name.
-pub fn target(name: &str) -> Option<fn(&[u8])> {
+pub fn target(name: &str) -> Option<Harness> {
     TARGETS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
 }
 

@@ -84,12 +84,21 @@ async fn read_replica(
         offset: 0,
         length: len,
     };
-    let mut out = dc
-        .read_chunks(addr, vec![item])
-        .await
-        .expect("read replica");
-    let (_, bytes) = out.remove(0).expect("replica read ok");
-    bytes.to_vec()
+    // A replica may refuse for a moment right after the chain is all-serving again (a node
+    // fenced by a heartbeat answered late on this loaded machine, a new tail settling an
+    // update staged under the old chain); a bounded retry, then the last error.
+    let mut last = String::new();
+    for _ in 0..40 {
+        match dc.read_chunks(addr, vec![item]).await {
+            Ok(mut out) => match out.remove(0) {
+                Ok((_, bytes)) => return bytes.to_vec(),
+                Err(e) => last = format!("replica {target} refused the read: {e}"),
+            },
+            Err(e) => last = format!("read from replica {target}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("{last}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
