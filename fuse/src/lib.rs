@@ -280,67 +280,58 @@ fn set_read_ahead(dev: u64, kb: u32) -> std::io::Result<()> {
     )
 }
 
-/// Lazily detaches the mount at `mp` (`umount2(MNT_DETACH)`, `fusermount3 -uz` when not
-/// root): for dead mounts, whose users only get ENOTCONN anyway.
-fn detach_dead(mp: &Path) -> std::io::Result<()> {
+fn is_root() -> bool {
     // SAFETY: geteuid cannot fail and touches no memory.
-    if unsafe { libc::geteuid() } != 0 {
-        let st = std::process::Command::new("fusermount3")
-            .arg("-uz")
-            .arg(mp)
-            .status()?;
-        return if st.success() {
-            Ok(())
-        } else {
-            Err(std::io::Error::other("fusermount3 -uz failed"))
-        };
-    }
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `fusermount3 FLAG MP` (for non-root callers); whether it succeeded.
+fn fusermount(flag: &str, mp: &Path) -> std::io::Result<bool> {
+    let st = std::process::Command::new("fusermount3")
+        .arg(flag)
+        .arg(mp)
+        .status()?;
+    Ok(st.success())
+}
+
+/// `umount2(mp, flags)`.
+fn umount2(mp: &Path, flags: libc::c_int) -> std::io::Result<()> {
     let c = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes())
         .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-        return Ok(());
+    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
-    Err(std::io::Error::last_os_error())
+}
+
+/// Lazily detaches the mount at `mp` (`umount2(MNT_DETACH)`, `fusermount3 -uz` when not
+/// root): for dead mounts, whose users only get ENOTCONN anyway.
+fn detach_dead(mp: &Path) -> std::io::Result<()> {
+    if is_root() {
+        return umount2(mp, libc::MNT_DETACH);
+    }
+    if fusermount("-uz", mp)? {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("fusermount3 -uz failed"))
+    }
 }
 
 /// `umount2(path, 0)`, falling back to a lazy detach when busy; `fusermount3 -u[z]` when not
 /// root.
 fn kernel_unmount(mp: &Path) -> std::io::Result<()> {
-    // SAFETY: geteuid cannot fail and touches no memory.
-    if unsafe { libc::geteuid() } != 0 {
-        let st = std::process::Command::new("fusermount3")
-            .arg("-u")
-            .arg(mp)
-            .status()?;
-        if st.success() {
+    if !is_root() {
+        if fusermount("-u", mp)? {
             return Ok(());
         }
-        let st = std::process::Command::new("fusermount3")
-            .arg("-uz")
-            .arg(mp)
-            .status()?;
-        return if st.success() {
-            Ok(())
-        } else {
-            Err(std::io::Error::other("fusermount3 -uz failed"))
-        };
+        return detach_dead(mp);
     }
-    let c = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes())
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
-        return Ok(());
+    match umount2(mp, 0) {
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => detach_dead(mp),
+        r => r,
     }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() != Some(libc::EBUSY) {
-        return Err(e);
-    }
-    // SAFETY: as above.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-        return Ok(());
-    }
-    Err(std::io::Error::last_os_error())
 }
 
 /// Convenience for the `pond mount` command: mount and serve until a signal or an external

@@ -813,7 +813,14 @@ impl<'t> Tx<'t> {
                 mode,
             } => self.rename(*src_parent, src_name, *dst_parent, dst_name, mode),
             MetaRequest::SetAttr { inode, set } => self.setattr(*inode, set),
+            // A write session and a read session are the same record: either keeps an
+            // unlinked file alive until it is closed.
             MetaRequest::OpenWrite {
+                inode,
+                client,
+                session,
+            }
+            | MetaRequest::OpenSession {
                 inode,
                 client,
                 session,
@@ -870,15 +877,6 @@ impl<'t> Tx<'t> {
                 Ok(MetaReply::Done)
             }
             MetaRequest::RemoveTree { parent, name } => self.remove_tree(*parent, name),
-            MetaRequest::OpenSession {
-                inode,
-                client,
-                session,
-            } => {
-                let rec = self.need_file(*inode)?;
-                self.open_session(*inode, client.0, session.0)?;
-                Ok(MetaReply::Attr(rec.attr))
-            }
             MetaRequest::CloseSession {
                 inode,
                 client,

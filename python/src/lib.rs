@@ -534,7 +534,7 @@ impl PyDataset {
     ) -> PyResult<PyBatchReader> {
         let inner = self.inner.get()?;
         let ds = inner.ds().clone();
-        let mut s = Sampler::new(
+        let s = sampler_at(
             ds.len(),
             SamplerOptions {
                 seed,
@@ -543,14 +543,9 @@ impl PyDataset {
                 rank,
                 world_size,
             },
-        )
-        .map_err(ds_err)?;
-        s.load_state(SamplerState {
-            seed,
             epoch,
             position,
-        })
-        .map_err(ds_err)?;
+        )?;
         let r = BatchReader::new(
             ds,
             s,
