@@ -2,7 +2,7 @@
 //! crash-point tests (reopen after an injected crash in every window of an update).
 
 use super::engine::{Backend, Engine};
-use super::file::FileBackend;
+use super::file::{FileBackend, IoOptions};
 use super::mem::MemBackend;
 use super::*;
 use crate::limits::BLOCK_BYTES;
@@ -16,11 +16,15 @@ trait Harness {
     fn corrupt(&self, e: &Engine<Self::B>, slot: u32);
 }
 
-struct FileH(tempfile::TempDir, Option<u64>);
+struct FileH(tempfile::TempDir, Option<u64>, IoOptions);
 impl Harness for FileH {
     type B = FileBackend;
     fn open(&self) -> Engine<FileBackend> {
-        Engine::open(FileBackend::open(self.0.path(), self.1).unwrap()).unwrap()
+        let b = FileBackend::open_with(self.0.path(), self.1, self.2).unwrap();
+        // The path asked for is the path taken (io_uring only falls back where the kernel
+        // refuses it, which `uring_available` tells).
+        assert_eq!(b.io_options().uring, self.2.uring && uring_available());
+        Engine::open(b).unwrap()
     }
     fn corrupt(&self, e: &Engine<FileBackend>, slot: u32) {
         use std::os::unix::fs::FileExt;
@@ -44,8 +48,41 @@ impl Harness for MemH {
     }
 }
 
+/// Whether this kernel lets us set up io_uring (EPERM/ENOSYS where it is disabled).
+fn uring_available() -> bool {
+    io_uring::IoUring::new(2).is_ok()
+}
+
+/// The file backend over the default I/O path (io_uring, buffered).
 fn file(cap: Option<u64>) -> FileH {
-    FileH(tempfile::tempdir().unwrap(), cap)
+    file_with(cap, IoOptions::default())
+}
+
+/// The `pread`/`pwrite` fallback, forced.
+fn file_sync(cap: Option<u64>) -> FileH {
+    file_with(
+        cap,
+        IoOptions {
+            uring: false,
+            ..IoOptions::default()
+        },
+    )
+}
+
+/// io_uring with O_DIRECT for every write and read.
+fn file_direct(cap: Option<u64>) -> FileH {
+    file_with(
+        cap,
+        IoOptions {
+            uring: true,
+            direct_writes: true,
+            direct_reads_from: Some(0),
+        },
+    )
+}
+
+fn file_with(cap: Option<u64>, io: IoOptions) -> FileH {
+    FileH(tempfile::tempdir().unwrap(), cap, io)
 }
 fn mem(cap: u64) -> MemH {
     MemH(MemBackend::new(cap))
@@ -773,4 +810,131 @@ fn record_past_data_file_is_refused_file() {
 #[test]
 fn record_past_data_file_is_refused_mem() {
     record_past_data_file_is_refused(mem(1 << 30));
+}
+
+#[test]
+fn conformance_file_sync() {
+    suite(&file_sync(None));
+}
+
+#[test]
+fn conformance_file_direct() {
+    suite(&file_direct(None));
+}
+
+#[test]
+fn whole_block_overwrite_does_not_read_the_old_block_file_sync() {
+    whole_block_overwrite_does_not_read_the_old_block(&file_sync(None));
+}
+
+#[test]
+fn whole_block_overwrite_does_not_read_the_old_block_file_direct() {
+    whole_block_overwrite_does_not_read_the_old_block(&file_direct(None));
+}
+
+#[test]
+fn applied_updates_survive_reopen_file_sync() {
+    applied_updates_survive_reopen(&file_sync(None));
+}
+
+#[test]
+fn applied_updates_survive_reopen_file_direct() {
+    applied_updates_survive_reopen(&file_direct(None));
+}
+
+#[test]
+fn checksum_mismatch_is_detected_file_sync() {
+    checksum_detected(&file_sync(None));
+}
+
+#[test]
+fn checksum_mismatch_is_detected_file_direct() {
+    checksum_detected(&file_direct(None));
+}
+
+#[test]
+fn full_target_is_no_space_file_sync() {
+    no_space(&file_sync(Some(8 * BLOCK_BYTES as u64)));
+}
+
+#[test]
+fn full_target_is_no_space_file_direct() {
+    no_space(&file_direct(Some(8 * BLOCK_BYTES as u64)));
+}
+
+#[test]
+fn crash_points_file_sync() {
+    crash_points(|| file_sync(None));
+}
+
+#[test]
+fn crash_points_file_direct() {
+    crash_points(|| file_direct(None));
+}
+
+#[test]
+fn record_past_data_file_is_refused_file_sync() {
+    record_past_data_file_is_refused(file_sync(None));
+}
+
+#[test]
+fn record_past_data_file_is_refused_file_direct() {
+    record_past_data_file_is_refused(file_direct(None));
+}
+
+#[test]
+fn io_options_from_environment_values() {
+    let d = IoOptions::default();
+    assert_eq!(IoOptions::parse(None, None).unwrap(), d);
+    assert!(!IoOptions::parse(Some("sync"), None).unwrap().uring);
+    assert!(IoOptions::parse(Some("uring"), None).unwrap().uring);
+    assert!(IoOptions::parse(Some("bogus"), None).is_err());
+    let all = IoOptions::parse(None, Some("all")).unwrap();
+    assert!(all.direct_writes && all.direct_reads_from == Some(0));
+    let w = IoOptions::parse(None, Some("writes")).unwrap();
+    assert!(w.direct_writes && w.direct_reads_from.is_none());
+    let r = IoOptions::parse(None, Some("writes, reads")).unwrap();
+    assert!(r.direct_writes && r.direct_reads_from == Some(0));
+    let n = IoOptions::parse(None, Some("none")).unwrap();
+    assert!(!n.direct_writes && n.direct_reads_from.is_none());
+    assert!(IoOptions::parse(None, Some("sometimes")).is_err());
+}
+
+/// The forced fallback and io_uring read each other's files: a target can switch paths
+/// across a restart.
+#[test]
+fn io_paths_share_one_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = pattern(3, 3 * BLOCK_BYTES as usize + 1234);
+    let paths = [
+        file_sync(None).2,
+        IoOptions::default(),
+        file_direct(None).2,
+        file_sync(None).2,
+    ];
+    for (n, io) in paths.into_iter().enumerate() {
+        let e = Engine::open(FileBackend::open_with(dir.path(), None, io).unwrap()).unwrap();
+        if n > 0 {
+            assert_eq!(
+                read_all(&e, cid(n as u64 - 1)),
+                data,
+                "written before, read with {io:?}"
+            );
+        }
+        write(&e, cid(n as u64), Mutation::Replace { data: &data });
+        // An unaligned write into the short last block (read-modify-write on this path).
+        let len = data.len() as u32;
+        e.stage(
+            cid(n as u64),
+            ChunkVersion(2),
+            CV,
+            Mutation::Write {
+                offset: len - 10,
+                data: b"0123456789abc",
+            },
+            None,
+        )
+        .unwrap();
+        e.abort(cid(n as u64), ChunkVersion(2)).unwrap();
+    }
 }

@@ -156,10 +156,40 @@ impl Entry {
     }
 }
 
+/// One piece of a multi-block read: bytes `at..at + len` of `slot`, to land at `dst` in the
+/// reply buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadSeg {
+    pub slot: u32,
+    pub at: u32,
+    pub len: u32,
+    pub dst: usize,
+}
+
 /// Slot I/O and the metadata store under an `Engine`.
 pub trait Backend: Send + Sync + 'static {
     fn blocking(&self) -> bool;
     fn write_block(&self, slot: u32, data: &[u8]) -> std::io::Result<()>;
+    /// Writes several blocks (a backend may have them in flight together), then makes them
+    /// durable if `sync`.
+    fn write_blocks(&self, blocks: &[(u32, &[u8])], sync: bool) -> std::io::Result<()> {
+        for (slot, data) in blocks {
+            self.write_block(*slot, data)?;
+        }
+        if sync {
+            self.sync_data()?;
+        }
+        Ok(())
+    }
+    /// A `total`-byte buffer of zeros with each segment's bytes read into it (a backend may
+    /// have the segments in flight together).
+    fn read_segments(&self, segs: &[ReadSeg], total: usize) -> std::io::Result<Bytes> {
+        let mut out = BytesMut::zeroed(total);
+        for s in segs {
+            self.read_into(s.slot, s.at, &mut out[s.dst..s.dst + s.len as usize])?;
+        }
+        Ok(out.freeze())
+    }
     /// Bytes `at..at + len` of a slot (`UnexpectedEof` if they were never written).
     fn read_range(&self, slot: u32, at: u32, len: u32) -> std::io::Result<Bytes>;
     /// Reads bytes `at..at + buf.len()` of a slot into `buf`, for reads that span blocks and
@@ -447,8 +477,8 @@ impl<B: Backend> Engine<B> {
         let mut out = Vec::with_capacity(plans.len());
         let mut sectors = Vec::with_capacity(plans.len() * SECTORS_PER_BLOCK as usize);
         let mut next_slot = slots.iter();
-        let half = slots.len() / 2;
-        let mut written = 0;
+        // (slot, content) of every fresh block, written together once all are built.
+        let mut writes: Vec<(u32, std::borrow::Cow<'_, [u8]>)> = Vec::with_capacity(slots.len());
         for (i, p) in plans.into_iter().enumerate() {
             match p {
                 Plan::Keep(b) => {
@@ -493,16 +523,14 @@ impl<B: Backend> Engine<B> {
                         }
                         _ => Bytes::new(),
                     };
-                    let merged;
-                    let content: &[u8] = if full {
-                        data
+                    let content: std::borrow::Cow<'_, [u8]> = if full {
+                        data.into()
                     } else {
                         let mut buf = vec![0u8; len as usize];
                         let n = (base_len.min(len)) as usize;
                         buf[..n].copy_from_slice(&old[..n]);
                         buf[at as usize..at as usize + data.len()].copy_from_slice(data);
-                        merged = buf;
-                        &merged
+                        buf.into()
                     };
                     let (d_lo, d_hi) = (at as u64, at as u64 + data.len() as u64);
                     for (k, (ks, ke)) in crc::pieces(0, len as u64).enumerate() {
@@ -538,20 +566,32 @@ impl<B: Backend> Engine<B> {
                         sectors.push(c);
                     }
                     let slot = *next_slot.next().expect("one slot per fresh block");
-                    if written == half && written > 0 {
-                        self.crash(CrashPoint::MidDataWrite)?;
-                    }
-                    self.backend.write_block(slot, content)?;
-                    written += 1;
+                    writes.push((slot, content));
                     out.push(BlockRef { slot, len });
                 }
             }
         }
-        self.crash(CrashPoint::AfterDataWrite)?;
-        if !slots.is_empty() {
-            self.backend.sync_data()?;
+        let writes: Vec<(u32, &[u8])> = writes.iter().map(|(s, c)| (*s, &c[..])).collect();
+        if self.failpoint.lock().is_none() {
+            // All blocks in one request and the data sync right behind them.
+            if !writes.is_empty() {
+                self.backend.write_blocks(&writes, true)?;
+            }
+        } else {
+            // With a failpoint set, in steps, so a crash can land between them: half of the
+            // blocks (a torn write), the rest, the sync.
+            let half = writes.len() / 2;
+            self.backend.write_blocks(&writes[..half], false)?;
+            if half > 0 {
+                self.crash(CrashPoint::MidDataWrite)?;
+            }
+            self.backend.write_blocks(&writes[half..], false)?;
+            self.crash(CrashPoint::AfterDataWrite)?;
+            if !writes.is_empty() {
+                self.backend.sync_data()?;
+            }
+            self.crash(CrashPoint::AfterDataSync)?;
         }
-        self.crash(CrashPoint::AfterDataSync)?;
         Ok((out, sectors))
     }
 
@@ -730,24 +770,25 @@ impl<B: Backend> ChunkStore for Engine<B> {
                     .map_err(Self::eof_is_damage(chunk, b0))?
             }
         } else {
-            // Spanning blocks: read straight into one buffer; the reply is a slice of it.
-            let mut out = BytesMut::zeroed((re - rs) as usize);
-            for i in b0..=b1 {
-                let b = &v.blocks[i as usize];
-                if b.slot == HOLE {
-                    continue; // already zeros
-                }
-                let lo = rs.max(i * bb);
-                let hi = re.min(i * bb + b.len as u64);
-                self.backend
-                    .read_into(
-                        b.slot,
-                        (lo - i * bb) as u32,
-                        &mut out[(lo - rs) as usize..(hi - rs) as usize],
-                    )
-                    .map_err(Self::eof_is_damage(chunk, i))?;
-            }
-            out.freeze()
+            // Spanning blocks: one buffer, every block's piece read into place (together,
+            // where the backend can); holes stay zeros. The reply is a slice of it.
+            let segs: Vec<ReadSeg> = (b0..=b1)
+                .filter(|i| v.blocks[*i as usize].slot != HOLE)
+                .map(|i| {
+                    let b = &v.blocks[i as usize];
+                    let lo = rs.max(i * bb);
+                    let hi = re.min(i * bb + b.len as u64);
+                    ReadSeg {
+                        slot: b.slot,
+                        at: (lo - i * bb) as u32,
+                        len: (hi - lo) as u32,
+                        dst: (lo - rs) as usize,
+                    }
+                })
+                .collect();
+            self.backend
+                .read_segments(&segs, (re - rs) as usize)
+                .map_err(Self::eof_is_damage(chunk, b0))?
         };
         if data.len() as u64 != re - rs {
             return Err(StoreError::Checksum {

@@ -1,15 +1,23 @@
 //! The production backend: one preallocated-on-demand data file of 64 KiB slots per target
-//! (`blocks.dat`, positional I/O on the caller's blocking thread) and the chunk records in redb
-//! (`chunks.redb`), with a format marker.
+//! (`blocks.dat`) and the chunk records in redb (`chunks.redb`), with a format marker.
+//!
+//! Data I/O goes through the target's io_uring thread (`uring::Ring`), with O_DIRECT for the
+//! operation classes where it measured faster (`IoOptions`, docs/storage.md "io_uring
+//! backend"); where io_uring cannot be set up at run time (EPERM/ENOSYS, e.g.
+//! `kernel.io_uring_disabled`), or when `POND_STORAGE_IO=sync` forces it, positional
+//! `pread`/`pwrite` + `fdatasync` on the caller's blocking thread. The choice is made once at
+//! open and logged.
 
 use super::StoreError;
-use super::engine::{Backend, ChunkRec};
+use super::engine::{Backend, ChunkRec, ReadSeg};
+use super::uring::{AlignedBuf, DIRECT_ALIGN, Dir, Op, Ring};
 use crate::limits::BLOCK_BYTES;
 use bytes::Bytes;
 use pond_proto::ChunkId;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 const CHUNKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("chunks");
@@ -22,11 +30,97 @@ const FORMAT_V1: &[u8] = b"pond-chunk-engine/1";
 /// First byte of every chunk record value: the record encoding version.
 const REC_V2: u8 = 2;
 
+/// How a target does its data I/O. `from_env` reads `POND_STORAGE_IO` and
+/// `POND_STORAGE_DIRECT`; tests build it directly.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct IoOptions {
+    /// Try io_uring (falls back to `pread`/`pwrite` if it cannot be set up); `false` forces
+    /// the `pread`/`pwrite` path.
+    pub uring: bool,
+    /// Block writes with O_DIRECT (from an aligned copy of the block), then `fdatasync`.
+    pub direct_writes: bool,
+    /// Reads of at least this many bytes with O_DIRECT into an aligned buffer (`None`: all
+    /// reads buffered, through the page cache).
+    pub direct_reads_from: Option<u32>,
+}
+
+impl Default for IoOptions {
+    /// The measured choice (docs/storage.md "io_uring backend").
+    fn default() -> IoOptions {
+        IoOptions {
+            uring: true,
+            direct_writes: false,
+            direct_reads_from: None,
+        }
+    }
+}
+
+impl IoOptions {
+    /// Environment variable choosing the I/O path: `uring` (default) or `sync`.
+    pub const ENV_IO: &str = "POND_STORAGE_IO";
+    /// Environment variable choosing O_DIRECT per operation class: `default`, `none`,
+    /// `writes`, `reads`, `all` (comma-separated `writes,reads` works too).
+    pub const ENV_DIRECT: &str = "POND_STORAGE_DIRECT";
+
+    pub fn from_env() -> Result<IoOptions, String> {
+        IoOptions::parse(
+            std::env::var(Self::ENV_IO).ok().as_deref(),
+            std::env::var(Self::ENV_DIRECT).ok().as_deref(),
+        )
+    }
+
+    pub fn parse(io: Option<&str>, direct: Option<&str>) -> Result<IoOptions, String> {
+        let mut o = IoOptions::default();
+        match io.map(str::trim).unwrap_or("") {
+            "" | "uring" | "io_uring" => o.uring = true,
+            "sync" | "pread" => o.uring = false,
+            other => return Err(format!("{}={other:?}: want uring or sync", Self::ENV_IO)),
+        }
+        let d = direct.map(str::trim).unwrap_or("");
+        if !matches!(d, "" | "default") {
+            o.direct_writes = false;
+            o.direct_reads_from = None;
+            for w in d.split(',').map(str::trim) {
+                match w {
+                    "none" => {}
+                    "writes" => o.direct_writes = true,
+                    "reads" => o.direct_reads_from = Some(0),
+                    "all" => {
+                        o.direct_writes = true;
+                        o.direct_reads_from = Some(0);
+                    }
+                    other => {
+                        return Err(format!(
+                            "{}={other:?}: want default, none, writes, reads or all",
+                            Self::ENV_DIRECT
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// The data path chosen at open.
+enum DataIo {
+    /// `pread`/`pwrite` + `fdatasync` on the caller's thread.
+    Sync,
+    Uring {
+        ring: Ring,
+        /// `blocks.dat` opened with O_DIRECT, when some class uses it and the filesystem
+        /// supports it.
+        direct: Option<File>,
+    },
+}
+
 pub struct FileBackend {
     dir: PathBuf,
     data: File,
     db: Database,
     capacity_bytes: Option<u64>,
+    io: DataIo,
+    opts: IoOptions,
 }
 
 fn internal(e: impl std::fmt::Display, what: &str) -> StoreError {
@@ -34,8 +128,19 @@ fn internal(e: impl std::fmt::Display, what: &str) -> StoreError {
 }
 
 impl FileBackend {
-    /// Opens (creating if needed) the target directory `dir`.
+    /// Opens (creating if needed) the target directory `dir`, with the I/O options of the
+    /// environment (`IoOptions::from_env`).
     pub fn open(dir: &Path, capacity_bytes: Option<u64>) -> Result<FileBackend, StoreError> {
+        let opts = IoOptions::from_env().map_err(|e| internal(e, "storage I/O options"))?;
+        FileBackend::open_with(dir, capacity_bytes, opts)
+    }
+
+    /// Opens (creating if needed) the target directory `dir` with the given I/O options.
+    pub fn open_with(
+        dir: &Path,
+        capacity_bytes: Option<u64>,
+        opts: IoOptions,
+    ) -> Result<FileBackend, StoreError> {
         std::fs::create_dir_all(dir)?;
         let data = OpenOptions::new()
             .read(true)
@@ -80,12 +185,75 @@ impl FileBackend {
                 .map_err(|e| internal(e, "open chunks table"))?;
         }
         txn.commit().map_err(|e| internal(e, "commit format"))?;
+        let (io, opts) = Self::choose_io(dir, opts);
         Ok(FileBackend {
             dir: dir.to_path_buf(),
             data,
             db,
             capacity_bytes,
+            io,
+            opts,
         })
+    }
+
+    /// Sets up io_uring (and the O_DIRECT descriptor) if asked and possible; logs the choice.
+    fn choose_io(dir: &Path, mut opts: IoOptions) -> (DataIo, IoOptions) {
+        let sync_opts = IoOptions {
+            uring: false,
+            direct_writes: false,
+            direct_reads_from: None,
+        };
+        if !opts.uring {
+            tracing::info!(dir = %dir.display(), "chunk engine data I/O: pread/pwrite ({}=sync)", IoOptions::ENV_IO);
+            return (DataIo::Sync, sync_opts);
+        }
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let ring = match Ring::new(&name) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    error = %e,
+                    "chunk engine data I/O: io_uring unavailable (io_uring_setup failed; \
+                     kernel.io_uring_disabled?), falling back to pread/pwrite"
+                );
+                return (DataIo::Sync, sync_opts);
+            }
+        };
+        let direct = if opts.direct_writes || opts.direct_reads_from.is_some() {
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(dir.join("blocks.dat"))
+            {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "O_DIRECT not supported here; buffered I/O only");
+                    opts.direct_writes = false;
+                    opts.direct_reads_from = None;
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        tracing::info!(
+            dir = %dir.display(),
+            direct_writes = opts.direct_writes,
+            direct_reads_from = ?opts.direct_reads_from,
+            "chunk engine data I/O: io_uring"
+        );
+        (DataIo::Uring { ring, direct }, opts)
+    }
+
+    /// The I/O options in effect (after any fallback): `uring` is false on the
+    /// `pread`/`pwrite` path.
+    pub fn io_options(&self) -> IoOptions {
+        self.opts
     }
 
     pub fn dir(&self) -> &Path {
@@ -108,23 +276,147 @@ impl Backend for FileBackend {
     }
 
     fn write_block(&self, slot: u32, data: &[u8]) -> std::io::Result<()> {
-        self.data.write_all_at(data, Self::slot_offset(slot))
+        self.write_blocks(&[(slot, data)], false)
+    }
+
+    fn write_blocks(&self, blocks: &[(u32, &[u8])], sync: bool) -> std::io::Result<()> {
+        let DataIo::Uring { ring, direct } = &self.io else {
+            for (slot, data) in blocks {
+                self.data.write_all_at(data, Self::slot_offset(*slot))?;
+            }
+            if sync {
+                self.data.sync_data()?;
+            }
+            return Ok(());
+        };
+        // O_DIRECT: an aligned, zero-padded copy per block (slots are 64 KiB aligned, so
+        // offsets are too; the padding past a short last block stays inside its slot).
+        let mut copies = Vec::new();
+        let ops: Vec<Op> = match direct.as_ref().filter(|_| self.opts.direct_writes) {
+            Some(df) => {
+                copies.extend(blocks.iter().map(|(_, d)| AlignedBuf::copy_padded(d)));
+                blocks
+                    .iter()
+                    .zip(copies.iter_mut())
+                    .map(|((slot, _), b)| Op {
+                        dir: Dir::Write,
+                        fd: df.as_raw_fd(),
+                        len: b.room() as u32,
+                        need: b.room() as u32,
+                        buf: b.as_mut_ptr(),
+                        offset: Self::slot_offset(*slot),
+                    })
+                    .collect()
+            }
+            None => blocks
+                .iter()
+                .map(|(slot, d)| Op {
+                    dir: Dir::Write,
+                    fd: self.data.as_raw_fd(),
+                    buf: d.as_ptr() as *mut u8,
+                    len: d.len() as u32,
+                    need: d.len() as u32,
+                    offset: Self::slot_offset(*slot),
+                })
+                .collect(),
+        };
+        // SAFETY: `blocks` and `copies` outlive the call; writes only read their buffers;
+        // the descriptors live as long as `self`.
+        unsafe { ring.run(ops, sync.then(|| self.data.as_raw_fd())) }
     }
 
     fn read_range(&self, slot: u32, at: u32, len: u32) -> std::io::Result<Bytes> {
-        let mut buf = vec![0u8; len as usize];
-        self.data
-            .read_exact_at(&mut buf, Self::slot_offset(slot) + at as u64)?;
-        Ok(Bytes::from(buf))
+        let seg = ReadSeg {
+            slot,
+            at,
+            len,
+            dst: 0,
+        };
+        self.read_segments(&[seg], len as usize)
     }
 
     fn read_into(&self, slot: u32, at: u32, buf: &mut [u8]) -> std::io::Result<()> {
-        self.data
-            .read_exact_at(buf, Self::slot_offset(slot) + at as u64)
+        let off = Self::slot_offset(slot) + at as u64;
+        match &self.io {
+            DataIo::Sync => self.data.read_exact_at(buf, off),
+            DataIo::Uring { ring, .. } => {
+                let op = Op {
+                    dir: Dir::Read,
+                    fd: self.data.as_raw_fd(),
+                    buf: buf.as_mut_ptr(),
+                    len: buf.len() as u32,
+                    need: buf.len() as u32,
+                    offset: off,
+                };
+                // SAFETY: `buf` is exclusively borrowed for the call.
+                unsafe { ring.run(vec![op], None) }
+            }
+        }
+    }
+
+    fn read_segments(&self, segs: &[ReadSeg], total: usize) -> std::io::Result<Bytes> {
+        let DataIo::Uring { ring, direct } = &self.io else {
+            let mut out = vec![0u8; total];
+            for s in segs {
+                self.data.read_exact_at(
+                    &mut out[s.dst..s.dst + s.len as usize],
+                    Self::slot_offset(s.slot) + s.at as u64,
+                )?;
+            }
+            return Ok(Bytes::from(out));
+        };
+        let a = DIRECT_ALIGN as u64;
+        // O_DIRECT needs aligned file offsets and buffer positions; lengths are rounded up
+        // (the room of the buffer is whole 4 KiB units). Only the last segment may end off a
+        // 4 KiB boundary (the chunk's end), so rounding never overlaps the next segment.
+        let direct_fd = direct.as_ref().filter(|_| {
+            self.opts
+                .direct_reads_from
+                .is_some_and(|m| total as u64 >= m as u64)
+                && segs.iter().enumerate().all(|(i, s)| {
+                    s.at as u64 % a == 0
+                        && s.dst as u64 % a == 0
+                        && (i + 1 == segs.len() || s.len as u64 % a == 0)
+                })
+        });
+        let mut buf = AlignedBuf::zeroed(total);
+        let room = buf.room();
+        let base = buf.as_mut_ptr();
+        let ops = segs
+            .iter()
+            .map(|s| {
+                let (fd, len) = match direct_fd {
+                    Some(f) => (
+                        f.as_raw_fd(),
+                        (s.len as usize).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN,
+                    ),
+                    None => (self.data.as_raw_fd(), s.len as usize),
+                };
+                assert!(s.dst + len <= room, "read segment outside its buffer");
+                Op {
+                    dir: Dir::Read,
+                    fd,
+                    // In bounds: checked just above.
+                    buf: base.wrapping_add(s.dst),
+                    len: len as u32,
+                    need: s.len,
+                    offset: Self::slot_offset(s.slot) + s.at as u64,
+                }
+            })
+            .collect();
+        // SAFETY: `buf` is owned here and outlives the call; the segments do not overlap.
+        unsafe { ring.run(ops, None) }?;
+        Ok(Bytes::from_owner(buf))
     }
 
     fn sync_data(&self) -> std::io::Result<()> {
-        self.data.sync_data()
+        match &self.io {
+            DataIo::Sync => self.data.sync_data(),
+            // SAFETY: no buffers; the descriptor lives as long as `self`.
+            DataIo::Uring { ring, .. } => unsafe {
+                ring.run(Vec::new(), Some(self.data.as_raw_fd()))
+            },
+        }
     }
 
     fn commit_meta(

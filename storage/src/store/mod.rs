@@ -7,6 +7,7 @@ pub mod crc;
 pub mod engine;
 pub mod file;
 pub mod mem;
+pub mod uring;
 
 #[cfg(test)]
 mod conformance;
