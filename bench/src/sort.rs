@@ -7,7 +7,7 @@
 //! process sorting the same files on the local disk.
 
 use crate::report::{Table, progress};
-use crate::sql::{LocalDuckDb, locality, make_dataset, one_sample, session};
+use crate::sql::{LocalDuckDb, local_remote, make_dataset_bytes, one_sample, phases, session};
 use anyhow::{Result, bail};
 use pond_client::dataframe::wire::Value;
 use std::path::Path;
@@ -32,27 +32,63 @@ fn int(v: &Value) -> Result<i128> {
     })
 }
 
-pub async fn run(cluster: &Path, quick: bool, duck: &LocalDuckDb) -> Result<()> {
+pub struct SortOpts {
+    pub quick: bool,
+    /// Least bytes of records (100 B each); default 4 GiB (quick: 1 M records).
+    pub bytes: Option<u64>,
+    /// What the cluster's chains are, for the table title (e.g. "chains of 1").
+    pub cluster_label: String,
+}
+
+/// Sum of `hash(key, payload)` over Parquet files (order-independent record checksum).
+fn checksum(duck: &LocalDuckDb, files: &str) -> Result<i128> {
+    let r = (duck.rows)(&format!(
+        "SELECT sum(hash(key, payload)::HUGEINT) AS c FROM read_parquet({files})"
+    ))?;
+    int(&r.rows[0][0])
+}
+
+fn df_avail(p: &Path) -> String {
+    std::process::Command::new("df")
+        .args(["-h", "--output=avail"])
+        .arg(p)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().nth(1).map(|l| l.trim().to_string()))
+        .unwrap_or_else(|| "?".into())
+}
+
+pub async fn run(cluster: &Path, opts: &SortOpts, duck: &LocalDuckDb) -> Result<()> {
     let s = session(cluster).await?;
     let client = s.client().clone();
     let tmp = tempfile::Builder::new()
         .prefix("pond-bench-sort-")
         .tempdir()?;
-    // quick: 1 M records (100 MB of records); full: 40 M (4 GB).
-    let (records, files): (u64, usize) = if quick {
-        (1_000_000, 4)
+    // quick: 1 M records (100 MB) in 4 files; full: ≥ 4 GiB of records, 1.25 M records
+    // (~130 MB of Parquet) per file.
+    let (per, min_files, min_records): (u64, usize, u64) = if opts.quick {
+        let r = opts.bytes.map(|b| b.div_ceil(100)).unwrap_or(1_000_000);
+        (r.div_ceil(4), 4, r)
     } else {
-        (40_000_000, 32)
+        let r = opts.bytes.unwrap_or(4 << 30).div_ceil(100);
+        (1_250_000, 4, r)
     };
-    let per = records / files as u64;
     let root = format!("/bench-sort-{}", std::process::id());
+    println!(
+        "sort: disk space available at start: {}",
+        df_avail(tmp.path())
+    );
     let pb = progress("sort: generating records and copying them into pond");
-    let (_, in_bytes) = make_dataset(
+    let (_, files, in_bytes) = make_dataset_bytes(
         &client,
         duck,
         &tmp.path().join("in"),
         &format!("{root}/in"),
-        files,
+        min_files.max(min_records.div_ceil(per) as usize),
+        0,
+        true,
+        |i| format!("part-{i:03}.parquet"),
         |i| {
             let (a, b) = (i as u64 * per, (i as u64 + 1) * per);
             format!(
@@ -64,18 +100,24 @@ pub async fn run(cluster: &Path, quick: bool, duck: &LocalDuckDb) -> Result<()> 
     )
     .await?;
     pb.finish_and_clear();
-    let local_in = format!("{}/in/*.parquet", tmp.path().display());
+    let records = per * files as u64;
+    let local_in = format!("'{}/in/*.parquet'", tmp.path().display());
     let n = (s.executors().len() as u32 * 2).clamp(2, 256);
 
-    // Baseline: one DuckDB process, local disk.
+    // Baseline: one DuckDB process, local disk; its output is deleted right away (disk).
     let pb = progress("sort: DuckDB baseline");
     let base_out = tmp.path().join("duckdb-sorted.parquet");
     let t0 = Instant::now();
     (duck.exec)(&format!(
-        "COPY (SELECT * FROM read_parquet('{local_in}') ORDER BY key) TO '{}' (FORMAT parquet)",
+        "COPY (SELECT * FROM read_parquet({local_in}) ORDER BY key) TO '{}' (FORMAT parquet)",
         base_out.display()
     ))?;
     let base = t0.elapsed();
+    std::fs::remove_file(&base_out)?;
+    // The input's checksum, then the local input goes too: pond holds it.
+    pb.set_message("sort: input checksum");
+    let cin = checksum(duck, &local_in)?;
+    std::fs::remove_dir_all(tmp.path().join("in"))?;
     pb.finish_and_clear();
 
     // pond: range repartition + sort per partition.
@@ -92,7 +134,6 @@ pub async fn run(cluster: &Path, quick: bool, duck: &LocalDuckDb) -> Result<()> 
     let pond = t0.elapsed();
     pb.finish_and_clear();
     let log = s.task_log();
-    let (input, pct) = locality(&log);
     let phase = |stage: &str| -> u64 {
         log.iter()
             .filter(|t| t.stage == stage)
@@ -100,13 +141,20 @@ pub async fn run(cluster: &Path, quick: bool, duck: &LocalDuckDb) -> Result<()> 
             .max()
             .unwrap_or(0)
     };
+    println!(
+        "sort: disk space available after the pond sort: {}",
+        df_avail(tmp.path())
+    );
+    let _ = client.remove_tree(&format!("{root}/in")).await;
 
-    // Validate: fetch the parts, check order within and across them, count and checksum.
+    // Validate one part at a time (fetched, checked, deleted): order within and across parts,
+    // record count, checksum.
     let pb = progress("sort: validating");
     let out_local = tmp.path().join("out");
     std::fs::create_dir_all(&out_local)?;
     let mut prev_max: Option<String> = None;
     let mut count: i128 = 0;
+    let mut cout: i128 = 0;
     for (i, p) in parts.iter().enumerate() {
         let l = out_local.join(format!("part-{i:05}.parquet"));
         client.get(p, &l, |_| {}).await?;
@@ -130,33 +178,27 @@ pub async fn run(cluster: &Path, quick: bool, duck: &LocalDuckDb) -> Result<()> 
                 bail!("part {i} starts at {mn}, before the end of the previous part {pm}");
             }
             prev_max = Some(mx);
+            cout += checksum(duck, &format!("'{}'", l.display()))?;
         }
         count += c;
+        std::fs::remove_file(&l)?;
     }
     if count != records as i128 {
         bail!("sorted output has {count} records, input {records}");
     }
-    let sum = |glob: &str| -> Result<String> {
-        let r = (duck.rows)(&format!(
-            "SELECT sum(hash(key, payload)::HUGEINT) AS c FROM read_parquet('{glob}')"
-        ))?;
-        Ok(r.rows[0][0].to_string())
-    };
-    let (cin, cout) = (
-        sum(&local_in)?,
-        sum(&format!("{}/*.parquet", out_local.display()))?,
-    );
     if cin != cout {
         bail!("checksum of the sorted records {cout} differs from the input's {cin}");
     }
     pb.finish_and_clear();
+    let _ = client.remove_tree(&root).await;
 
     let bytes = records * 100;
     let mut t = Table::new(
         &format!(
-            "sort: {records} records of 100 B ({:.0} MiB; {:.0} MiB Parquet), {n} partitions",
-            bytes as f64 / 1048576.0,
-            in_bytes as f64 / 1048576.0
+            "sort: {records} records of 100 B ({:.2} GiB; {:.0} MiB Parquet in {files} files), {n} partitions, {}",
+            bytes as f64 / (1u64 << 30) as f64,
+            in_bytes as f64 / 1048576.0,
+            opts.cluster_label
         ),
         &["pond (repartition + sort)", "duckdb 1 process, local disk"],
     );
@@ -168,20 +210,24 @@ pub async fn run(cluster: &Path, quick: bool, duck: &LocalDuckDb) -> Result<()> 
         .map(|c| c.get())
         .unwrap_or(1);
     t.note(format!(
-        "phases: repartition (slowest task) {} ms, sort (slowest task) {} ms; {:.1} MiB/s per core over {cores} cores",
-        phase("s0"),
-        phase("s1"),
-        bytes as f64 / 1048576.0 / pond.as_secs_f64() / cores as f64
+        "times: pond {:.1} s, DuckDB {:.1} s, pond/DuckDB = {:.2}x time; pond {:.1} MiB/s per core, DuckDB {:.1} MiB/s per core ({cores} cores, shared by the storage nodes, the executors and this client)",
+        pond.as_secs_f64(),
+        base.as_secs_f64(),
+        pond.as_secs_f64() / base.as_secs_f64().max(1e-9),
+        bytes as f64 / 1048576.0 / pond.as_secs_f64() / cores as f64,
+        bytes as f64 / 1048576.0 / base.as_secs_f64() / cores as f64,
     ));
     t.note(format!(
-        "{} tasks, input {input} B, {pct:.1}% read from the executing node's chunk engine",
-        log.len()
+        "phases: repartition (slowest task) {} ms, sort (slowest task) {} ms",
+        phase("s0"),
+        phase("s1"),
     ));
+    t.note(format!("phase detail: {}", phases(&log)));
+    t.note(format!("{} tasks, {}", log.len(), local_remote(&log)));
     t.note(format!(
         "validated: {count} records, order within and across {} parts, checksum {cout} = input",
         parts.len()
     ));
     t.print();
-    let _ = client.remove_tree(&root).await;
     Ok(())
 }

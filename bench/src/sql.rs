@@ -71,6 +71,99 @@ pub async fn make_dataset(
     Ok((out, bytes))
 }
 
+/// Like [`make_dataset`], but writes files of `select(i)` until they hold at least
+/// `min_bytes` (and at least `min_files` files), deleting each local file once it is in pond
+/// unless `keep_local`. Returns the local files kept (all of them when `keep_local`), the
+/// number of files and the total bytes.
+#[allow(clippy::too_many_arguments)]
+pub async fn make_dataset_bytes(
+    client: &Client,
+    duck: &LocalDuckDb,
+    dir: &Path,
+    remote: &str,
+    min_files: usize,
+    min_bytes: u64,
+    keep_local: bool,
+    name: impl Fn(usize) -> String,
+    select: impl Fn(usize) -> String,
+) -> Result<(Vec<PathBuf>, usize, u64)> {
+    const FILES_MAX: usize = 4096;
+    std::fs::create_dir_all(dir)?;
+    client.mkdir_all(remote, 0o755).await?;
+    let mut out = Vec::new();
+    let (mut bytes, mut i) = (0u64, 0usize);
+    while i < min_files || bytes < min_bytes {
+        if i >= FILES_MAX {
+            bail!("{FILES_MAX} files hold only {bytes} B, fewer than the {min_bytes} B asked for");
+        }
+        let p = dir.join(name(i));
+        (duck.exec)(&format!(
+            "COPY ({}) TO '{}' (FORMAT parquet)",
+            select(i),
+            p.display()
+        ))?;
+        bytes += client
+            .put(&p, &format!("{remote}/{}", name(i)), |_| {})
+            .await
+            .with_context(|| format!("put {}", p.display()))?;
+        if keep_local {
+            out.push(p);
+        } else {
+            std::fs::remove_file(&p)?;
+        }
+        i += 1;
+    }
+    Ok((out, i, bytes))
+}
+
+/// Per stage of a job's task log: tasks, summed fetch/query/output time, the slowest task.
+pub fn phases(log: &[TaskRecord]) -> String {
+    let mut stages: Vec<&str> = log.iter().map(|t| t.stage.as_str()).collect();
+    stages.sort();
+    stages.dedup();
+    let mut parts = Vec::new();
+    for st in stages {
+        let ts: Vec<&TaskRecord> = log.iter().filter(|t| t.stage == st).collect();
+        let sum = |f: fn(&TaskRecord) -> u64| ts.iter().map(|t| f(t)).sum::<u64>();
+        parts.push(format!(
+            "{st}: {} tasks, slowest {} ms, summed fetch {} / query {} / output {} ms",
+            ts.len(),
+            ts.iter().map(|t| t.elapsed_ms).max().unwrap_or(0),
+            sum(|t| t.stats.fetch_ms),
+            sum(|t| t.stats.query_ms),
+            sum(|t| t.stats.output_ms),
+        ));
+    }
+    parts.join("; ")
+}
+
+/// "input N MiB: L MiB (p%) local, R MiB remote" for a job's task log.
+pub fn local_remote(log: &[TaskRecord]) -> String {
+    let input: u64 = log.iter().map(|t| t.stats.input_bytes).sum();
+    let local: u64 = log.iter().map(|t| t.stats.input_local_bytes).sum();
+    let mib = |b: u64| b as f64 / 1048576.0;
+    format!(
+        "input {:.1} MiB: {:.1} MiB ({:.1}%) read locally (executing node's chunk engine), {:.1} MiB remotely",
+        mib(input),
+        mib(local),
+        100.0 * local as f64 / input.max(1) as f64,
+        mib(input - local.min(input))
+    )
+}
+
+/// The FUSE baseline (b): a mount of the cluster, or why there is none.
+pub enum FuseBaseline {
+    Mounted(PathBuf),
+    Unavailable(String),
+}
+
+pub struct SqlOpts {
+    pub quick: bool,
+    /// Least Parquet bytes of lineitem (full runs; default 2 GiB).
+    pub bytes: Option<u64>,
+    pub fuse: FuseBaseline,
+}
+
 pub fn one_sample(d: Duration, bytes: u64) -> Samples {
     let mut s = Samples::default();
     s.push(d);
@@ -101,27 +194,45 @@ pub async fn session(cluster: &Path) -> Result<Session> {
     Ok(s)
 }
 
-pub async fn run(cluster: &Path, quick: bool, duck: &LocalDuckDb) -> Result<()> {
+/// Runs `f` (a DuckDB baseline), printing nothing; its time.
+fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, Duration)> {
+    let t0 = Instant::now();
+    let r = f()?;
+    Ok((r, t0.elapsed()))
+}
+
+pub async fn run(cluster: &Path, opts: &SqlOpts, duck: &LocalDuckDb) -> Result<()> {
     let s = session(cluster).await?;
     let client = s.client().clone();
     let tmp = tempfile::Builder::new()
         .prefix("pond-bench-sql-")
         .tempdir()?;
-    // Rows of lineitem: quick ≈ 60 MB of Parquet, full ≈ 2.3 GB.
-    let (rows, files): (u64, usize) = if quick {
-        (2_000_000, 4)
+    // Rows of lineitem per file: ~10 B of Parquet per row (the columns compress well), so
+    // quick ≈ 19 MiB in 4 files, full ≈ 100 MB per file, as many files as `bytes` needs.
+    let (per, min_files, min_bytes): (u64, usize, u64) = if opts.quick {
+        (500_000, 4, opts.bytes.unwrap_or(0))
     } else {
-        (60_000_000, 24)
+        (10_000_000, 4, opts.bytes.unwrap_or(2 << 30))
     };
-    let per = rows / files as u64;
     let root = format!("/bench-sql-{}", std::process::id());
-    let pb = progress("sql: generating lineitem/orders Parquet and copying it into pond");
-    let (li_files, li_bytes) = make_dataset(
+    // The join runs over the first 4 lineitem files (named `part-jNNN`, ≤ 40 M rows) and their
+    // orders: at full scale the whole table would need a multi-GB repartition through 3
+    // replicas on this one disk.
+    let join_files = min_files;
+    let li_name = move |i: usize| {
+        let tag = if i < join_files { "j" } else { "x" };
+        format!("part-{tag}{i:03}.parquet")
+    };
+    let pb = progress("sql: generating lineitem Parquet and copying it into pond");
+    let (_, files, li_bytes) = make_dataset_bytes(
         &client,
         duck,
         &tmp.path().join("lineitem"),
         &format!("{root}/lineitem"),
-        files,
+        min_files,
+        min_bytes,
+        true,
+        li_name,
         |i| {
             let (a, b) = (i as u64 * per, (i as u64 + 1) * per);
             format!(
@@ -135,15 +246,21 @@ pub async fn run(cluster: &Path, quick: bool, duck: &LocalDuckDb) -> Result<()> 
         },
     )
     .await?;
-    let orders = rows / 4;
-    let (o_files, o_bytes) = make_dataset(
+    let rows = per * files as u64;
+    let orders = per * join_files as u64 / 4;
+    let o_files = join_files.div_ceil(4).max(1);
+    pb.set_message("sql: generating orders Parquet and copying it into pond");
+    let (_, _, o_bytes) = make_dataset_bytes(
         &client,
         duck,
         &tmp.path().join("orders"),
         &format!("{root}/orders"),
-        files.div_ceil(4),
+        o_files,
+        0,
+        true,
+        |i| format!("part-{i:03}.parquet"),
         |i| {
-            let n = files.div_ceil(4) as u64;
+            let n = o_files as u64;
             let per = orders / n;
             let (a, b) = (i as u64 * per, if i as u64 == n - 1 { orders } else { (i as u64 + 1) * per });
             format!(
@@ -156,29 +273,77 @@ pub async fn run(cluster: &Path, quick: bool, duck: &LocalDuckDb) -> Result<()> 
     pb.finish_and_clear();
     let local_li = format!("{}/lineitem/*.parquet", tmp.path().display());
     let local_o = format!("{}/orders/*.parquet", tmp.path().display());
-    let _ = (li_files, o_files);
+    let local_li_join = format!("'{}/lineitem/part-j*.parquet'", tmp.path().display());
+    let li_join_bytes: u64 = (0..join_files)
+        .map(|i| {
+            std::fs::metadata(tmp.path().join("lineitem").join(li_name(i)))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
+        .sum();
 
+    let fuse_root = match &opts.fuse {
+        FuseBaseline::Mounted(m) => Some(m.join(root.trim_start_matches('/'))),
+        FuseBaseline::Unavailable(why) => {
+            eprintln!(
+                "\n!!! sql: FUSE baseline (b) NOT RUN: {why}\n!!! the table has no FUSE column values\n"
+            );
+            None
+        }
+    };
     let mut t = Table::new(
         &format!(
-            "sql: {rows} lineitem rows ({:.0} MiB Parquet) + {orders} orders, {} executors",
+            "sql: {rows} lineitem rows ({:.0} MiB Parquet, {files} files), {} executors",
             li_bytes as f64 / 1048576.0,
             s.executors().len()
         ),
-        &["pond (near-data)", "duckdb 1 process, local disk"],
+        &[
+            "pond (near-data)",
+            "(a) duckdb 1 proc, local disk",
+            "(b) duckdb 1 proc over FUSE",
+        ],
     );
+    let ratio_note = |what: &str, pond: Duration, a: Duration, b: Option<Duration>| -> String {
+        let mut n = format!(
+            "{what} times: pond {:.2} s, (a) local DuckDB {:.2} s, pond/(a) = {:.2}x time",
+            pond.as_secs_f64(),
+            a.as_secs_f64(),
+            pond.as_secs_f64() / a.as_secs_f64().max(1e-9)
+        );
+        match b {
+            Some(b) => n.push_str(&format!(
+                ", (b) DuckDB over the FUSE mount {:.2} s, pond/(b) = {:.2}x time",
+                b.as_secs_f64(),
+                pond.as_secs_f64() / b.as_secs_f64().max(1e-9)
+            )),
+            None => n.push_str(", (b) NOT RUN (no FUSE mount)"),
+        }
+        n
+    };
 
     // Q1 shape: filter + group-by, split into partial and final aggregation.
     let q1 = "SELECT l_returnflag, l_linestatus, sum(l_quantity) AS sum_qty, sum(l_extendedprice) AS sum_base, \
-              avg(l_discount) AS avg_disc, count(*) AS n FROM read_parquet('{G}') \
+              avg(l_discount) AS avg_disc, count(*) AS n FROM read_parquet({G}) \
               WHERE l_shipdate <= DATE '1998-09-01' GROUP BY l_returnflag, l_linestatus ORDER BY l_returnflag, l_linestatus";
-    let pb = progress("sql: Q1 group-by");
-    let t0 = Instant::now();
-    let want = (duck.rows)(&q1.replace("{G}", &local_li))?;
-    let base = t0.elapsed();
+    let pb = progress("sql: Q1 group-by, local DuckDB (a)");
+    let (want, base) = timed(|| (duck.rows)(&q1.replace("{G}", &format!("'{local_li}'"))))?;
+    let fuse_q1 = match &fuse_root {
+        Some(fr) => {
+            pb.set_message("sql: Q1 group-by, DuckDB over the FUSE mount (b)");
+            let g = format!("'{}/lineitem/*.parquet'", fr.display());
+            let (got, d) = timed(|| (duck.rows)(&q1.replace("{G}", &g)))?;
+            if canon(&got) != canon(&want) {
+                bail!("Q1: DuckDB over FUSE and DuckDB on local files disagree");
+            }
+            Some(d)
+        }
+        None => None,
+    };
+    pb.set_message("sql: Q1 group-by, pond near-data");
     s.clear_task_log();
     let t0 = Instant::now();
     let got = s
-        .sql(&q1.replace("{G}", &format!("{root}/lineitem/*.parquet")))?
+        .sql(&q1.replace("{G}", &format!("'{root}/lineitem/*.parquet'")))?
         .collect()
         .await?;
     let pond = t0.elapsed();
@@ -186,31 +351,48 @@ pub async fn run(cluster: &Path, quick: bool, duck: &LocalDuckDb) -> Result<()> 
     if canon(&got) != canon(&want) {
         bail!("Q1: pond and DuckDB disagree:\n{got:?}\n{want:?}");
     }
-    let (input, pct) = locality(&s.task_log());
+    let log = s.task_log();
     t.row(
         "Q1 group-by (MiB/s of Parquet)",
         vec![
             Some(one_sample(pond, li_bytes)),
             Some(one_sample(base, li_bytes)),
+            fuse_q1.map(|d| one_sample(d, li_bytes)),
         ],
     );
-    t.note(format!(
-        "Q1: {} tasks, input {input} B, {pct:.1}% read from the executing node's chunk engine; answers equal",
-        s.task_log().len()
-    ));
+    t.note(ratio_note("Q1", pond, base, fuse_q1));
+    t.note(format!("Q1: {}; answers equal", local_remote(&log)));
+    t.note(format!("Q1 phases: {}", phases(&log)));
 
     // Join: both sides hash-partitioned by order key, joined and aggregated per partition.
     let n = (s.executors().len() as u32 * 2).max(2);
-    let pb = progress("sql: join");
-    let jq = "SELECT o.o_orderpriority, count(*) AS n, sum(l.l_quantity) AS qty FROM read_parquet('{L}') l \
-              JOIN read_parquet('{O}') o ON l.l_orderkey = o.o_orderkey GROUP BY o.o_orderpriority ORDER BY 1";
-    let t0 = Instant::now();
-    let want = (duck.rows)(&jq.replace("{L}", &local_li).replace("{O}", &local_o))?;
-    let base = t0.elapsed();
+    let pb = progress("sql: join, local DuckDB (a)");
+    let jq = "SELECT o.o_orderpriority, count(*) AS n, sum(l.l_quantity) AS qty FROM read_parquet({L}) l \
+              JOIN read_parquet({O}) o ON l.l_orderkey = o.o_orderkey GROUP BY o.o_orderpriority ORDER BY 1";
+    let (want, base) = timed(|| {
+        (duck.rows)(
+            &jq.replace("{L}", &local_li_join)
+                .replace("{O}", &format!("'{local_o}'")),
+        )
+    })?;
+    let fuse_j = match &fuse_root {
+        Some(fr) => {
+            pb.set_message("sql: join, DuckDB over the FUSE mount (b)");
+            let l = format!("'{}/lineitem/part-j*.parquet'", fr.display());
+            let o = format!("'{}/orders/*.parquet'", fr.display());
+            let (got, d) = timed(|| (duck.rows)(&jq.replace("{L}", &l).replace("{O}", &o)))?;
+            if canon(&got) != canon(&want) {
+                bail!("join: DuckDB over FUSE and DuckDB on local files disagree");
+            }
+            Some(d)
+        }
+        None => None,
+    };
+    pb.set_message("sql: join, pond near-data");
     s.clear_task_log();
     let t0 = Instant::now();
     let li = s
-        .read_parquet(&format!("{root}/lineitem/*.parquet"))
+        .read_parquet(&format!("{root}/lineitem/part-j*.parquet"))
         .map("l_orderkey, l_quantity")
         .repartition(n, &["l_orderkey"]);
     let o = s
@@ -230,18 +412,20 @@ pub async fn run(cluster: &Path, quick: bool, duck: &LocalDuckDb) -> Result<()> 
     if canon(&got) != canon(&want) {
         bail!("join: pond and DuckDB disagree:\n{got:?}\n{want:?}");
     }
-    let (input, pct) = locality(&s.task_log());
+    let log = s.task_log();
+    let jb = li_join_bytes + o_bytes;
     t.row(
-        &format!("join via {n}-way hash repartition (MiB/s)"),
+        &format!("join ({join_files} files) via {n}-way hash repartition (MiB/s)"),
         vec![
-            Some(one_sample(pond, li_bytes + o_bytes)),
-            Some(one_sample(base, li_bytes + o_bytes)),
+            Some(one_sample(pond, jb)),
+            Some(one_sample(base, jb)),
+            fuse_j.map(|d| one_sample(d, jb)),
         ],
     );
-    t.note(format!(
-        "join: {} tasks, input {input} B, {pct:.1}% local; answers equal",
-        s.task_log().len()
-    ));
+    t.note(ratio_note("join", pond, base, fuse_j));
+    t.note(format!("join: {}; answers equal", local_remote(&log)));
+    t.note(format!("join phases: {}", phases(&log)));
+    t.note("(b) reads through `pond mount` (first read of these files through the mount); the cluster's storage nodes, the mount and DuckDB share this machine");
     t.print();
     let _ = client.remove_tree(&root).await;
     Ok(())

@@ -21,6 +21,34 @@ pub struct BenchArgs {
     /// Also write every table row as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// sql/sort: least data size (bytes; suffixes K, M, G, Ki, Mi, Gi): Parquet bytes of
+    /// lineitem for `sql` (default 2 GiB), bytes of 100-byte records for `sort` (default 4 GiB).
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub bytes: Option<u64>,
+    /// sql/sort: replicas per chain of the temporary 3-node cluster (1–3; default 3). With 3
+    /// replicas on one disk every byte is stored three times.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=3))]
+    pub replicas: Option<u32>,
+}
+
+/// `4294967296`, `4G` (10^9), `4Gi` (2^30), also K/Ki, M/Mi.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    let mul: u64 = match unit {
+        "" => 1,
+        "K" | "k" => 1_000,
+        "Ki" => 1 << 10,
+        "M" => 1_000_000,
+        "Mi" => 1 << 20,
+        "G" => 1_000_000_000,
+        "Gi" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?} (K, M, G, Ki, Mi, Gi)")),
+    };
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// This very binary, for `pond up/down/mount` children: `/proc/self/exe` still runs it when
@@ -42,6 +70,10 @@ struct TempCluster {
 
 impl TempCluster {
     fn start(meta: u32, storage: u32) -> Result<TempCluster> {
+        Self::start_with(meta, storage, storage.clamp(1, 3))
+    }
+
+    fn start_with(meta: u32, storage: u32, replicas: u32) -> Result<TempCluster> {
         let dir = tempfile::Builder::new().prefix("pond-bench-").tempdir()?;
         let exe = self_exe();
         let st = Command::new(exe)
@@ -57,7 +89,7 @@ impl TempCluster {
                 "--targets-per-node",
                 "1",
                 "--replicas",
-                &storage.clamp(1, 3).to_string(),
+                &replicas.to_string(),
             ])
             .status()
             .context("run pond up")?;
@@ -230,19 +262,62 @@ pub(crate) const LOCAL_DUCKDB: pond_bench::sql::LocalDuckDb = pond_bench::sql::L
     rows: |sql| Ok(pond_compute::local_rows(sql)?),
 };
 
-/// `sql` or `sort`: near-data SQL on a 3-node cluster (chains of 3) vs DuckDB on local files.
-async fn compute_suite(cluster: Option<&Path>, quick: bool, which: &str) -> Result<()> {
-    let run = |p: PathBuf| async move {
-        match which {
-            "sql" => pond_bench::sql::run(&p, quick, &LOCAL_DUCKDB).await,
-            _ => pond_bench::sort::run(&p, quick, &LOCAL_DUCKDB).await,
-        }
+/// Options of the `sql`/`sort` suites from the command line.
+#[derive(Clone, Copy)]
+struct ComputeArgs {
+    quick: bool,
+    bytes: Option<u64>,
+    replicas: Option<u32>,
+}
+
+/// `sql` or `sort`: near-data SQL on a 3-node cluster (chains of 3 unless `--replicas`) vs
+/// DuckDB on local files; `sql` also mounts the cluster for the FUSE baseline (b).
+async fn compute_suite(cluster: Option<&Path>, a: ComputeArgs, which: &str) -> Result<()> {
+    let tc = match cluster {
+        Some(_) => None,
+        None => Some(TempCluster::start_with(1, 3, a.replicas.unwrap_or(3))?),
     };
-    if let Some(p) = cluster {
-        return run(p.to_path_buf()).await;
+    let p = match (&tc, cluster) {
+        (Some(tc), _) => tc.cluster_path(),
+        (None, Some(p)) => p.to_path_buf(),
+        (None, None) => unreachable!("a cluster was given or started"),
+    };
+    let label = match (cluster, a.replicas) {
+        (Some(_), _) => "given cluster".to_string(),
+        (None, r) => format!(
+            "3 storage nodes on this machine, chains of {}",
+            r.unwrap_or(3)
+        ),
+    };
+    if which == "sql" {
+        let local = local_dir_near(&p)?;
+        let log = local.path().join("mount.log");
+        let (mount, fuse) = match TempMount::start(&p, &log) {
+            Ok(m) => {
+                let f = pond_bench::sql::FuseBaseline::Mounted(m.path().to_path_buf());
+                (Some(m), f)
+            }
+            Err(e) => (
+                None,
+                pond_bench::sql::FuseBaseline::Unavailable(format!("{e:#}")),
+            ),
+        };
+        let opts = pond_bench::sql::SqlOpts {
+            quick: a.quick,
+            bytes: a.bytes,
+            fuse,
+        };
+        println!("sql: {label}");
+        let r = pond_bench::sql::run(&p, &opts, &LOCAL_DUCKDB).await;
+        drop(mount);
+        return r;
     }
-    let tc = TempCluster::start(1, 3)?;
-    run(tc.cluster_path()).await
+    let opts = pond_bench::sort::SortOpts {
+        quick: a.quick,
+        bytes: a.bytes,
+        cluster_label: label,
+    };
+    pond_bench::sort::run(&p, &opts, &LOCAL_DUCKDB).await
 }
 
 fn fuse_suite(cluster: Option<&Path>, quick: bool) -> Result<()> {
@@ -267,20 +342,25 @@ pub fn bench(cluster: Option<&Path>, args: BenchArgs) -> Result<()> {
     print_load("at start");
     let rt = super::runtime()?;
     let q = args.quick;
+    let ca = ComputeArgs {
+        quick: q,
+        bytes: args.bytes,
+        replicas: args.replicas,
+    };
     let r = match args.suite.as_str() {
         "meta" => rt.block_on(meta_suite(cluster, q)),
         "io" => rt.block_on(io_suite(cluster, q)),
         "fuse" => fuse_suite(cluster, q),
         "loader" => rt.block_on(loader_suite(cluster, q)),
-        "sql" => rt.block_on(compute_suite(cluster, q, "sql")),
-        "sort" => rt.block_on(compute_suite(cluster, q, "sort")),
+        "sql" => rt.block_on(compute_suite(cluster, ca, "sql")),
+        "sort" => rt.block_on(compute_suite(cluster, ca, "sort")),
         "all" => rt
             .block_on(meta_suite(cluster, q))
             .and_then(|_| rt.block_on(io_suite(cluster, q)))
             .and_then(|_| fuse_suite(cluster, q))
             .and_then(|_| rt.block_on(loader_suite(cluster, q)))
-            .and_then(|_| rt.block_on(compute_suite(cluster, q, "sql")))
-            .and_then(|_| rt.block_on(compute_suite(cluster, q, "sort"))),
+            .and_then(|_| rt.block_on(compute_suite(cluster, ca, "sql")))
+            .and_then(|_| rt.block_on(compute_suite(cluster, ca, "sort"))),
         other => bail!("unknown suite {other:?} (have: meta, io, fuse, loader, sql, sort, all)"),
     };
     print_load("at end");
