@@ -5,16 +5,17 @@
 
 pub mod checker;
 pub mod faults;
+pub mod netns;
 pub mod verify;
 pub mod workload;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use pond_client::client::{Client, OpenOptions};
 use pond_proto::layout::DirLayout;
 use pond_tests::{Cluster, Opts};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use workload::{Clock, Shared};
 
@@ -35,6 +36,20 @@ pub struct ChaosOpts {
     pub register_workers: u32,
     pub register_files: u32,
     pub log_workers: u32,
+    /// Every meta and storage process in its own network namespace, and network faults in
+    /// the schedule (`--netns`; needs root, iproute2 and nftables).
+    pub netns: bool,
+}
+
+/// Why a run could not be carried out (findings are in [`RunReport`], not here).
+#[derive(Debug, thiserror::Error)]
+pub enum ChaosError {
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
+    #[error("the cluster did not start: {0}")]
+    Cluster(String),
+    #[error("chaos harness: {0}")]
+    Harness(String),
 }
 
 impl ChaosOpts {
@@ -51,6 +66,7 @@ impl ChaosOpts {
             register_workers: if quick { 3 } else { 4 },
             register_files: 4,
             log_workers: 2,
+            netns: false,
         }
     }
 
@@ -64,6 +80,9 @@ impl ChaosOpts {
         }
         if self.quick {
             s.push_str("--quick ");
+        }
+        if self.netns {
+            s.push_str("--netns ");
         }
         s.push_str(&format!(
             "--seed {} --duration {}",
@@ -181,29 +200,58 @@ async fn setup_dirs(client: &Client, opts: &ChaosOpts) -> Result<()> {
 
 /// Runs a whole chaos session. `Err` means the harness itself failed (the cluster did not
 /// start, ...); findings are in the report.
-pub fn run(opts: &ChaosOpts) -> Result<RunReport> {
+pub fn run(opts: &ChaosOpts) -> Result<RunReport, ChaosError> {
     let started = Instant::now();
     println!(
-        "chaos: seed {}, {} s of faults, {} meta + {} storage nodes (3 targets each, chains of 3){}",
+        "chaos: seed {}, {} s of faults, {} meta + {} storage nodes (3 targets each, chains of 3){}{}",
         opts.seed,
         opts.duration.as_secs(),
         opts.meta,
         opts.storage,
+        if opts.netns {
+            ", each in its own network namespace"
+        } else {
+            ""
+        },
         opts.inject_bug
             .as_ref()
             .map(|b| format!(", storage started with POND_TEST_BUG={b}"))
             .unwrap_or_default()
     );
-    let mut cluster = Cluster::start_in(
-        opts.bin.to_str().context("binary path is not UTF-8")?,
-        Opts {
-            meta: opts.meta,
-            storage: opts.storage,
-            targets_per_node: 3,
-            replicas: 3,
-        },
-        &opts.dir,
-    )?;
+    let bin = opts
+        .bin
+        .to_str()
+        .ok_or_else(|| ChaosError::Harness("binary path is not UTF-8".into()))?;
+    let cluster_dir: Arc<Mutex<Option<PathBuf>>> = Arc::default();
+    // Declared before the cluster, so dropped after it: the processes stop first, then the
+    // namespaces go.
+    let net = if opts.netns {
+        Some(setup_netns(opts, cluster_dir.clone())?)
+    } else {
+        None
+    };
+    let topo = Opts {
+        meta: opts.meta,
+        storage: opts.storage,
+        targets_per_node: 3,
+        replicas: 3,
+    };
+    let mut cluster = match &net {
+        None => Cluster::start_in(bin, topo, &opts.dir),
+        Some(n) => Cluster::start_prepared(bin, &opts.dir, |dir| {
+            *cluster_dir.lock().expect("cluster dir lock") = Some(dir.to_path_buf());
+            netns::write_cluster_dir(
+                dir,
+                n,
+                topo.meta,
+                topo.storage,
+                topo.targets_per_node,
+                topo.replicas,
+            )?;
+            Ok(())
+        }),
+    }
+    .map_err(|e| ChaosError::Cluster(format!("{e:#}")))?;
     println!(
         "chaos: cluster up in {:.1}s at {}",
         started.elapsed().as_secs_f64(),
@@ -212,16 +260,122 @@ pub fn run(opts: &ChaosOpts) -> Result<RunReport> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
-        .build()?;
-    let result = rt.block_on(run_async(opts, &mut cluster, started));
+        .build()
+        .map_err(|e| ChaosError::Harness(format!("tokio runtime: {e}")))?;
+    let result = rt.block_on(run_async(opts, &mut cluster, net.as_ref(), started));
     if result.as_ref().map(|r| !r.passed()).unwrap_or(true) {
         eprintln!("chaos: last log lines:\n{}", cluster.tail_logs());
     }
     drop(rt);
-    result
+    drop(cluster);
+    drop(net);
+    result.map_err(|e| ChaosError::Harness(format!("{e:#}")))
 }
 
-async fn run_async(opts: &ChaosOpts, cluster: &mut Cluster, started: Instant) -> Result<RunReport> {
+/// Cleans up stale namespaces, installs the SIGINT/SIGTERM handler, creates this run's
+/// namespaces and moves the calling thread into the clients' one.
+fn setup_netns(
+    opts: &ChaosOpts,
+    cluster_dir: Arc<Mutex<Option<PathBuf>>>,
+) -> Result<netns::Net, ChaosError> {
+    let tools = netns::check_tools()?;
+    let stale = netns::cleanup_stale(&tools);
+    if !stale.is_empty() {
+        println!("chaos: removed network namespaces of dead runs: {stale:?}");
+    }
+    spawn_interrupt_handler(
+        tools.clone(),
+        netns::run_prefix(),
+        opts.bin.clone(),
+        cluster_dir,
+    )?;
+    let net = netns::Net::create(tools, opts.meta, opts.storage)?;
+    net.enter_client()?;
+    println!(
+        "chaos: network namespaces {}*: clients in {} (bridge 10.99.0.1/24), one per node",
+        net.prefix(),
+        net.client_ns(),
+    );
+    Ok(net)
+}
+
+/// On SIGINT/SIGTERM: stop the cluster, remove this run's namespaces (and the cluster
+/// directory unless `POND_KEEP_TEST_DIR` is set), exit with status 130.
+fn spawn_interrupt_handler(
+    tools: netns::Tools,
+    prefix: String,
+    bin: PathBuf,
+    cluster_dir: Arc<Mutex<Option<PathBuf>>>,
+) -> Result<(), ChaosError> {
+    let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    std::thread::Builder::new()
+        .name("chaos-signals".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let name = rt.block_on(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let (mut int, mut term) = match (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                ) {
+                    (Ok(i), Ok(t)) => (i, t),
+                    (Err(e), _) | (_, Err(e)) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        return None;
+                    }
+                };
+                let _ = tx.send(Ok(()));
+                tokio::select! {
+                    _ = int.recv() => Some("SIGINT"),
+                    _ = term.recv() => Some("SIGTERM"),
+                }
+            });
+            let Some(name) = name else { return };
+            eprintln!("chaos: {name}: stopping the cluster, removing network namespaces {prefix}*");
+            let dir = cluster_dir.lock().map(|d| d.clone()).unwrap_or(None);
+            if let Some(d) = &dir {
+                let _ = std::process::Command::new(&bin)
+                    .arg("down")
+                    .arg("--dir")
+                    .arg(d)
+                    .stdout(std::process::Stdio::null())
+                    .status();
+            }
+            for left in netns::cleanup_prefix(&tools, &prefix) {
+                eprintln!("chaos: netns cleanup left: {left}");
+            }
+            if let Some(d) = dir {
+                if std::env::var_os("POND_KEEP_TEST_DIR").is_some() {
+                    eprintln!("chaos: keeping cluster dir {}", d.display());
+                } else {
+                    let _ = std::fs::remove_dir_all(&d);
+                }
+            }
+            std::process::exit(130);
+        })
+        .map_err(|e| ChaosError::Harness(format!("spawn the signal thread: {e}")))?;
+    match rx.recv() {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ChaosError::Harness(format!("install signal handlers: {e}"))),
+        Err(_) => Err(ChaosError::Harness("the signal thread died".into())),
+    }
+}
+
+async fn run_async(
+    opts: &ChaosOpts,
+    cluster: &mut Cluster,
+    net: Option<&netns::Net>,
+    started: Instant,
+) -> Result<RunReport> {
     let cf = cluster.cluster_file()?;
     let admin = Client::connect(&cf).await?;
     setup_dirs(&admin, opts).await?;
@@ -256,13 +410,19 @@ async fn run_async(opts: &ChaosOpts, cluster: &mut Cluster, started: Instant) ->
     }
 
     // Faults, in order, until the duration is used up.
-    let schedule = faults::schedule(opts.seed, opts.duration, opts.meta, opts.storage);
+    let schedule = if opts.netns {
+        faults::schedule_netns(opts.seed, opts.duration, opts.meta, opts.storage)
+    } else {
+        faults::schedule(opts.seed, opts.duration, opts.meta, opts.storage)
+    };
     let mut report = RunReport::default();
     let fault_client = Client::connect(&cf).await?;
     let mut ex = faults::Executor {
         cluster,
         client: fault_client,
         storage_nodes: opts.storage,
+        meta_nodes: opts.meta,
+        net,
         t0: started,
         log: Vec::new(),
         capped: Vec::new(),
@@ -282,6 +442,15 @@ async fn run_async(opts: &ChaosOpts, cluster: &mut Cluster, started: Instant) ->
     let remaining = opts.duration.saturating_sub(faults_start.elapsed());
     tokio::time::sleep(remaining).await;
     report.faults = std::mem::take(&mut ex.log);
+    if let Some(net) = net {
+        // Every network fault heals itself; this only catches one that failed half-way.
+        let undone = tokio::task::block_in_place(|| net.heal_all());
+        if !undone.is_empty() {
+            report.notes.push(format!(
+                "network faults left in place and undone: {undone:?}"
+            ));
+        }
+    }
     if !ex.capped.is_empty() {
         report.notes.push(format!(
             "storage nodes {:?} keep their capacity cap for the rest of the run",

@@ -24,6 +24,12 @@ pub struct ChaosArgs {
     /// checker catches it. Only `early-ack` exists.
     #[arg(long)]
     pub inject_bug: Option<String>,
+    /// Every meta and storage process in its own network namespace (a bridge between them,
+    /// clients in another namespace), and network faults in the schedule: isolated nodes,
+    /// meta minority/majority splits, cut chain links, storage cut from meta, packet loss,
+    /// rate-limited links. Needs root, iproute2 (`ip`, `tc`) and nftables (`nft`).
+    #[arg(long)]
+    pub netns: bool,
 }
 
 pub fn chaos(args: ChaosArgs) -> Result<()> {
@@ -36,6 +42,7 @@ pub fn chaos(args: ChaosArgs) -> Result<()> {
     if let Some(d) = args.dir {
         opts.dir = d;
     }
+    opts.netns = args.netns;
     if let Some(bug) = args.inject_bug {
         if bug != "early-ack" {
             bail!("unknown --inject-bug {bug:?} (known: early-ack)");

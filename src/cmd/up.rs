@@ -59,6 +59,11 @@ struct Topology {
     storage: u32,
     targets_per_node: u32,
     replicas: u32,
+    /// A command every role is started under (for example `ip netns exec <ns>`), `{role}`
+    /// standing for the role's name (`meta-1`, `storage-2`). Empty: roles run directly. Only
+    /// written by tools that prepare the directory themselves (`pond chaos --netns`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    launch: Vec<String>,
 }
 
 fn free_port() -> Result<u16> {
@@ -122,6 +127,7 @@ fn prepare(args: &UpArgs) -> Result<(Topology, ClusterFile)> {
         storage: args.storage,
         targets_per_node: args.targets_per_node,
         replicas: args.replicas.min(args.storage),
+        launch: Vec::new(),
     };
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let dir = std::fs::canonicalize(dir)?;
@@ -296,7 +302,7 @@ struct Role {
     child: Child,
 }
 
-fn spawn_role(dir: &Path, role: &str, id: u64, config: &Path) -> Result<Role> {
+fn spawn_role(dir: &Path, launch: &[String], role: &str, id: u64, config: &Path) -> Result<Role> {
     let name = format!("{role}-{id}");
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs)?;
@@ -306,7 +312,15 @@ fn spawn_role(dir: &Path, role: &str, id: u64, config: &Path) -> Result<Role> {
         .open(logs.join(format!("{name}.log")))
         .with_context(|| format!("open log of {name}"))?;
     let exe = std::env::current_exe().context("locate the pond binary")?;
-    let mut cmd = Command::new(exe);
+    let mut cmd = match launch.split_first() {
+        Some((prog, args)) => {
+            let mut c = Command::new(prog);
+            c.args(args.iter().map(|a| a.replace("{role}", &name)));
+            c.arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
     cmd.arg(role).arg("--config").arg(config);
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -332,12 +346,24 @@ fn supervise_inner(dir: &Path, healthy_within: Option<Duration>) -> Result<()> {
     // Roles are spawned from the main thread: PDEATHSIG fires when the spawning thread exits.
     let mut roles = Vec::new();
     for m in cf.meta.iter_mut() {
-        let r = spawn_role(dir, "meta", m.id, &meta_config_path(dir, m.id))?;
+        let r = spawn_role(
+            dir,
+            &topo.launch,
+            "meta",
+            m.id,
+            &meta_config_path(dir, m.id),
+        )?;
         m.pid = Some(r.child.id());
         roles.push(r);
     }
     for s in cf.storage.iter_mut() {
-        let r = spawn_role(dir, "storage", s.id as u64, &storage_config_path(dir, s.id))?;
+        let r = spawn_role(
+            dir,
+            &topo.launch,
+            "storage",
+            s.id as u64,
+            &storage_config_path(dir, s.id),
+        )?;
         s.pid = Some(r.child.id());
         roles.push(r);
     }

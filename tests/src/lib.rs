@@ -75,6 +75,46 @@ impl Cluster {
         Ok(c)
     }
 
+    /// Start a cluster from a directory that `prepare` fills (configs, `cluster.toml`,
+    /// `up.toml`) before `pond up --detach` runs on it; `pond up` then reuses those files
+    /// as they are. Used by `pond chaos --netns`, which gives every role its own address and
+    /// a `launch` command in `up.toml` (see [`Cluster::restart`]).
+    pub fn start_prepared(
+        bin: &str,
+        parent: &Path,
+        prepare: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<Cluster> {
+        std::fs::create_dir_all(parent)?;
+        let dir = tempfile::Builder::new()
+            .prefix("pond-it-")
+            .tempdir_in(parent)?;
+        let c = Cluster {
+            bin: PathBuf::from(bin),
+            dir,
+            restarted: Vec::new(),
+        };
+        prepare(c.path())?;
+        c.up(&Opts::default())?;
+        Ok(c)
+    }
+
+    /// The `launch` prefix of `up.toml` for `role` (`{role}` replaced by its name); empty
+    /// when roles run directly.
+    fn launch_prefix(&self, role: Role) -> Result<Vec<String>> {
+        let text = std::fs::read_to_string(self.path().join("up.toml")).unwrap_or_default();
+        let topo: toml::Value = toml::from_str(&text).context("parse up.toml")?;
+        let Some(list) = topo.get("launch").and_then(|l| l.as_array()) else {
+            return Ok(Vec::new());
+        };
+        list.iter()
+            .map(|a| {
+                a.as_str()
+                    .map(|s| s.replace("{role}", &role.name()))
+                    .context("up.toml: launch entries must be strings")
+            })
+            .collect()
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
@@ -186,7 +226,8 @@ impl Cluster {
         signal(self.pid(role)?, libc::SIGCONT)
     }
 
-    /// Start a role again from the config `pond up` wrote for it.
+    /// Start a role again from the config `pond up` wrote for it (under the `launch` command
+    /// of `up.toml`, if there is one).
     pub fn restart(&mut self, role: Role) -> Result<()> {
         let (sub, cfg) = match role {
             Role::Meta(id) => ("meta", self.path().join(format!("meta-{id}/meta.toml"))),
@@ -199,7 +240,16 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(self.path().join(format!("logs/{}.log", role.name())))?;
-        let child = Command::new(&self.bin)
+        let prefix = self.launch_prefix(role)?;
+        let mut cmd = match prefix.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
+        let child = cmd
             .arg(sub)
             .arg("--config")
             .arg(cfg)
