@@ -103,7 +103,7 @@ impl MetaClient {
                 token,
                 leader: AtomicUsize::new(0),
                 ids: parking_lot::Mutex::new(HashMap::new()),
-                client_id: ClientId(rand::random()),
+                client_id: ClientId::fresh(),
                 next_request: AtomicU64::new(1),
             }),
         })

@@ -54,6 +54,40 @@ id_type!(
     /// A client process instance (random at start-up), for exactly-once retries.
     ClientId(u64)
 );
+impl ClientId {
+    /// A new client id from the kernel's entropy (`getrandom(2)`), top bit clear (ids with the
+    /// top bit set name storage nodes acting as clients of their successors).
+    ///
+    /// Never from a user-space RNG: a process forked from one that already drew numbers (a
+    /// PyTorch DataLoader worker) starts with a copy of its thread-local RNG, so parent and
+    /// child would draw the same id, and the exactly-once caches of meta and storage would
+    /// answer one client's requests with the replies to the other's.
+    pub fn fresh() -> ClientId {
+        ClientId(os_random_u64() >> 1)
+    }
+}
+
+/// 64 random bits from `getrandom(2)`; panics only if the kernel refuses (no entropy source
+/// at all), which leaves no safe id to use.
+pub fn os_random_u64() -> u64 {
+    let mut buf = [0u8; 8];
+    let mut got = 0usize;
+    while got < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `buf`.
+        let n = unsafe { libc::getrandom(buf[got..].as_mut_ptr().cast(), buf.len() - got, 0) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            assert!(
+                err.kind() == std::io::ErrorKind::Interrupted,
+                "getrandom(2) failed: {err}"
+            );
+            continue;
+        }
+        got += n as usize;
+    }
+    u64::from_ne_bytes(buf)
+}
+
 id_type!(
     /// A request number, unique per `ClientId`.
     RequestId(u64)

@@ -2,6 +2,7 @@
 fork and spawn safety."""
 
 import multiprocessing as mp
+import os
 import pickle
 
 import pytest
@@ -135,3 +136,25 @@ def test_native_object_refuses_use_after_fork(cluster, packed):
     msg = q.get(timeout=60)
     p.join(30)
     assert "after fork" in msg, msg
+
+
+def test_clients_made_on_both_sides_of_a_fork_do_not_collide(cluster):
+    """A client made in a forked child and one made next in the parent must be distinct
+    clients to meta and storage. They once drew their ids from a thread-local RNG whose state
+    the child inherits, so both got the same id, and meta's exactly-once cache answered the
+    parent's requests with the replies to the child's: the parent's mkdir "succeeded" without
+    creating anything (seen after a PyTorch DataLoader with fork workers)."""
+    pond.connect(cluster).mkdir("/py/fork")  # a client in the parent before the fork
+    pid = os.fork()
+    if pid == 0:
+        try:
+            pond.connect(cluster).mkdir("/py/fork/child")
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    c = pond.connect(cluster)
+    c.mkdir("/py/fork/parent")
+    c.write_file("/py/fork/parent/a", b"made after the fork")
+    assert sorted(c.listdir("/py/fork")) == ["child", "parent"]

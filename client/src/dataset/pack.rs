@@ -205,7 +205,7 @@ pub async fn pack(
     if !parent.is_empty() {
         client.mkdir_all(parent, 0o755).await.map_err(ctx(parent))?;
     }
-    let staging = format!("{prefix}{:016x}", rand::random::<u64>());
+    let staging = format!("{prefix}{:016x}", pond_proto::os_random_u64());
     let stem = &prefix[parent.len() + 1..];
     let leftovers: Vec<String> = client
         .read_dir_all(if parent.is_empty() { "/" } else { parent })
