@@ -6,7 +6,7 @@
 //!
 //! Figures: samples/s and MB/s (10^6 bytes) per reader, and pond / local ratios. The PyTorch
 //! DataLoader comparisons (over the FUSE mount and over the local disk) are
-//! `python/bench_loader.py`.
+//! `bench/loader_torch.py` (run by `bench/loader-torch.sh`).
 
 use anyhow::{Context, Result};
 use pond_client::Client;

@@ -8,11 +8,17 @@ For 4 KiB, 64 KiB and 1 MiB samples (fixed-size records in one file), one shuffl
   (c) a map-style DataLoader reading the same file on the local disk
 
 all with the same permutation (pond.Sampler) and batch size, printing samples/s and MB/s and
-the ratios. Needs torch (CPU wheel from PyPI) and a running cluster:
+the ratios. (c) runs twice: "cold" after posix_fadvise(DONTNEED) drops the file from the
+page cache (the disk's buffered read), "warm" with the file cached (memory). The FUSE mount's
+kernel page cache is dropped the same way before (b); the storage nodes' chunk files stay as
+they are after the upload (in their page cache, as for pond's own reader).
+
+Needs torch and the pond package in the Python that runs it, and a cluster; `bench/loader-torch.sh`
+sets all of it up. By hand:
 
   pond up --dir /tmp/c --detach
-  pond --cluster /tmp/c/cluster.toml mount /mnt/pond --detach      # for (b)
-  python3 python/bench_loader.py /tmp/c/cluster.toml --mount /mnt/pond [--quick]
+  pond mount --cluster /tmp/c/cluster.toml --detach /mnt/pond     # for (b)
+  python3 bench/loader_torch.py /tmp/c/cluster.toml --mount /mnt/pond [--quick]
 """
 
 import argparse
@@ -24,7 +30,7 @@ import time
 try:
     import torch.utils.data as tud
 except ImportError:
-    sys.exit("bench_loader.py: torch is not installed (pip install torch); nothing measured")
+    sys.exit("loader_torch.py: torch is not installed (pip install torch); nothing measured")
 
 import pond
 import pond.torch as pt
@@ -59,7 +65,19 @@ class Order(tud.Sampler):
         return iter(s.take_all())
 
 
-def timed(label, loader, want_bytes):
+def drop_cache(path):
+    """Drops `path` from the kernel page cache (best effort: dirty pages are written first)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def timed(label, loader, want_bytes, before=None):
+    if before:
+        before()
     t = time.perf_counter()
     n = b = 0
     for batch in loader:
@@ -100,11 +118,16 @@ def main():
             collate_fn=lambda x: x, **kw)
         rf = None
         if a.mount:
-            rf = timed("DataLoader over FUSE", fixed(os.path.join(a.mount, remote.lstrip("/"))), total)
-        rl = timed("DataLoader over local disk", fixed(local), total)
-        ratios = f"pond / local = {rp / rl:.2f}x"
+            fpath = os.path.join(a.mount, remote.lstrip("/"))
+            rf = timed("DataLoader over FUSE", fixed(fpath), total, lambda: drop_cache(fpath))
+        rc = timed("DataLoader over local disk, cold", fixed(local), total,
+                   lambda: drop_cache(local))
+        rw = timed("DataLoader over local disk, warm", fixed(local), total)
+        ratios = f"pond / local cold = {rp / rc:.2f}x, pond / local warm = {rp / rw:.2f}x"
         if rf:
             ratios += f", pond / FUSE = {rp / rf:.2f}x"
+        else:
+            ratios += " (no --mount: the FUSE row was not measured)"
         print("  " + ratios)
         c.remove(remote)
         os.remove(local)
