@@ -36,6 +36,9 @@ pub struct Op {
     pub invoke_ns: u64,
     /// `None`: outcome unknown (writes only; unknown reads are not recorded).
     pub complete_ns: Option<u64>,
+    /// Where a read's bytes came from (replica, chain and chunk versions), if recorded; shown
+    /// in violation reports.
+    pub source: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -304,6 +307,13 @@ fn fmt_v(v: u64) -> String {
     }
 }
 
+fn fmt_source(op: &Op) -> String {
+    op.source
+        .as_ref()
+        .map(|s| format!(" (served by {s})"))
+        .unwrap_or_default()
+}
+
 /// A read that returned a value older than a write acknowledged before the read began: the
 /// value's write finished before that later write started (or it is the initial value), so
 /// no order can place the read. The simplest kind of violation, named precisely.
@@ -339,11 +349,12 @@ fn stale_read(ops: &[&Op]) -> Option<String> {
         };
         if older && nv != v {
             return Some(format!(
-                "read by client {} at [{}, {}] returned {}, but write {} by client {} was acknowledged at {} (it began at {}, after the returned value's write had finished)",
+                "read by client {} at [{}, {}] returned {}{}, but write {} by client {} was acknowledged at {} (it began at {}, after the returned value's write had finished)",
                 r.client,
                 fmt_t(r.invoke_ns),
                 fmt_t_opt(r.complete_ns),
                 fmt_v(v),
+                fmt_source(r),
                 fmt_v(nv),
                 newer.client,
                 fmt_t_opt(newer.complete_ns),
@@ -361,7 +372,7 @@ fn explain(ops: &[&Op], stuck: usize) -> String {
         "no linearization: {} by client {} at [{}, {}] cannot be placed; ",
         match s.kind {
             OpKind::Write(v) => format!("write {}", fmt_v(v)),
-            OpKind::Read(v) => format!("read returning {}", fmt_v(v)),
+            OpKind::Read(v) => format!("read returning {}{}", fmt_v(v), fmt_source(s)),
         },
         s.client,
         fmt_t(s.invoke_ns),
@@ -401,6 +412,7 @@ mod tests {
             kind: OpKind::Write(v),
             invoke_ns: a,
             complete_ns: b,
+            source: None,
         }
     }
 
@@ -411,6 +423,7 @@ mod tests {
             kind: OpKind::Read(v),
             invoke_ns: a,
             complete_ns: Some(b),
+            source: None,
         }
     }
 
@@ -439,6 +452,22 @@ mod tests {
         match outcome(&h) {
             Outcome::Violation(v) => assert!(
                 v.detail.contains("returned <initial zeros>, but write 0x5"),
+                "{}",
+                v.detail
+            ),
+            o => panic!("expected a violation, got {o:?}"),
+        }
+    }
+
+    #[test]
+    fn stale_read_report_names_the_replica_that_served_it() {
+        let mut stale = r(2, INITIAL, 4, 5);
+        stale.source = Some("target 2001 chunk v3".into());
+        let h = [w(1, 5, 0, Some(3)), stale];
+        match outcome(&h) {
+            Outcome::Violation(v) => assert!(
+                v.detail
+                    .contains("returned <initial zeros> (served by target 2001 chunk v3)"),
                 "{}",
                 v.detail
             ),

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use pond_client::client::{Client, OpenOptions};
 use pond_client::file::OpenMode;
+use pond_client::io::READ_SOURCES;
 use pond_proto::meta::RenameMode;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -134,6 +135,31 @@ async fn timed<T, E: std::fmt::Display>(
     }
 }
 
+/// Runs a read (with `timed`) and says which replica answered each chunk piece it got: target,
+/// storage address, the chain version the client sent, and the chunk version returned with
+/// the chain version it was committed under.
+async fn traced_read<T, E: std::fmt::Display>(
+    f: impl Future<Output = Result<T, E>>,
+) -> (Result<T, String>, String) {
+    let (r, sources) = READ_SOURCES
+        .scope(std::cell::RefCell::new(Vec::new()), async {
+            let r = timed(f).await;
+            (r, READ_SOURCES.with(|s| s.take()))
+        })
+        .await;
+    let text = sources
+        .iter()
+        .map(|s| {
+            format!(
+                "chunk {} from target {} at {} (client chain v{}): chunk v{} committed under chain v{}",
+                s.chunk, s.target, s.addr, s.chain_version.0, s.version.0, s.committed_under.0
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    (r, text)
+}
+
 /// One register worker: random slot writes and reads until `stop`.
 pub async fn register_worker(
     id: u32,
@@ -145,6 +171,13 @@ pub async fn register_worker(
     stop: Arc<AtomicBool>,
 ) {
     let mut rng = StdRng::seed_from_u64(seed ^ (0x5EED_0000 + id as u64));
+    // The log line's wall-clock stamp next to the run clock lets storage logs be lined up
+    // with the history's times.
+    tracing::info!(
+        worker = id,
+        run_clock_s = clock.now() as f64 / 1e9,
+        "register worker starts"
+    );
     let mut handles = Vec::new();
     for f in 0..files {
         let opts = OpenOptions {
@@ -193,10 +226,11 @@ pub async fn register_worker(
                 kind: OpKind::Write(value),
                 invoke_ns: invoke,
                 complete_ns: ok.then_some(complete),
+                source: None,
             });
         } else {
             let invoke = clock.now();
-            let r = timed(h.pread(off, SLOT_BYTES)).await;
+            let (r, sources) = traced_read(h.pread(off, SLOT_BYTES)).await;
             let complete = clock.now();
             match r {
                 Ok(b) => {
@@ -207,6 +241,7 @@ pub async fn register_worker(
                         kind: OpKind::Read(decode_slot(&b)),
                         invoke_ns: invoke,
                         complete_ns: Some(complete),
+                        source: Some(sources),
                     });
                 }
                 Err(_) => {
@@ -231,7 +266,8 @@ pub async fn final_register_reads(
         let h = timed(client.open(&reg_file(f), OpenOptions::read())).await?;
         for slot in 0..SLOTS_PER_FILE {
             let invoke = clock.now();
-            let b = timed(h.pread(slot * SLOT_BYTES as u64, SLOT_BYTES)).await?;
+            let (b, sources) = traced_read(h.pread(slot * SLOT_BYTES as u64, SLOT_BYTES)).await;
+            let b = b?;
             let complete = clock.now();
             shared.history.lock().push(Op {
                 key: reg_key(f, slot),
@@ -239,6 +275,7 @@ pub async fn final_register_reads(
                 kind: OpKind::Read(decode_slot(&b)),
                 invoke_ns: invoke,
                 complete_ns: Some(complete),
+                source: Some(sources),
             });
         }
         let _ = timed(h.close()).await;

@@ -35,6 +35,42 @@ pub struct ChunkRead {
     pub len: u32,
 }
 
+/// Which replica answered one piece of a read (diagnostics: the chaos workload records it next
+/// to each register read, so a stale read names the replica and versions that produced it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadSource {
+    pub chunk: ChunkId,
+    pub target: TargetId,
+    pub addr: String,
+    /// The chain version the client sent (its routing table's).
+    pub chain_version: pond_proto::ChainVersion,
+    /// The chunk version the replica returned, and the chain version it was committed under.
+    pub version: pond_proto::ChunkVersion,
+    pub committed_under: pond_proto::ChainVersion,
+}
+
+tokio::task_local! {
+    /// Set (with `READ_SOURCES.scope`) by a caller that wants every piece its reads in this
+    /// task got, with the replica that answered it; unset, nothing is recorded.
+    pub static READ_SOURCES: std::cell::RefCell<Vec<ReadSource>>;
+}
+
+fn note_read(route: &Route, chunk: ChunkId, ok: &pond_proto::data::ReadOk) {
+    tracing::debug!(%chunk, target = %route.at.target, addr = %route.addr,
+        chain_version = %route.at.chain_version, version = %ok.version,
+        committed_under = %ok.chain_version, "piece read");
+    let _ = READ_SOURCES.try_with(|v| {
+        v.borrow_mut().push(ReadSource {
+            chunk,
+            target: route.at.target,
+            addr: route.addr.clone(),
+            chain_version: route.at.chain_version,
+            version: ok.version,
+            committed_under: ok.chain_version,
+        })
+    });
+}
+
 /// Pieces (by index) sent together to one node, with the route each was read from.
 type Batch = Vec<(usize, Route, Outstanding)>;
 
@@ -291,7 +327,10 @@ impl DataPath {
         };
         match self.data.read_chunks(&route.addr, vec![item]).await {
             Ok(mut items) if items.len() == 1 => match items.pop().expect("one item") {
-                Ok((_, bytes)) if bytes.len() <= p.len as usize => Ok(bytes),
+                Ok((ok, bytes)) if bytes.len() <= p.len as usize => {
+                    note_read(&route, p.chunk, &ok);
+                    Ok(bytes)
+                }
                 _ => Err(Some(target)),
             },
             Ok(_) => Err(Some(target)),
@@ -380,6 +419,7 @@ impl DataPath {
                                         ));
                                     } else {
                                         debug_assert!(ok.version.0 > 0 || bytes.is_empty());
+                                        note_read(&route, pieces[k].chunk, &ok);
                                         out[k] = Some(bytes);
                                     }
                                 }

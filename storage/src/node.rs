@@ -126,6 +126,9 @@ pub struct Target {
     dedupe: Mutex<Dedupe>,
     /// (chain, chain version) whose syncing successor this target finished filling.
     resynced: Mutex<Option<(ChainId, ChainVersion)>>,
+    /// (chain, chain version) under which this target, syncing, was told `SyncDone`: the only
+    /// way a target that is publicly waiting or syncing may be locally up to date.
+    synced_at: Mutex<Option<(ChainId, ChainVersion)>>,
     resync_running: AtomicBool,
     repairing: Mutex<std::collections::HashSet<ChunkId>>,
     /// Chunk ranges (inode, first index) being removed here (GC, truncate): a resync must not
@@ -165,6 +168,7 @@ impl Target {
                 .collect(),
             dedupe: Mutex::default(),
             resynced: Mutex::new(None),
+            synced_at: Mutex::new(None),
             resync_running: AtomicBool::new(false),
             repairing: Mutex::default(),
             removing: Mutex::default(),
@@ -370,6 +374,14 @@ impl Node {
             }
         });
         if newer {
+            for t in self.targets.values() {
+                if let Some(info) = r.targets.get(&t.id) {
+                    tracing::debug!(routing = %r.version, target = %t.id, chain = %info.chain,
+                        chain_version = ?r.chains.get(&info.chain).map(|c| c.version),
+                        public = info.public_state.as_str(), local = ?t.local_state(),
+                        "routing installed");
+                }
+            }
             self.apply_roles(&r);
         }
     }
@@ -379,8 +391,25 @@ impl Node {
             let Some(info) = r.targets.get(&t.id) else {
                 continue;
             };
+            let chain_now = r.chains.get(&info.chain).map(|c| (c.id, c.version));
+            let synced_now = chain_now.is_some() && *t.synced_at.lock() == chain_now;
             let mut local = t.local.lock();
             match (info.public_state, *local) {
+                // Publicly waiting or syncing, yet locally up to date without a resync under
+                // this chain version: the chain went on without us while we could not hear
+                // about it (a node frozen by SIGSTOP past meta's heartbeat timeout wakes up to
+                // a table where it is already waiting/syncing, never having seen itself
+                // offline). Our copy misses the writes acknowledged meanwhile, and reporting
+                // `uptodate` would make meta turn the syncing target serving (as the tail)
+                // before any resync: stale reads. Stop and let the resync fill us first.
+                (PublicState::Waiting | PublicState::Syncing, LocalState::UpToDate)
+                    if !synced_now =>
+                {
+                    tracing::warn!(target = %t.id, state = info.public_state.as_str(),
+                        "target is waiting/syncing in its chain but was up to date before; \
+                         stops serving until resynced");
+                    *local = LocalState::Online;
+                }
                 // DESIGN §3: publicly offline while we think we serve: we may be partitioned
                 // away and writes may have gone on without us. Stop serving until resynced.
                 (PublicState::Offline | PublicState::LastSrv, LocalState::UpToDate) => {
@@ -1211,6 +1240,15 @@ impl Node {
     ) -> Result<(DataResponse, Bytes), PondError> {
         let t = self.target_or_err(at.target)?;
         let (_, view) = self.checked_view(&at)?;
+        // Only a target that serves reads may say which version is committed: a target meta
+        // lists as serving while it knows it missed writes (locally `online`, waiting for its
+        // resync) would name an older version.
+        if !Self::readable(t, &view) {
+            return Err(err(
+                ErrorCode::TargetNotServing,
+                format!("target {} does not serve reads", t.id),
+            ));
+        }
         let info = t.store.info(chunk).unwrap_or_default();
         if info
             .pending
@@ -1269,12 +1307,16 @@ impl Node {
             at: view.at(tail),
             chunk,
         };
-        match self
+        let answer = self
             .peers
             .call(addr, q, Bytes::new())
             .await
-            .map_err(NetError::into_pond)?
-        {
+            .map_err(NetError::into_pond)?;
+        if let (DataResponse::Version(v), _) = &answer {
+            tracing::debug!(target = %t.id, %chunk, tail = %tail.id, tail_version = %v,
+                pending = %p.version, "read asked the tail");
+        }
+        match answer {
             (DataResponse::Version(v), _) if v == p.version => Ok(Some(p)),
             (DataResponse::Version(v), _) if v == info.committed_version() => Ok(info.committed),
             (DataResponse::Version(v), _) => Err(err(
@@ -1360,7 +1402,15 @@ impl Node {
                     ));
                 }
                 let info = t.store.info(it.chunk).unwrap_or_default();
-                let Some(v) = self.read_version(&t, &r, &view, &info, it.chunk).await? else {
+                let chosen = self.read_version(&t, &r, &view, &info, it.chunk).await;
+                tracing::debug!(target = %t.id, chunk = %it.chunk, chain = %view.chain,
+                    chain_version = %view.chain_version,
+                    committed = %info.committed_version(),
+                    pending = ?info.pending.map(|p| (p.version, p.chain_version)),
+                    tail = ?view.tail.as_ref().map(|x| x.id),
+                    answer = ?chosen.as_ref().map(|o| o.map(|v| v.version)),
+                    "read answered");
+                let Some(v) = chosen? else {
                     return Ok(None);
                 };
                 let n = (v.length.saturating_sub(it.offset)).min(it.length) as u64;
@@ -1621,6 +1671,8 @@ impl Node {
         if dropped > 0 {
             tracing::info!(target = %t.id, dropped, "dropped pending versions left from before the resync");
         }
+        // Recorded before the state flips, so a routing update in between keeps it.
+        *t.synced_at.lock() = Some((at.chain, at.chain_version));
         *t.local.lock() = LocalState::UpToDate;
         tracing::info!(target = %t.id, chain = %at.chain, "resync done; target is up to date");
         Ok((DataResponse::Done, Bytes::new()))

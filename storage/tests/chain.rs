@@ -151,6 +151,12 @@ impl Cluster {
     /// Changes public states as the cluster manager would: bumps both versions, moves
     /// offline targets to the end.
     fn set_state(&self, t: TargetId, st: PublicState) {
+        self.set_state_heard_by(t, st, &[1, 2, 3]);
+    }
+
+    /// `set_state`, but only nodes `heard_by` receive the new table (the others are frozen or
+    /// cut off from meta and keep their old one).
+    fn set_state_heard_by(&self, t: TargetId, st: PublicState, heard_by: &[u32]) {
         {
             let mut m = self.meta.lock();
             m.states.insert(t, st);
@@ -167,7 +173,14 @@ impl Cluster {
             m.version += 1;
             m.chain_version += 1;
         }
-        self.push();
+        let r = self.meta.lock().build();
+        for (i, s) in self.servers.iter().enumerate() {
+            if let Some(s) = s
+                && heard_by.contains(&(i as u32 + 1))
+            {
+                s.node.set_routing(r.clone());
+            }
+        }
     }
 
     fn routing(&self) -> RoutingInfo {
@@ -1381,4 +1394,100 @@ async fn resync_drops_pending_versions_left_from_before() {
     let r = cl.routing();
     let (_, got) = read_from(&c, &r, tid(3), chunk(0)).await.unwrap();
     assert_eq!(&got[..], &v1[..], "an old in-doubt value came back");
+}
+
+/// A node frozen (SIGSTOP) past meta's heartbeat timeout hears nothing while its chain goes on
+/// without it, and wakes up to a table in which its target is already waiting/syncing: it
+/// never saw itself offline. It must stop claiming to be up to date. Before, it kept
+/// `uptodate`, reported it in its next heartbeat, and meta turned the syncing target serving
+/// (as the tail) before any resync; it then answered reads and version queries from its old
+/// copy, which missed the writes acknowledged while it was frozen (chaos seed 20261121: stale
+/// reads about 1.5 s after writes acknowledged right after meta declared the node offline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn frozen_target_that_wakes_up_syncing_does_not_serve_its_old_copy() {
+    let cl = Cluster::start([None, None, None]).await;
+    let c = client();
+    let v1 = data(1, 4096);
+    write_retrying(
+        &c,
+        &cl.meta,
+        chunk(0),
+        0,
+        v1.clone(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    // Node 3 (the tail) freezes; meta declares it offline, the others go on and acknowledge v2.
+    cl.set_state_heard_by(tid(3), PublicState::Offline, &[1, 2]);
+    let v2 = data(2, 4096);
+    write_retrying(
+        &c,
+        &cl.meta,
+        chunk(0),
+        0,
+        v2.clone(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        cl.store(3).info(chunk(0)).unwrap().committed_version(),
+        ChunkVersion(1)
+    );
+    // It wakes up; its first heartbeat brings meta the news, and the reply already names it
+    // waiting, then syncing (it hears only the last table; the others do not yet, so no
+    // resync can run before we look).
+    cl.set_state_heard_by(tid(3), PublicState::Waiting, &[1, 2]);
+    cl.set_state_heard_by(tid(3), PublicState::Syncing, &[3]);
+    let node3 = cl.node(3).node.clone();
+    assert_eq!(
+        node3.local_states(),
+        vec![(tid(3), LocalState::Online)],
+        "a target that missed writes reports itself up to date"
+    );
+    // Even if meta made it serving on the strength of an `uptodate` it recorded before (the
+    // heartbeat sent right after waking), it neither reads nor answers version queries.
+    cl.set_state(tid(3), PublicState::Serving);
+    let r = cl.routing();
+    assert_eq!(r.serving_targets(CHAIN).last().unwrap().id, tid(3));
+    match read_from(&c, &r, tid(3), chunk(0)).await {
+        Ok((ok, got)) => panic!(
+            "read from the woken target returned version {} ({})",
+            ok.version,
+            if got == v1 {
+                "the old value"
+            } else {
+                "other bytes"
+            }
+        ),
+        Err(e) => assert_eq!(e.code, ErrorCode::TargetNotServing, "{e}"),
+    }
+    let (addr, at) = at_of(&r, tid(3));
+    match c
+        .call(
+            &addr,
+            DataRequest::QueryVersion {
+                at,
+                chunk: chunk(0),
+            },
+            Bytes::new(),
+        )
+        .await
+    {
+        Ok((resp, _)) => panic!("version query answered by the woken target: {resp:?}"),
+        Err(e) => assert_eq!(e.code(), ErrorCode::TargetNotServing, "{e}"),
+    }
+    // Meta sees `online`, and the resync brings it up to date; then it serves v2.
+    cl.set_state(tid(3), PublicState::Waiting);
+    cl.set_state(tid(3), PublicState::Syncing);
+    wait_for("resync", || {
+        node3.local_states()[0].1 == LocalState::UpToDate
+    })
+    .await;
+    cl.set_state(tid(3), PublicState::Serving);
+    let r = cl.routing();
+    let (ok, got) = read_from(&c, &r, tid(3), chunk(0)).await.unwrap();
+    assert_eq!(ok.version, ChunkVersion(2));
+    assert_eq!(&got[..], &v2[..]);
 }
