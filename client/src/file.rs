@@ -20,6 +20,7 @@
 use crate::client::Core;
 use crate::error::{ClientError, Result};
 use crate::limits;
+use crate::readahead::{self, Access, Part, ReadAhead};
 use crate::service::expect_attr;
 use crate::stripe;
 use crate::wbuf::{DirtyPiece, WriteBuffer};
@@ -33,10 +34,14 @@ use pond_proto::{ErrorCode, InodeId, PondError, SessionId};
 use std::collections::HashMap;
 use std::io::SeekFrom;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 use tokio::sync::{Semaphore, oneshot};
 
 type Done = Shared<BoxFuture<'static, ()>>;
+
+/// A range being read ahead (`readahead.rs`): its bytes, or why it could not be read.
+type Prefetch = Shared<BoxFuture<'static, Result<Bytes, PondError>>>;
 
 /// Why buffered bytes are sent to storage.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -128,6 +133,10 @@ pub struct OpenInode {
     budget: Arc<Semaphore>,
     /// Serialises session transitions (OpenWrite/CloseWrite) of this inode.
     session_lock: tokio::sync::Mutex<()>,
+    /// Data epoch: bumped by every write or truncate through this client (any handle) before
+    /// it returns, and when meta shows a truncate by another client. Read-ahead started under
+    /// an older epoch is never used.
+    epoch: AtomicU64,
 }
 
 impl OpenInode {
@@ -159,7 +168,21 @@ impl OpenInode {
             core,
             budget: Arc::new(Semaphore::new(limits::WRITE_INFLIGHT_BYTES_MAX)),
             session_lock: tokio::sync::Mutex::new(()),
+            epoch: AtomicU64::new(0),
         })
+    }
+
+    /// The data epoch (see the field): equal values before and after a read of storage mean
+    /// no write or truncate of this client touched the file in between.
+    pub(crate) fn data_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Marks the file's bytes as changed; called with the state lock held, after the change
+    /// is visible to reads (buffered or dispatched), so that a reader that sees the new epoch
+    /// also sees the change.
+    fn bump_epoch(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn inode(&self) -> InodeId {
@@ -189,6 +212,7 @@ impl OpenInode {
             st.written_end = st.buf.end().unwrap_or(0);
             st.reported_end = 0;
             st.meta_size = attr.size;
+            self.bump_epoch();
         } else if attr.truncate_version == st.truncate_version {
             st.meta_size = attr.size;
         }
@@ -324,6 +348,7 @@ impl OpenInode {
                 let replaced = before + part.len() - st.buf.bytes();
                 st.written_end = st.written_end.max(at + part.len() as u64);
                 st.modified |= !part.is_empty();
+                self.bump_epoch();
                 let mut ready = st.buf.take_ready();
                 if st.buf.bytes() > limits::WRITE_BUFFER_BYTES_MAX {
                     ready.extend(st.buf.take_all());
@@ -373,6 +398,7 @@ impl OpenInode {
                 .take_overlapping(base, self.layout.chunk_bytes as u64);
             self.dispatch_locked(&mut st, older, false, Dispatch::Background);
             waits.extend(self.dispatch_locked(&mut st, vec![piece], true, Dispatch::Background));
+            self.bump_epoch();
             st.written_end = st
                 .written_end
                 .max(p.file_offset(self.layout.chunk_bytes) + p.len as u64);
@@ -639,6 +665,7 @@ impl OpenInode {
             let mut st = self.st.lock();
             let dropped = st.buf.truncate(size);
             self.budget.add_permits(dropped);
+            self.bump_epoch();
             st.last.values().cloned().collect()
         };
         futures::future::join_all(waits).await;
@@ -654,7 +681,10 @@ impl OpenInode {
         )?;
         let known_end = fresh.size.max(self.st.lock().written_end);
         if size < known_end {
-            self.trim(size).await?;
+            let trimmed = self.trim(size).await;
+            // Read-ahead that ran during the trim may hold bytes from before it.
+            self.bump_epoch();
+            trimmed?;
         }
         // 3. Record the size in meta.
         let reply = self
@@ -675,6 +705,8 @@ impl OpenInode {
             // Bytes still buffered (all below `size`) must be reported under the new version.
             st.written_end = st.buf.end().unwrap_or(0);
             st.reported_end = 0;
+            // Read-ahead that ran during the trim may hold bytes from before it.
+            self.bump_epoch();
         }
         Ok(attr)
     }
@@ -747,11 +779,49 @@ impl OpenInode {
 
 /// An open file. Positional I/O (`pread`/`pwrite`) takes `&self` and may run concurrently;
 /// `read`/`write` use the handle's cursor.
+///
+/// Each handle opened for reading only keeps its own read-ahead (`readahead.rs`): read
+/// sequentially, it has the next ranges of the file requested in the background; see
+/// docs/client.md ("Read-ahead") for what that guarantees.
 pub struct File {
     oi: Arc<OpenInode>,
     mode: OpenMode,
     pos: u64,
     closed: AtomicBool,
+    /// Read-ahead on (read-only handles, unless turned off with `set_read_ahead`).
+    ra_on: AtomicBool,
+    ra: Mutex<ReadAhead<Prefetch>>,
+}
+
+/// Starts reading `[from, to)` of `oi` in the background for read-ahead; `permit` (its bytes
+/// of the read-ahead budget) is held until the read is done.
+fn start_prefetch(
+    oi: &Arc<OpenInode>,
+    from: u64,
+    to: u64,
+    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+) -> Prefetch {
+    let oi = oi.clone();
+    let span = tracing::debug_span!("read_ahead", inode = %oi.inode, from, to);
+    let task = tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let r = oi.read_at(from, (to - from) as usize).await;
+            drop(permit);
+            r.map_err(ClientError::into_pond)
+        },
+        span,
+    ));
+    async move {
+        match task.await {
+            Ok(r) => r,
+            Err(_) => Err(PondError::new(
+                ErrorCode::Internal,
+                "read-ahead task vanished",
+            )),
+        }
+    }
+    .boxed()
+    .shared()
 }
 
 impl File {
@@ -762,7 +832,113 @@ impl File {
             mode,
             pos: 0,
             closed: AtomicBool::new(false),
+            ra_on: AtomicBool::new(mode.read && !mode.write),
+            ra: Mutex::new(ReadAhead::new(readahead::PROCESS_BUDGET.clone())),
         }
+    }
+
+    /// Turns read-ahead of this handle on or off (on by default for read-only handles, off
+    /// for handles that may write). Off, every read asks storage when it is issued, so it
+    /// sees every write another client finished before it (not only close-to-open).
+    pub fn set_read_ahead(&self, on: bool) {
+        self.ra_on.store(on, Ordering::Release);
+        if !on {
+            self.ra.lock().invalidate();
+        }
+    }
+
+    /// Read-ahead counters of this handle (ranges started, reads served from them, drops).
+    pub fn read_ahead_stats(&self) -> readahead::Stats {
+        self.ra.lock().stats()
+    }
+
+    /// A read through this handle's read-ahead: `None` when the read is not part of a
+    /// sequential run (the caller reads as usual), else the bytes (short only at the end of
+    /// the file).
+    async fn read_sequential(&self, offset: u64, len: usize) -> Result<Option<Bytes>> {
+        if !self.ra_on.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let size = self.oi.size();
+        if offset >= size || len == 0 {
+            return Ok(None);
+        }
+        let len = (len as u64)
+            .min(size - offset)
+            .min(limits::IO_CALL_BYTES_MAX as u64);
+        let epoch = self.oi.data_epoch();
+        let access = self.ra.lock().plan(
+            offset,
+            len,
+            size,
+            epoch,
+            Instant::now(),
+            |from, to, permit| start_prefetch(&self.oi, from, to, permit),
+        );
+        let parts = match access {
+            Access::Direct => return Ok(None),
+            Access::Sequential(parts) => parts,
+        };
+        let oi = &self.oi;
+        let direct = |start: u64, end: u64| async move {
+            let b = oi.read_at(start, (end - start) as usize).await?;
+            Ok::<_, ClientError>((start, b))
+        };
+        let reads = parts.into_iter().map(|p| async move {
+            match p {
+                Part::Gap { start, end } => Ok::<_, ClientError>(vec![direct(start, end).await?]),
+                Part::Ahead {
+                    start,
+                    end,
+                    seg_start,
+                    data,
+                } => {
+                    let b = match data.await {
+                        Ok(b) => b,
+                        // The read-ahead failed (its retry budget ran out, the task died): the
+                        // reader tries itself and reports its own error.
+                        Err(e) => {
+                            tracing::debug!(inode = %oi.inode, start, error = %e, "read-ahead failed; reading directly");
+                            return Ok(vec![direct(start, end).await?]);
+                        }
+                    };
+                    // A range read ahead is short only where the file ended when it was read.
+                    let have = seg_start + b.len() as u64;
+                    let mut out = Vec::with_capacity(2);
+                    if have > start {
+                        let to = have.min(end);
+                        out.push((
+                            start,
+                            b.slice((start - seg_start) as usize..(to - seg_start) as usize),
+                        ));
+                    }
+                    if have < end {
+                        out.push(direct(have.max(start), end).await?);
+                    }
+                    Ok(out)
+                }
+            }
+        });
+        let pieces: Vec<(u64, Bytes)> = futures::future::try_join_all(reads)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        if let [(at, b)] = pieces.as_slice()
+            && *at == offset
+            && b.len() as u64 == len
+        {
+            return Ok(Some(b.clone()));
+        }
+        let mut out = BytesMut::with_capacity(len as usize);
+        for (at, b) in pieces {
+            // A piece short at the end of the file ends the read there.
+            if at != offset + out.len() as u64 {
+                break;
+            }
+            out.extend_from_slice(&b);
+        }
+        Ok(Some(out.freeze()))
     }
 
     pub fn inode(&self) -> InodeId {
@@ -837,13 +1013,28 @@ impl File {
     #[tracing::instrument(level = "debug", skip(self), fields(inode = %self.oi.inode))]
     pub async fn pread(&self, offset: u64, len: usize) -> Result<Bytes> {
         self.check_read()?;
-        self.oi.read_at(offset, len).await
+        self.read_any_mode(offset, len).await
+    }
+
+    /// `pread` without the open-mode check: the kernel reads pages through any handle of a
+    /// file, also a write-only one (FUSE reads of an mmap).
+    pub async fn read_any_mode(&self, offset: u64, len: usize) -> Result<Bytes> {
+        match self.read_sequential(offset, len).await? {
+            Some(b) => Ok(b),
+            None => self.oi.read_at(offset, len).await,
+        }
     }
 
     /// Reads into `buf` at `offset`; returns the bytes read (short only at the end of the file).
     pub async fn pread_into(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         self.check_read()?;
-        self.oi.read_into(offset, buf).await
+        match self.read_sequential(offset, buf.len()).await? {
+            Some(b) => {
+                buf[..b.len()].copy_from_slice(&b);
+                Ok(b.len())
+            }
+            None => self.oi.read_into(offset, buf).await,
+        }
     }
 
     /// Writes `data` at `offset` (at the end of the file for append handles); returns the
@@ -967,6 +1158,7 @@ impl File {
                 "file handle closed twice",
             ));
         }
+        self.ra.lock().invalidate();
         self.oi.handle_closed(self.mode.write).await
     }
 }

@@ -478,3 +478,164 @@ async fn a_file_unlinked_by_another_client_stays_readable_until_closed() {
         "collected at the last close"
     );
 }
+
+/// Reads `f` from `from` to its end in steps of `step` bytes (`pread`), returning the bytes.
+async fn read_sequentially(f: &crate::File, from: u64, step: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut at = from;
+    loop {
+        let b = f.pread(at, step).await.unwrap();
+        if b.is_empty() {
+            return out;
+        }
+        at += b.len() as u64;
+        out.extend_from_slice(&b);
+    }
+}
+
+#[tokio::test]
+async fn sequential_reads_are_served_by_read_ahead_byte_exact() {
+    let (c, _meta, storage) = testkit::client().await;
+    storage.faults.lock().jitter_ms = 1;
+    // Not a multiple of the read-ahead unit or of the chunk: the last range is short.
+    let data = pattern(11, (9 << 20) + 12_345);
+    c.write_file("/ra", &data).await.unwrap();
+    for step in [4096usize, 100_000, 1 << 20, 3 << 20] {
+        let f = c.open("/ra", OpenOptions::read()).await.unwrap();
+        let got = read_sequentially(&f, 0, step).await;
+        assert!(got == data, "step {step}: bytes differ");
+        let s = f.read_ahead_stats();
+        assert!(s.issued > 0, "step {step}: read-ahead started: {s:?}");
+        assert!(
+            s.hits > 0,
+            "step {step}: reads served from read-ahead: {s:?}"
+        );
+        assert_eq!(
+            s.drops, 0,
+            "step {step}: a sequential reader never drops: {s:?}"
+        );
+        f.close().await.unwrap();
+    }
+    // The cursor API (pread_into) goes through the same read-ahead.
+    let mut f = c.open("/ra", OpenOptions::read()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 70_000];
+    loop {
+        let n = f.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got == data, "read(): bytes differ");
+    assert!(f.read_ahead_stats().hits > 0);
+    f.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn random_reads_and_writable_handles_do_not_read_ahead() {
+    let (c, _meta, _storage) = testkit::client().await;
+    let data = pattern(12, 6 << 20);
+    c.write_file("/rnd", &data).await.unwrap();
+    let f = c.open("/rnd", OpenOptions::read()).await.unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    for _ in 0..200 {
+        let off = rng.random_range(0..data.len() as u64 - 4096);
+        let b = f.pread(off, 4096).await.unwrap();
+        assert_eq!(&b[..], &data[off as usize..off as usize + 4096]);
+    }
+    assert_eq!(f.read_ahead_stats().issued, 0, "random reads start nothing");
+    f.close().await.unwrap();
+    // A handle that may write reads without read-ahead (per-read freshness across clients).
+    let rw = c
+        .open(
+            "/rnd",
+            OpenOptions {
+                mode: OpenMode::READ_WRITE,
+                create: false,
+                truncate: false,
+                ..OpenOptions::write()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(read_sequentially(&rw, 0, 1 << 20).await == data);
+    assert_eq!(rw.read_ahead_stats().issued, 0);
+    rw.close().await.unwrap();
+    // Turned off on a read-only handle.
+    let f = c.open("/rnd", OpenOptions::read()).await.unwrap();
+    f.set_read_ahead(false);
+    assert!(read_sequentially(&f, 0, 1 << 20).await == data);
+    assert_eq!(f.read_ahead_stats().issued, 0);
+    f.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn writes_and_truncates_of_another_handle_are_never_hidden_by_read_ahead() {
+    let (c, _meta, storage) = testkit::client().await;
+    storage.faults.lock().jitter_ms = 2;
+    let mib = 1usize << 20;
+    let mut model = pattern(13, 8 * mib);
+    c.write_file("/ow", &model).await.unwrap();
+    let r = c.open("/ow", OpenOptions::read()).await.unwrap();
+    let w = c
+        .open(
+            "/ow",
+            OpenOptions {
+                mode: OpenMode::WRITE,
+                create: false,
+                truncate: false,
+                ..OpenOptions::write()
+            },
+        )
+        .await
+        .unwrap();
+    let check = |at: usize, b: &[u8], model: &[u8]| {
+        assert!(
+            b == &model[at..at + b.len()],
+            "bytes at {at} (len {}) differ from the model",
+            b.len()
+        );
+    };
+    // Read-ahead of the first MiBs is in flight or done.
+    let b = r.pread(0, mib).await.unwrap();
+    check(0, &b, &model);
+    let b = r.pread(mib as u64, mib).await.unwrap();
+    check(mib, &b, &model);
+    assert!(r.read_ahead_stats().issued >= 4);
+    // 1. A buffered overwrite ahead of the reader (inside its window) through another handle.
+    let new = pattern(14, 300_000);
+    w.pwrite(2 * mib as u64 + 1000, &new).await.unwrap();
+    model[2 * mib + 1000..2 * mib + 1000 + new.len()].copy_from_slice(&new);
+    let b = r.pread(2 * mib as u64, mib).await.unwrap();
+    check(2 * mib, &b, &model);
+    assert!(
+        r.read_ahead_stats().drops >= 1,
+        "the write dropped the window"
+    );
+    // 2. A direct (unbuffered) write further ahead.
+    let b = r.pread(3 * mib as u64, mib).await.unwrap();
+    check(3 * mib, &b, &model);
+    let direct = bytes::Bytes::from(pattern(15, 70_000));
+    w.pwrite_bytes(4 * mib as u64 + 5, direct.clone())
+        .await
+        .unwrap();
+    model[4 * mib + 5..4 * mib + 5 + direct.len()].copy_from_slice(&direct);
+    let b = r.pread(4 * mib as u64, mib).await.unwrap();
+    check(4 * mib, &b, &model);
+    // 3. Truncate below what is read ahead, then extend with a hole and one byte.
+    let b = r.pread(5 * mib as u64, mib / 2).await.unwrap();
+    check(5 * mib, &b, &model);
+    let cut = 5 * mib + mib / 2 + 17;
+    w.truncate(cut as u64).await.unwrap();
+    model.truncate(cut);
+    w.pwrite(7 * mib as u64 - 1, b"z").await.unwrap();
+    model.resize(7 * mib - 1, 0);
+    model.push(b'z');
+    let rest = read_sequentially(&r, 5 * mib as u64 + mib as u64 / 2, 256 << 10).await;
+    assert_eq!(rest.len(), model.len() - (5 * mib + mib / 2));
+    check(5 * mib + mib / 2, &rest, &model);
+    w.close().await.unwrap();
+    r.close().await.unwrap();
+    assert!(c.read_file("/ow").await.unwrap() == model);
+}

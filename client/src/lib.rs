@@ -18,6 +18,7 @@ pub mod io;
 pub mod limits;
 pub mod meta_client;
 pub mod net;
+pub mod readahead;
 pub mod routing;
 pub mod service;
 pub mod stripe;

@@ -560,10 +560,10 @@ impl Filesystem for PondFs {
     ) -> Result<ReplyData> {
         let h = self.file(fh)?;
         // Not `File::pread`: the kernel may read pages of a write-only handle (mmap).
+        // Through the handle's read-ahead (read-only opens read sequentially).
         let data = h
             .file
-            .open_inode()
-            .read_at(offset, size as usize)
+            .read_any_mode(offset, size as usize)
             .await
             .map_err(fail)?;
         Ok(ReplyData { data })
