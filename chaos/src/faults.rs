@@ -748,4 +748,29 @@ mod tests {
         assert_eq!((min.len(), maj.len()), (2, 3));
         assert!(min.contains(&2));
     }
+
+    #[test]
+    fn the_ci_seed_starts_every_network_fault_early() {
+        // tests/it/chaos.rs runs `--quick --netns --seed 3 --duration 50` and expects all six
+        // network kinds: the sixth must start well inside the 50 s (the executor adds a
+        // little per fault on top of these lower bounds).
+        let s = schedule_netns(3, Duration::from_secs(50), 3, 4);
+        let mut start = Duration::ZERO;
+        for x in &s[..6] {
+            start += x.after;
+            let down = match &x.fault {
+                Fault::Isolate { down, .. }
+                | Fault::MetaSplit { down, .. }
+                | Fault::ChainLinkCut { down, .. }
+                | Fault::MetaCut { down, .. }
+                | Fault::Lossy { down, .. }
+                | Fault::Slow { down, .. } => *down,
+                other => panic!("not a network fault first: {other:?}"),
+            };
+            if x == &s[5] {
+                assert!(start < Duration::from_secs(40), "sixth starts at {start:?}");
+            }
+            start += down;
+        }
+    }
 }

@@ -475,10 +475,12 @@ pub fn cleanup_prefix(tools: &Tools, prefix: &str) -> Vec<String> {
     left
 }
 
+/// A live process with that pid whose command line has `--netns`: another run still using
+/// its namespaces (the binary may be a renamed copy of `pond`). A dead owner, or a pid reused
+/// by something else, makes the namespaces stale.
 fn owner_alive(pid: u32) -> bool {
-    // A live `pond` process with that pid: another run still using its namespaces.
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim() == "pond")
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.split(|&b| b == 0).any(|a| a == b"--netns"))
         .unwrap_or(false)
 }
 
