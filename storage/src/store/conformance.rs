@@ -76,6 +76,7 @@ fn file_direct(cap: Option<u64>) -> FileH {
         IoOptions {
             uring: true,
             direct_writes: true,
+            cache_first: false,
             direct_reads_from: Some(0),
         },
     )
@@ -898,6 +899,9 @@ fn io_options_from_environment_values() {
     let n = IoOptions::parse(None, Some("none")).unwrap();
     assert!(!n.direct_writes && n.direct_reads_from.is_none());
     assert!(IoOptions::parse(None, Some("sometimes")).is_err());
+    assert!(d.cache_first && d.direct_reads_from == Some(BLOCK_BYTES) && !d.direct_writes);
+    let rr = IoOptions::parse(None, Some("ring-reads")).unwrap();
+    assert!(!rr.cache_first && rr.direct_reads_from.is_none());
 }
 
 /// The forced fallback and io_uring read each other's files: a target can switch paths
@@ -937,4 +941,69 @@ fn io_paths_share_one_format() {
         .unwrap();
         e.abort(cid(n as u64), ChunkVersion(2)).unwrap();
     }
+}
+
+/// Reads of data the page cache does not hold (evicted after the write), or holds in part:
+/// on the default path the missing part goes to the ring (O_DIRECT for a block or more), and
+/// every range reads back what was written, up to the unaligned end of the chunk.
+fn cold_reads(h: &FileH) {
+    use std::os::fd::AsRawFd;
+    let e = h.open();
+    let data = pattern(11, 5 * BLOCK_BYTES as usize + 3001);
+    write(&e, cid(1), Mutation::Replace { data: &data });
+    let evict = || {
+        let f = std::fs::File::open(e.backend().data_path()).unwrap();
+        // SAFETY: advisory call on a valid descriptor.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    };
+    let ranges: [(u32, u32); 6] = [
+        (0, u32::MAX),
+        (5, 4096),
+        (BLOCK_BYTES - 100, 200),
+        (BLOCK_BYTES, 3 * BLOCK_BYTES),
+        (4 * BLOCK_BYTES + 7, BLOCK_BYTES + 5000),
+        (data.len() as u32 - 10, 100),
+    ];
+    for (off, len) in ranges {
+        evict();
+        let got = e.read(cid(1), ChunkVersion(1), off, len).unwrap();
+        let end = (off as usize).saturating_add(len as usize).min(data.len());
+        assert_eq!(&got[..], &data[off as usize..end], "cold {off}+{len}");
+        // Partly warm: one sector in the middle of the range is cached, the rest is not.
+        evict();
+        let mid = off + (end as u32 - off) / 2;
+        e.read(cid(1), ChunkVersion(1), mid, 1).unwrap();
+        let got = e.read(cid(1), ChunkVersion(1), off, len).unwrap();
+        assert_eq!(&got[..], &data[off as usize..end], "part warm {off}+{len}");
+    }
+    let p = e.backend().read_paths();
+    let o = e.backend().io_options();
+    if !o.uring {
+        assert_eq!(p, Default::default());
+    } else if o.cache_first {
+        // Cold ranges of a block or more O_DIRECT (three of them), cold sectors buffered (at
+        // least the three 1-byte reads), a range the 1-byte read warmed from the cache.
+        assert!(
+            p.cached >= 1 && p.ring_direct >= 3 && p.ring_buffered >= 3,
+            "{p:?}"
+        );
+    } else {
+        assert_eq!(p.cached, 0, "{p:?}");
+        assert!(p.ring_direct >= 12, "{p:?}");
+    }
+}
+
+#[test]
+fn cold_reads_file() {
+    cold_reads(&file(None));
+}
+
+#[test]
+fn cold_reads_file_sync() {
+    cold_reads(&file_sync(None));
+}
+
+#[test]
+fn cold_reads_file_direct() {
+    cold_reads(&file_direct(None));
 }
