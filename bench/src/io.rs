@@ -7,6 +7,12 @@
 //! Write durability is matched: pond's write-behind `pwrite` + `fsync` at the end is compared
 //! with buffered writes + one `fsync`; pond's `pwrite_bytes` (acknowledged only when every
 //! replica has the block durably) with `fdatasync` after every block.
+//!
+//! Sequential reads are measured twice: warm (after one pass over each file: the local file is
+//! then read from the page cache, i.e. memory) and cold (the page cache dropped before each
+//! side: `sync` + `echo 1 > /proc/sys/vm/drop_caches` as root, and `posix_fadvise(DONTNEED)`
+//! of the local file) — issue 3's baseline is "the local disk's buffered read throughput",
+//! which only the cold row measures.
 
 use crate::posix::{self, MIB, Rng, Sync};
 use crate::report::{Samples, Table, progress};
@@ -14,7 +20,8 @@ use anyhow::{Context, Result, anyhow};
 use bytes::Bytes;
 use pond_client::batch::{self, Op, Output, Request};
 use pond_client::{Client, File, OpenOptions};
-use std::path::PathBuf;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +50,45 @@ pub struct ClientFigures {
 
 fn cerr(e: pond_client::ClientError) -> anyhow::Error {
     anyhow!("{e}")
+}
+
+/// Drops the kernel's clean page cache (every file's): `sync`, then "1" to
+/// `/proc/sys/vm/drop_caches`. Needs root; the error says why it did not happen.
+fn drop_page_cache() -> std::result::Result<(), String> {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", b"1")
+        .map_err(|e| format!("write /proc/sys/vm/drop_caches: {e}"))
+}
+
+/// Drops one file's pages from the page cache (`posix_fadvise(DONTNEED)`, after `fsync` so
+/// that no page is dirty).
+fn drop_file_cache(path: &Path) -> Result<()> {
+    let f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    f.sync_all().context("fsync")?;
+    // SAFETY: advice on an open descriptor; touches no memory.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    anyhow::ensure!(rc == 0, "posix_fadvise(DONTNEED) failed: {rc}");
+    Ok(())
+}
+
+/// One sequential pass of 1 MiB `pread`s over `file` from offset 0.
+async fn pond_seq_pass(file: &File, size: u64) -> Result<Samples> {
+    let start = Instant::now();
+    let mut s = Samples::default();
+    let mut off = 0u64;
+    while off < size {
+        let t0 = Instant::now();
+        let b = file.pread(off, MIB).await.map_err(cerr)?;
+        s.push(t0.elapsed());
+        if b.is_empty() {
+            break;
+        }
+        off += b.len() as u64;
+    }
+    s.wall = start.elapsed();
+    s.bytes = off;
+    Ok(s)
 }
 
 /// Random `pread`s of `block` bytes, `qd` tasks with one outstanding each.
@@ -199,31 +245,24 @@ pub async fn run(client: &Client, label: &str, opts: &IoOpts) -> Result<ClientFi
     if size != total {
         anyhow::bail!("pond file is {size} bytes after close, wrote {total}");
     }
-    let seq_pass = || {
-        let file = file.clone();
-        async move {
-            let start = Instant::now();
-            let mut s = Samples::default();
-            let mut off = 0u64;
-            while off < size {
-                let t0 = Instant::now();
-                let b = file.pread(off, MIB).await.map_err(cerr)?;
-                s.push(t0.elapsed());
-                if b.is_empty() {
-                    break;
-                }
-                off += b.len() as u64;
-            }
-            s.wall = start.elapsed();
-            s.bytes = off;
-            anyhow::Ok(s)
-        }
-    };
-    seq_pass().await?;
-    fig.seq_read = seq_pass().await?;
+    pond_seq_pass(&file, size).await?;
+    fig.seq_read = pond_seq_pass(&file, size).await?;
     posix::seq_read(&local, MIB, false)?;
     fig.local_seq_read = posix::seq_read(&local, MIB, false)?;
     let direct_read = posix::seq_read(&local_direct, MIB, true)?;
+    // Cold: the page cache dropped before each side (a fresh handle for pond, opened first).
+    let cold_file = client
+        .open(&path, OpenOptions::read())
+        .await
+        .map_err(cerr)?;
+    let dropped = drop_page_cache();
+    let pond_cold = pond_seq_pass(&cold_file, size).await?;
+    cold_file.close().await.map_err(cerr)?;
+    if dropped.is_ok() {
+        let _ = drop_page_cache();
+    }
+    drop_file_cache(&local)?;
+    let local_cold = posix::seq_read(&local, MIB, false)?;
     pb.finish_and_clear();
 
     let mut t = Table::new(
@@ -251,8 +290,12 @@ pub async fn run(client: &Client, label: &str, opts: &IoOpts) -> Result<ClientFi
         vec![
             Some(fig.seq_read.clone()),
             Some(fig.local_seq_read.clone()),
-            Some(direct_read),
+            Some(direct_read.clone()),
         ],
+    );
+    t.row(
+        "seq read 1 MiB, qd1 (cold)",
+        vec![Some(pond_cold), Some(local_cold), Some(direct_read)],
     );
 
     // Random reads.
@@ -281,6 +324,10 @@ pub async fn run(client: &Client, label: &str, opts: &IoOpts) -> Result<ClientFi
     }
     t.note("pond: 3 replicas on one disk; reads: one replica; local: one file in the cluster's filesystem");
     t.note("batched API rows: submissions of 64 requests into caller-owned buffers, waited for as a whole");
+    t.note("seq reads: read-only handles (client read-ahead on); warm = second pass over one handle, the local file from the page cache (memory); cold = page cache dropped before each side (issue 3's \"local disk buffered\" baseline); O_DIRECT column: the same O_DIRECT pass in both rows");
+    if let Err(e) = &dropped {
+        t.note(format!("cold row: could not drop the page cache ({e}; needs root): pond's storage files may be cached; the local file was dropped with posix_fadvise"));
+    }
     t.print();
 
     file.close().await.map_err(cerr)?;

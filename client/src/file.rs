@@ -832,7 +832,7 @@ impl File {
             mode,
             pos: 0,
             closed: AtomicBool::new(false),
-            ra_on: AtomicBool::new(mode.read && !mode.write),
+            ra_on: AtomicBool::new(mode.read && !mode.write && *readahead::ENABLED),
             ra: Mutex::new(ReadAhead::new(readahead::PROCESS_BUDGET.clone())),
         }
     }

@@ -3,8 +3,8 @@
 //! A reader is *sequential* when each read starts near where the stream head is (the end of the
 //! furthest sequential read, ± twice the read's size up to a unit, so that the kernel's
 //! concurrent FUSE reads arriving a little out of order still count) or inside a range already
-//! read ahead. The first read at
-//! offset 0, or the second sequential read in a row anywhere, turns read-ahead on.
+//! read ahead. A read at offset 0, or a read that starts exactly where the previous
+//! one ended, turns read-ahead on.
 //!
 //! While on, every read keeps `window` bytes past its end requested: ranges of at most
 //! [`RA_UNIT_BYTES`], aligned to the unit, each one background read of the file (so a window
@@ -54,6 +54,11 @@ pub const RA_PROCESS_BYTES_MAX: usize = 128 << 20;
 /// attribute and entry TTL, the staleness the mount already allows between clients, and far
 /// longer than a sequential reader takes to reach the end of a 16 MiB window.
 pub const RA_AGE_MAX: Duration = Duration::from_secs(1);
+
+/// Read-ahead is on for read-only handles unless the environment has `POND_READ_AHEAD=off`
+/// (read once per process): an A/B switch for benchmarks and a way out if it ever misbehaves.
+pub(crate) static ENABLED: LazyLock<bool> =
+    LazyLock::new(|| std::env::var("POND_READ_AHEAD").map_or(true, |v| v != "off"));
 
 /// The process-wide read-ahead budget (permits = bytes).
 pub(crate) static PROCESS_BUDGET: LazyLock<Arc<Semaphore>> =
@@ -204,7 +209,7 @@ impl<T: Clone> ReadAhead<T> {
         // While read-ahead is on, reads near the head count (concurrent reads arrive a little
         // out of order); to turn it on, a read must start exactly where the last one ended.
         let slack = (2 * len).min(RA_UNIT_BYTES);
-        let near = match self.head {
+        let mut near = match self.head {
             Some(h) if self.window == 0 => offset == h,
             Some(h) => offset <= h.saturating_add(slack) && end + slack >= h,
             None => offset == 0,
@@ -214,6 +219,13 @@ impl<T: Clone> ReadAhead<T> {
             .range(..end)
             .next_back()
             .is_some_and(|(_, g)| g.end > offset);
+        if !(near || inside) && offset == 0 {
+            // Back to the start (a second pass over the file): a new run, as at the first read.
+            self.invalidate();
+            self.head = None;
+            self.streak = 0;
+            near = true;
+        }
         if !(near || inside) {
             self.invalidate();
             self.streak = 1;
@@ -554,5 +566,26 @@ mod tests {
         // ...and is started again right away.
         assert!(started.contains(&(3 * U, 4 * U)));
         assert_eq!(started.iter().filter(|s| **s == (3 * U, 4 * U)).count(), 2);
+    }
+
+    #[test]
+    fn a_second_pass_from_the_start_reads_ahead_at_once() {
+        let (mut r, _) = ra(1 << 30);
+        for k in 0..8 {
+            plan(&mut r, k * U, U, 0);
+        }
+        let (a, started) = plan(&mut r, 0, U, 0);
+        assert_eq!(a, Access::Sequential(vec![Part::Gap { start: 0, end: U }]));
+        assert_eq!(started.first(), Some(&(U, 2 * U)));
+        assert!(all_ahead(&plan(&mut r, U, U, 0).0));
+    }
+
+    #[test]
+    fn a_read_near_but_not_at_the_end_of_the_last_does_not_turn_read_ahead_on() {
+        let (mut r, _) = ra(1 << 30);
+        assert_eq!(plan(&mut r, 10 * U, 4096, 0).0, Access::Direct);
+        assert_eq!(plan(&mut r, 10 * U + 8192, 4096, 0).0, Access::Direct);
+        assert_eq!(plan(&mut r, 10 * U, 4096, 0).0, Access::Direct);
+        assert_eq!(r.stats().issued, 0);
     }
 }
