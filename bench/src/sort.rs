@@ -75,6 +75,8 @@ pub async fn run(cluster: &Path, opts: &SortOpts, duck: &LocalDuckDb) -> Result<
         (1_250_000, 4, r)
     };
     let root = format!("/bench-sort-{}", std::process::id());
+    // Input files each on one chain, round-robin over the nodes (see `sql::put_on`).
+    let place: Vec<pond_proto::ids::NodeId> = s.executors().keys().copied().collect();
     println!(
         "sort: disk space available at start: {}",
         df_avail(tmp.path())
@@ -88,6 +90,7 @@ pub async fn run(cluster: &Path, opts: &SortOpts, duck: &LocalDuckDb) -> Result<
         min_files.max(min_records.div_ceil(per) as usize),
         0,
         true,
+        &place,
         |i| format!("part-{i:03}.parquet"),
         |i| {
             let (a, b) = (i as u64 * per, (i as u64 + 1) * per);
@@ -102,7 +105,10 @@ pub async fn run(cluster: &Path, opts: &SortOpts, duck: &LocalDuckDb) -> Result<
     pb.finish_and_clear();
     let records = per * files as u64;
     let local_in = format!("'{}/in/*.parquet'", tmp.path().display());
-    let n = (s.executors().len() as u32 * 2).clamp(2, 256);
+    // Partitions: 2 per executor for quick runs; full runs keep each sort task near 1/12 of
+    // the data (memory, and no spill onto this shared disk).
+    let per_exec = if opts.quick { 2 } else { 4 };
+    let n = (s.executors().len() as u32 * per_exec).clamp(2, 256);
 
     // Baseline: one DuckDB process, local disk; its output is deleted right away (disk).
     let pb = progress("sort: DuckDB baseline");

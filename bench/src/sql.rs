@@ -9,10 +9,13 @@
 
 use crate::report::{Samples, Table, progress};
 use anyhow::{Context, Result, bail};
-use pond_client::Client;
 use pond_client::config::ClusterFile;
 use pond_client::dataframe::wire::{RowSet, TaskLimits, Value};
 use pond_client::dataframe::{Session, SessionOptions, TaskRecord};
+use pond_client::{Client, OpenMode};
+use pond_proto::ids::NodeId;
+use pond_proto::layout::PlacementHint;
+use pond_proto::meta::Caller;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -84,6 +87,7 @@ pub async fn make_dataset_bytes(
     min_files: usize,
     min_bytes: u64,
     keep_local: bool,
+    place_on: &[NodeId],
     name: impl Fn(usize) -> String,
     select: impl Fn(usize) -> String,
 ) -> Result<(Vec<PathBuf>, usize, u64)> {
@@ -102,10 +106,13 @@ pub async fn make_dataset_bytes(
             select(i),
             p.display()
         ))?;
-        bytes += client
-            .put(&p, &format!("{remote}/{}", name(i)), |_| {})
-            .await
-            .with_context(|| format!("put {}", p.display()))?;
+        let dst = format!("{remote}/{}", name(i));
+        bytes += if place_on.is_empty() {
+            Ok(client.put(&p, &dst, |_| {}).await?)
+        } else {
+            put_on(client, &p, &dst, place_on[i % place_on.len()]).await
+        }
+        .with_context(|| format!("put {}", p.display()))?;
         if keep_local {
             out.push(p);
         } else {
@@ -114,6 +121,37 @@ pub async fn make_dataset_bytes(
         i += 1;
     }
     Ok((out, i, bytes))
+}
+
+/// Copies a local file into pond as one chain whose head is on `node` (a loader writing on
+/// that node would place it so); returns its bytes.
+pub async fn put_on(client: &Client, local: &Path, remote: &str, node: NodeId) -> Result<u64> {
+    use tokio::io::AsyncReadExt;
+    let (parent, name) = client.parent_of(remote).await?;
+    let (_, file) = client
+        .create_open(
+            parent.inode,
+            name,
+            0o644,
+            Caller::default(),
+            false,
+            PlacementHint::HeadOnNode(node),
+            OpenMode::WRITE,
+        )
+        .await?;
+    let mut src = tokio::fs::File::open(local).await?;
+    let mut buf = vec![0u8; 8 << 20];
+    let mut off = 0u64;
+    loop {
+        let n = src.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        file.pwrite(off, &buf[..n]).await?;
+        off += n as u64;
+    }
+    file.close().await?;
+    Ok(off)
 }
 
 /// Per stage of a job's task log: tasks, summed fetch/query/output time, the slowest task.
@@ -215,6 +253,10 @@ pub async fn run(cluster: &Path, opts: &SqlOpts, duck: &LocalDuckDb) -> Result<(
         (10_000_000, 4, opts.bytes.unwrap_or(2 << 30))
     };
     let root = format!("/bench-sql-{}", std::process::id());
+    // Each file on one chain headed on a node, round-robin over the nodes (as loaders writing
+    // on every node would place them): with chains narrower than the cluster, a file is then
+    // local to its executor instead of striped over every node.
+    let place: Vec<NodeId> = s.executors().keys().copied().collect();
     // The join runs over the first 4 lineitem files (named `part-jNNN`, ≤ 40 M rows) and their
     // orders: at full scale the whole table would need a multi-GB repartition through 3
     // replicas on this one disk.
@@ -232,6 +274,7 @@ pub async fn run(cluster: &Path, opts: &SqlOpts, duck: &LocalDuckDb) -> Result<(
         min_files,
         min_bytes,
         true,
+        &place,
         li_name,
         |i| {
             let (a, b) = (i as u64 * per, (i as u64 + 1) * per);
@@ -258,6 +301,7 @@ pub async fn run(cluster: &Path, opts: &SqlOpts, duck: &LocalDuckDb) -> Result<(
         o_files,
         0,
         true,
+        &place,
         |i| format!("part-{i:03}.parquet"),
         |i| {
             let n = o_files as u64;

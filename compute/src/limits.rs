@@ -42,6 +42,11 @@ pub const CLIENT_CONNECT_RETRY_MS: u64 = 1_000;
 /// Bytes asked of the local chunk engine in one read batch.
 pub const LOCAL_READ_BATCH_BYTES: u64 = 16 << 20;
 
+/// Input files one task copies in at once (each file's reads and writes are pipelined too):
+/// tasks of a reduce stage name one small file per map task, and one at a time made them wait
+/// on open/stat/close round trips.
+pub const FETCH_FILES_PARALLEL: usize = 4;
+
 /// Chunks asked of the local chunk engine in one read batch.
 pub const LOCAL_READ_BATCH_ITEMS: usize = 256;
 

@@ -374,38 +374,49 @@ fn scan_of(files: &[PathBuf]) -> String {
     format!("read_parquet([{}])", list.join(", "))
 }
 
-/// Copies every input file into `dir/in/`, once per distinct pond path: chunks this node holds
-/// a serving replica of come straight from its chunk engines, the rest through the client.
-/// Returns the local paths per input.
+/// Copies every input file into `dir/in/`, once per distinct pond path, up to
+/// `FETCH_FILES_PARALLEL` files at a time: chunks this node holds a serving replica of come
+/// straight from its chunk engines, the rest through the client. Returns the local paths per
+/// input.
 async fn fetch_inputs(
     shared: &Arc<Shared>,
     spec: &TaskSpec,
     dir: &Path,
     stats: &mut TaskStats,
 ) -> Result<Vec<Vec<PathBuf>>, String> {
+    use futures::StreamExt;
     let in_dir = dir.join("in");
     tokio::fs::create_dir_all(&in_dir)
         .await
         .map_err(|e| format!("create {}: {e}", in_dir.display()))?;
+    // Distinct pond paths, in order of first mention, each with its local name.
     let mut seen: std::collections::HashMap<&str, PathBuf> = Default::default();
-    let mut out = Vec::with_capacity(spec.inputs.len());
-    for input in &spec.inputs {
-        let mut locals = Vec::with_capacity(input.files.len());
-        for remote in &input.files {
-            if let Some(p) = seen.get(remote.as_str()) {
-                locals.push(p.clone());
-                continue;
-            }
+    let mut distinct: Vec<(&str, PathBuf)> = Vec::new();
+    for remote in spec.inputs.iter().flat_map(|i| &i.files) {
+        if !seen.contains_key(remote.as_str()) {
             let local = in_dir.join(format!("{}.parquet", seen.len()));
-            let (n, local_n) = copy_in(shared, remote, &local).await?;
-            stats.input_bytes += n;
-            stats.input_local_bytes += local_n;
             seen.insert(remote, local.clone());
-            locals.push(local);
+            distinct.push((remote, local));
         }
-        out.push(locals);
     }
-    Ok(out)
+    let jobs: Vec<_> = distinct
+        .iter()
+        .map(|(remote, local)| {
+            let (shared, remote, local) = (shared.clone(), remote.to_string(), local.clone());
+            async move { copy_in(&shared, &remote, &local).await }
+        })
+        .collect();
+    let mut copies = futures::stream::iter(jobs).buffer_unordered(FETCH_FILES_PARALLEL);
+    while let Some(r) = copies.next().await {
+        let (n, local_n) = r?;
+        stats.input_bytes += n;
+        stats.input_local_bytes += local_n;
+    }
+    Ok(spec
+        .inputs
+        .iter()
+        .map(|i| i.files.iter().map(|f| seen[f.as_str()].clone()).collect())
+        .collect())
 }
 
 /// One chunk of a file to copy in: where it lands in the file and which replica is local.
@@ -418,7 +429,6 @@ struct Piece {
 
 /// Copies `remote` to `local`. Returns (bytes, bytes read from this node's chunk engines).
 async fn copy_in(shared: &Arc<Shared>, remote: &str, local: &Path) -> Result<(u64, u64), String> {
-    use tokio::io::AsyncWriteExt;
     let c = &shared.client;
     let f = c
         .open(remote, pond_client::OpenOptions::read())
@@ -468,9 +478,11 @@ async fn copy_in(shared: &Arc<Shared>, remote: &str, local: &Path) -> Result<(u6
         }
     }
     let r = async {
-        let mut dst = tokio::fs::File::create(local)
-            .await
-            .map_err(|e| format!("create {}: {e}", local.display()))?;
+        let dst =
+            std::fs::File::create(local).map_err(|e| format!("create {}: {e}", local.display()))?;
+        // The write of one batch (on a blocking thread) overlaps the read of the next.
+        let mut writing: Option<tokio::task::JoinHandle<Result<std::fs::File, String>>> = None;
+        let mut dst = Some(dst);
         let (mut total, mut local_bytes) = (0u64, 0u64);
         let mut k = 0;
         while k < pieces.len() {
@@ -492,6 +504,7 @@ async fn copy_in(shared: &Arc<Shared>, remote: &str, local: &Path) -> Result<(u6
                 end = k + 1;
                 got.push(None);
             }
+            let mut batch = Vec::with_capacity(got.len());
             for (p, g) in pieces[k..end].iter().zip(got) {
                 let data = match g {
                     Some(d) => {
@@ -511,16 +524,30 @@ async fn copy_in(shared: &Arc<Shared>, remote: &str, local: &Path) -> Result<(u6
                         p.len
                     ));
                 }
-                dst.write_all(&data)
-                    .await
-                    .map_err(|e| format!("write {}: {e}", local.display()))?;
                 total += p.len;
+                batch.push(data);
             }
+            let file = match writing.take() {
+                Some(w) => w.await.map_err(|e| format!("write thread: {e}"))??,
+                None => dst
+                    .take()
+                    .expect("the file is either here or being written"),
+            };
+            let name = local.to_path_buf();
+            writing = Some(tokio::task::spawn_blocking(move || {
+                use std::io::Write;
+                let mut file = file;
+                for d in &batch {
+                    file.write_all(d)
+                        .map_err(|e| format!("write {}: {e}", name.display()))?;
+                }
+                Ok(file)
+            }));
             k = end;
         }
-        dst.flush()
-            .await
-            .map_err(|e| format!("write {}: {e}", local.display()))?;
+        if let Some(w) = writing.take() {
+            w.await.map_err(|e| format!("write thread: {e}"))??;
+        }
         Ok((total, local_bytes))
     }
     .await;
