@@ -383,6 +383,10 @@ async fn run_async(
     let shared = Arc::new(Shared::default());
     let stop = Arc::new(AtomicBool::new(false));
     let clock = Clock(Instant::now());
+    println!(
+        "chaos: [{:7.2}s] clients start; the times in register violations count from here",
+        started.elapsed().as_secs_f64()
+    );
     let mut tasks = Vec::new();
     for i in 0..opts.register_workers {
         let c = Client::connect(&cf).await?;
