@@ -291,7 +291,8 @@ async fn verify_file(
     shared: &Shared,
     when: &str,
 ) -> bool {
-    match timed(reader.read_file(path)).await {
+    let (res, sources) = traced_read(reader.read_file(path)).await;
+    match res {
         Ok(got) => {
             shared.stats.log_checks.fetch_add(1, Ordering::Relaxed);
             if got != want {
@@ -308,13 +309,16 @@ async fn verify_file(
                         .map(|x| format!("{x:02x}"))
                         .collect::<String>()
                 };
-                shared.violations.lock().push(format!(
-                    "{when}: {path} read {} bytes, the acknowledged operations give {} bytes; first difference at byte {at} (got {}.., want {}..; {zeros} zero bytes read)",
+                let v = format!(
+                    "{when}: {path} read {} bytes, the acknowledged operations give {} bytes; first difference at byte {at} (got {}.., want {}..; {zeros} zero bytes read); served by: {sources}",
                     got.len(),
                     want.len(),
                     show(&got),
                     show(want)
-                ));
+                );
+                // Logged too, so its wall-clock time lines up with the cluster's logs.
+                tracing::warn!(violation = %v, "byte mismatch");
+                shared.violations.lock().push(v);
             }
             true
         }

@@ -402,8 +402,10 @@ impl Node {
                 // offline). Our copy misses the writes acknowledged meanwhile, and reporting
                 // `uptodate` would make meta turn the syncing target serving (as the tail)
                 // before any resync: stale reads. Stop and let the resync fill us first.
+                // (A fresh target not yet placed in a chain is waiting too; it keeps its
+                // state.)
                 (PublicState::Waiting | PublicState::Syncing, LocalState::UpToDate)
-                    if !synced_now =>
+                    if chain_now.is_some() && !synced_now =>
                 {
                     tracing::warn!(target = %t.id, state = info.public_state.as_str(),
                         "target is waiting/syncing in its chain but was up to date before; \
@@ -1975,6 +1977,83 @@ mod tests {
             Some(Some(now)),
             now + Duration::from_secs(9)
         ));
+    }
+
+    /// A table with one target (101 on node 1) in `public` state, in chain 1 at `cv` (or in no
+    /// chain yet).
+    fn one_target_table(version: u64, chain: Option<u32>, public: PublicState) -> RoutingInfo {
+        let mut r = RoutingInfo {
+            version: RoutingVersion(version),
+            ..Default::default()
+        };
+        r.targets.insert(
+            TargetId(101),
+            TargetInfo {
+                id: TargetId(101),
+                node: NodeId(1),
+                chain: ChainId(if chain.is_some() { 1 } else { 0 }),
+                public_state: public,
+                local_state: LocalState::UpToDate,
+                used_bytes: 0,
+                capacity_bytes: 0,
+            },
+        );
+        if let Some(cv) = chain {
+            r.chains.insert(
+                ChainId(1),
+                pond_proto::cluster::ChainInfo {
+                    id: ChainId(1),
+                    version: ChainVersion(cv),
+                    targets: vec![TargetId(101)],
+                },
+            );
+        }
+        r
+    }
+
+    fn mem_node() -> Arc<Node> {
+        let engine =
+            crate::store::engine::Engine::open(crate::store::mem::MemBackend::new(1 << 24))
+                .expect("open an in-memory engine");
+        let store: Arc<dyn ChunkStore> = Arc::new(engine);
+        Node::new(
+            NodeId(1),
+            "token".into(),
+            vec![TargetSetup {
+                id: TargetId(101),
+                store,
+                member_marker: None,
+            }],
+        )
+    }
+
+    #[test]
+    fn up_to_date_target_seen_waiting_or_syncing_in_a_chain_needs_a_resync() {
+        let state = |n: &Node| n.local_states()[0].1;
+        // A fresh target not placed in a chain yet is "waiting": it stays up to date.
+        let n = mem_node();
+        n.set_routing(one_target_table(1, None, PublicState::Waiting));
+        assert_eq!(state(&n), LocalState::UpToDate);
+        // Serving at chain version 3; then (having missed the offline table in between, as a
+        // frozen node does) syncing at version 5: it goes online.
+        n.set_routing(one_target_table(2, Some(3), PublicState::Serving));
+        assert_eq!(state(&n), LocalState::UpToDate);
+        n.set_routing(one_target_table(5, Some(5), PublicState::Syncing));
+        assert_eq!(state(&n), LocalState::Online);
+        // A sync finished under version 5 makes it up to date, and a newer table (another
+        // chain changed) with the same chain version keeps it so...
+        *n.targets[&TargetId(101)].synced_at.lock() = Some((ChainId(1), ChainVersion(5)));
+        *n.targets[&TargetId(101)].local.lock() = LocalState::UpToDate;
+        n.set_routing(one_target_table(6, Some(5), PublicState::Syncing));
+        assert_eq!(state(&n), LocalState::UpToDate);
+        // ...but not once the chain moved on while it was still syncing: sync again.
+        n.set_routing(one_target_table(7, Some(6), PublicState::Syncing));
+        assert_eq!(state(&n), LocalState::Online);
+        // Waiting counts like syncing.
+        let n = mem_node();
+        n.set_routing(one_target_table(1, Some(1), PublicState::Serving));
+        n.set_routing(one_target_table(3, Some(3), PublicState::Waiting));
+        assert_eq!(state(&n), LocalState::Online);
     }
 
     #[test]
