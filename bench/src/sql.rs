@@ -123,22 +123,36 @@ pub async fn make_dataset_bytes(
     Ok((out, i, bytes))
 }
 
-/// Copies a local file into pond as one chain whose head is on `node` (a loader writing on
-/// that node would place it so); returns its bytes.
+/// Copies a local file into pond on one chain whose head is on `node` (a loader writing on
+/// that node would place it so), or anywhere when no chain has its head there; returns its
+/// bytes.
 pub async fn put_on(client: &Client, local: &Path, remote: &str, node: NodeId) -> Result<u64> {
     use tokio::io::AsyncReadExt;
     let (parent, name) = client.parent_of(remote).await?;
-    let (_, file) = client
-        .create_open(
-            parent.inode,
-            name,
-            0o644,
-            Caller::default(),
-            false,
-            PlacementHint::HeadOnNode(node),
-            OpenMode::WRITE,
-        )
-        .await?;
+    // Any chain when none has its head on `node` (e.g. chains of 3 all headed elsewhere).
+    let mut hint = PlacementHint::HeadOnNode(node);
+    let (_, file) = loop {
+        match client
+            .create_open(
+                parent.inode,
+                name,
+                0o644,
+                Caller::default(),
+                false,
+                hint,
+                OpenMode::WRITE,
+            )
+            .await
+        {
+            Err(e)
+                if e.code() == pond_proto::ErrorCode::InvalidArgument
+                    && hint != PlacementHint::Any =>
+            {
+                hint = PlacementHint::Any;
+            }
+            r => break r?,
+        }
+    };
     let mut src = tokio::fs::File::open(local).await?;
     let mut buf = vec![0u8; 8 << 20];
     let mut off = 0u64;
