@@ -54,7 +54,7 @@ impl Default for IoOptions {
             uring: true,
             direct_writes: false,
             cache_first: true,
-            direct_reads_from: Some(BLOCK_BYTES),
+            direct_reads_from: None,
         }
     }
 }
@@ -62,10 +62,10 @@ impl Default for IoOptions {
 impl IoOptions {
     /// Environment variable choosing the I/O path: `uring` (default) or `sync`.
     pub const ENV_IO: &str = "POND_STORAGE_IO";
-    /// Environment variable choosing O_DIRECT per operation class: `default` (reads that miss
-    /// the page cache and are at least a block long), `none`, `writes`, `reads` (every read
-    /// that misses the cache), `all`; comma-separated (`writes,reads`). `ring-reads` in the
-    /// list sends every read to the ring instead of trying the page cache first.
+    /// Environment variable choosing O_DIRECT per operation class: `default` (= `none`),
+    /// `none`, `writes`, `reads` (every read that misses the page cache), `all`;
+    /// comma-separated (`writes,reads`). `ring-reads` in the list sends every read to the ring
+    /// instead of trying the page cache first.
     pub const ENV_DIRECT: &str = "POND_STORAGE_DIRECT";
 
     pub fn from_env() -> Result<IoOptions, String> {
