@@ -1,9 +1,8 @@
 //! Client-side read-ahead for sequential readers (one state per open `File` handle).
 //!
 //! A reader is *sequential* when each read starts near where the stream head is (the end of the
-//! furthest sequential read, ± twice the read's size up to a unit, so that the kernel's
-//! concurrent FUSE reads arriving a little out of order still count) or inside a range already
-//! read ahead. A read at offset 0, or a read that starts exactly where the previous
+//! furthest sequential read, ± the window, so that the kernel's concurrent FUSE reads arriving
+//! out of order still count) or inside a range already read ahead. A read at offset 0, or a read that starts exactly where the previous
 //! one ended, turns read-ahead on.
 //!
 //! While on, every read keeps `window` bytes past its end requested: ranges of at most
@@ -208,8 +207,20 @@ impl<T: Clone> ReadAhead<T> {
         }
         // While read-ahead is on, reads near the head count (concurrent reads arrive a little
         // out of order); to turn it on, a read must start exactly where the last one ended.
-        let slack = (2 * len).min(RA_UNIT_BYTES);
-        let mut near = match self.head {
+        // While on, anything within a window of the head is part of the run: the kernel's
+        // FUSE read-ahead has many reads in flight and they reach us in any order.
+        let slack = self.window.max((2 * len).min(RA_UNIT_BYTES));
+        if offset == 0
+            && self
+                .head
+                .is_some_and(|h| h > end + (2 * len).min(RA_UNIT_BYTES))
+        {
+            // Back to the start (a second pass over the file): a new run, as at the first read.
+            self.invalidate();
+            self.head = None;
+            self.streak = 0;
+        }
+        let near = match self.head {
             Some(h) if self.window == 0 => offset == h,
             Some(h) => offset <= h.saturating_add(slack) && end + slack >= h,
             None => offset == 0,
@@ -219,13 +230,6 @@ impl<T: Clone> ReadAhead<T> {
             .range(..end)
             .next_back()
             .is_some_and(|(_, g)| g.end > offset);
-        if !(near || inside) && offset == 0 {
-            // Back to the start (a second pass over the file): a new run, as at the first read.
-            self.invalidate();
-            self.head = None;
-            self.streak = 0;
-            near = true;
-        }
         if !(near || inside) {
             self.invalidate();
             self.streak = 1;
@@ -243,11 +247,13 @@ impl<T: Clone> ReadAhead<T> {
                 .saturating_mul(RA_UNIT_BYTES)
                 .clamp(RA_UNIT_BYTES, RA_WINDOW_BYTES_MAX);
         }
-        // Ranges wholly behind the reader are done with.
+        // Ranges a unit or more behind the reader are done with (the unit just behind stays
+        // for reads that arrive late).
+        let done_below = offset.saturating_sub(RA_UNIT_BYTES);
         let behind: Vec<u64> = self
             .segs
-            .range(..offset)
-            .filter(|(_, g)| g.end <= offset)
+            .range(..done_below)
+            .filter(|(_, g)| g.end <= done_below)
             .map(|(s, _)| *s)
             .collect();
         for s in behind {
@@ -404,7 +410,7 @@ mod tests {
                 assert_eq!(f % U, 0);
                 assert!(*t <= (k + 1) * U + RA_WINDOW_BYTES_MAX);
             }
-            assert!(r.held_bytes() <= RA_WINDOW_BYTES_MAX + U);
+            assert!(r.held_bytes() <= RA_WINDOW_BYTES_MAX + 2 * U);
         }
         assert_eq!(&windows[..4], &[8 * U, 16 * U, 16 * U, 16 * U]);
         assert_eq!(r.stats().hits, 39);
@@ -587,5 +593,21 @@ mod tests {
         assert_eq!(plan(&mut r, 10 * U + 8192, 4096, 0).0, Access::Direct);
         assert_eq!(plan(&mut r, 10 * U, 4096, 0).0, Access::Direct);
         assert_eq!(r.stats().issued, 0);
+    }
+
+    #[test]
+    fn reads_arriving_out_of_order_within_the_window_never_drop_it() {
+        // The kernel's FUSE read-ahead: 128 KiB reads, several in flight, handled in any order.
+        const K: u64 = 128 << 10;
+        let (mut r, _) = ra(1 << 30);
+        plan(&mut r, 0, K, 0);
+        for batch in 0..64u64 {
+            for i in [2u64, 0, 3, 1] {
+                let off = K + (batch * 4 + i) * K;
+                assert!(matches!(plan(&mut r, off, K, 0).0, Access::Sequential(_)));
+            }
+        }
+        assert_eq!(r.stats().drops, 0);
+        assert!(r.stats().hits > 200, "{:?}", r.stats());
     }
 }

@@ -299,3 +299,107 @@ async fn write_survives_a_storage_node_killed_midway() {
         "bytes after failover"
     );
 }
+
+/// Reads `f` sequentially from `from` to its end in `step`-byte `pread`s.
+async fn read_on(f: &pond_client::File, from: u64, step: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut at = from;
+    loop {
+        let b = f.pread(at, step).await.unwrap();
+        if b.is_empty() {
+            return out;
+        }
+        at += b.len() as u64;
+        out.extend_from_slice(&b);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_ahead_serves_sequential_readers_without_hiding_writes() {
+    let cluster = Cluster::start(BIN, small()).expect("start cluster");
+    let c = client(&cluster).await;
+    let other = client(&cluster).await;
+    let mib = 1usize << 20;
+    let mut model = pattern(31, 24 * mib + 4321);
+    c.write_file("/ra.bin", &model).await.unwrap();
+    let r = c.open("/ra.bin", OpenOptions::read()).await.unwrap();
+    let head = read_on_until(&r, 0, 256 << 10, 2 * mib).await;
+    assert!(head == model[..2 * mib], "first 2 MiB");
+    // A handle of the same client overwrites bytes the reader has read ahead (or is reading
+    // ahead): the reader must see them as soon as the write returned.
+    let w = c
+        .open(
+            "/ra.bin",
+            OpenOptions {
+                mode: OpenMode::WRITE,
+                create: false,
+                truncate: false,
+                ..OpenOptions::write()
+            },
+        )
+        .await
+        .unwrap();
+    let mine = pattern(32, mib + mib / 2);
+    w.pwrite(3 * mib as u64 + 100, &mine).await.unwrap();
+    model[3 * mib + 100..3 * mib + 100 + mine.len()].copy_from_slice(&mine);
+    // Another client overwrites a later range and closes: close-to-open, so the open reader
+    // may see the old or the new bytes there, nothing else.
+    let old = model.clone();
+    let theirs = pattern(33, mib);
+    let o = other
+        .open(
+            "/ra.bin",
+            OpenOptions {
+                mode: OpenMode::WRITE,
+                create: false,
+                truncate: false,
+                ..OpenOptions::write()
+            },
+        )
+        .await
+        .unwrap();
+    o.pwrite(16 * mib as u64, &theirs).await.unwrap();
+    o.close().await.unwrap();
+    model[16 * mib..17 * mib].copy_from_slice(&theirs);
+    let rest = read_on(&r, 2 * mib as u64, 256 << 10).await;
+    assert_eq!(rest.len(), model.len() - 2 * mib);
+    for (i, b) in rest.iter().enumerate() {
+        let at = 2 * mib + i;
+        if (16 * mib..17 * mib).contains(&at) {
+            assert!(
+                *b == model[at] || *b == old[at],
+                "byte {at}: neither old nor new"
+            );
+        } else {
+            assert_eq!(*b, model[at], "byte {at}");
+        }
+    }
+    let s = r.read_ahead_stats();
+    assert!(
+        s.hits > 0 && s.issued > 0,
+        "read-ahead served the reader: {s:?}"
+    );
+    assert!(
+        s.drops >= 1,
+        "the same-client write dropped the window: {s:?}"
+    );
+    r.close().await.unwrap();
+    w.close().await.unwrap();
+    // After close and a new open, the reader sees every closed write exactly.
+    let r = c.open("/ra.bin", OpenOptions::read()).await.unwrap();
+    let all = read_on(&r, 0, mib).await;
+    assert!(all == model, "bytes after reopen");
+    assert!(r.read_ahead_stats().hits > 0);
+    r.close().await.unwrap();
+}
+
+/// `read_on`, stopping at `until`.
+async fn read_on_until(f: &pond_client::File, from: u64, step: usize, until: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while out.len() < until - from as usize {
+        let b = f.pread(from + out.len() as u64, step).await.unwrap();
+        assert!(!b.is_empty(), "short file");
+        out.extend_from_slice(&b);
+    }
+    out
+}
