@@ -113,6 +113,35 @@ pub fn next_chain(members: &[ChainMember]) -> Vec<(TargetId, PublicState)> {
     out.into_iter().map(|o| (o.2, o.3)).collect()
 }
 
+/// The local state a heartbeat's report counts as (the admission rule in front of the state
+/// table). `up_to_date` is what the node claims; it is believed only where it cannot be stale:
+///
+/// * a target not in a chain yet, or serving / last serving: as reported;
+/// * a syncing target: only when the node's heartbeat says it has installed a routing table at
+///   least as new as `syncing_since`, the table in which the target became syncing. A node
+///   frozen (SIGSTOP) before it saw that table still reports the "up to date" of before its
+///   freeze; promoting the target on it would serve a replica that missed writes. The node
+///   drops its own claim once it sees itself syncing, so the first claim built with the new
+///   table is a real sync result. `None` (not recorded) is treated as not yet known.
+/// * a waiting or offline target in a chain: counted as `online`. The state table does not
+///   look at the claim there, but the target may become syncing before the report applies,
+///   and then the claim would be taken as the end of a sync that never ran.
+pub fn admitted_local(
+    info: &TargetInfo,
+    reported: LocalState,
+    node_version: RoutingVersion,
+    syncing_since: Option<RoutingVersion>,
+) -> LocalState {
+    if reported != LocalState::UpToDate || info.chain == NO_CHAIN {
+        return reported;
+    }
+    match info.public_state {
+        PublicState::Serving | PublicState::LastSrv => reported,
+        PublicState::Syncing if syncing_since.is_some_and(|v| node_version >= v) => reported,
+        PublicState::Syncing | PublicState::Waiting | PublicState::Offline => LocalState::Online,
+    }
+}
+
 impl ClusterState {
     pub fn from_routing(routing: RoutingInfo) -> ClusterState {
         ClusterState {
@@ -143,6 +172,14 @@ impl ClusterState {
         }
         for (t, p) in &next {
             if let Some(ti) = r.targets.get_mut(t) {
+                // Entering syncing: any "up to date" on record was reported before the table
+                // that makes the target syncing existed, so it says nothing about this sync.
+                if *p == PublicState::Syncing
+                    && ti.public_state != PublicState::Syncing
+                    && ti.local_state == LocalState::UpToDate
+                {
+                    ti.local_state = LocalState::Online;
+                }
                 ti.public_state = *p;
             }
         }

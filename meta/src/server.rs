@@ -385,7 +385,7 @@ impl Meta for MetaService {
             ClusterRequest::Heartbeat(hb) => {
                 let span = tracing::debug_span!("heartbeat", node = %hb.node);
                 self.manager
-                    .heartbeat(hb)
+                    .heartbeat(hb, &self.lease)
                     .instrument(span)
                     .await
                     .map(ClusterReply::Heartbeat)

@@ -219,3 +219,72 @@ fn node_down_bumps_chain_and_routing_versions_once() {
         assert_eq!(c.routing.targets[last].public_state, P::Syncing);
     }
 }
+
+fn in_chain(public: P) -> TargetInfo {
+    TargetInfo {
+        id: t(1),
+        node: NodeId(1),
+        chain: ChainId(1),
+        public_state: public,
+        local_state: L::Online,
+        used_bytes: 0,
+        capacity_bytes: 0,
+    }
+}
+
+#[test]
+fn admission_believes_up_to_date_only_where_it_cannot_be_stale() {
+    let v = RoutingVersion;
+    // Serving and last serving: as reported.
+    for p in [P::Serving, P::LastSrv] {
+        let i = in_chain(p);
+        assert_eq!(admitted_local(&i, L::UpToDate, v(1), None), L::UpToDate);
+        assert_eq!(admitted_local(&i, L::Online, v(1), None), L::Online);
+        assert_eq!(admitted_local(&i, L::Offline, v(1), None), L::Offline);
+    }
+    // Syncing: only from a node holding the table that made it syncing, or a newer one.
+    let i = in_chain(P::Syncing);
+    assert_eq!(admitted_local(&i, L::UpToDate, v(4), Some(v(5))), L::Online);
+    assert_eq!(
+        admitted_local(&i, L::UpToDate, v(5), Some(v(5))),
+        L::UpToDate
+    );
+    assert_eq!(
+        admitted_local(&i, L::UpToDate, v(9), Some(v(5))),
+        L::UpToDate
+    );
+    assert_eq!(admitted_local(&i, L::UpToDate, v(9), None), L::Online);
+    assert_eq!(admitted_local(&i, L::Offline, v(1), Some(v(5))), L::Offline);
+    // Waiting and offline in a chain: the claim never counts.
+    for p in [P::Waiting, P::Offline] {
+        let i = in_chain(p);
+        assert_eq!(admitted_local(&i, L::UpToDate, v(9), Some(v(1))), L::Online);
+        assert_eq!(admitted_local(&i, L::Offline, v(9), None), L::Offline);
+    }
+    // Not in a chain yet (bootstrap reads the claim): as reported.
+    let mut i = in_chain(P::Waiting);
+    i.chain = NO_CHAIN;
+    assert_eq!(admitted_local(&i, L::UpToDate, v(0), None), L::UpToDate);
+}
+
+#[test]
+fn entering_syncing_forgets_an_earlier_up_to_date() {
+    let mut c = three_nodes();
+    c.bootstrap_chains(3).unwrap();
+    c.node_down(NodeId(1));
+    // Node 1 reports "up to date" (admitted as is: this is the raw state machine): its
+    // targets go offline -> waiting -> syncing in one step, and the claim is not kept.
+    let targets: Vec<_> = (0..2).map(|k| report(10 + k, L::UpToDate)).collect();
+    c.report(NodeId(1), &targets, false);
+    for k in 0..2 {
+        let ti = &c.routing.targets[&t(10 + k)];
+        assert_eq!((ti.public_state, ti.local_state), (P::Syncing, L::Online));
+    }
+    // Another node's report re-runs the chains: still syncing (the kept claim would have
+    // promoted them without any sync).
+    let others: Vec<_> = (0..2).map(|k| report(20 + k, L::UpToDate)).collect();
+    c.report(NodeId(2), &others, true);
+    for k in 0..2 {
+        assert_eq!(c.routing.targets[&t(10 + k)].public_state, P::Syncing);
+    }
+}
