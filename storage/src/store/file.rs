@@ -437,9 +437,9 @@ impl Backend for FileBackend {
                 .direct_reads_from
                 .is_some_and(|m| ring_bytes >= m as u64)
                 && segs.iter().enumerate().all(|(i, s)| {
-                    s.at as u64 % a == 0
-                        && s.dst as u64 % a == 0
-                        && (i + 1 == segs.len() || s.len as u64 % a == 0)
+                    (s.at as u64).is_multiple_of(a)
+                        && (s.dst as u64).is_multiple_of(a)
+                        && (i + 1 == segs.len() || (s.len as u64).is_multiple_of(a))
                 })
         });
         self.count_read(if direct_fd.is_some() { 2 } else { 1 });
