@@ -32,6 +32,10 @@ struct Inner {
     misses: HashMap<InodeId, (u32, Instant)>,
     /// Directories listed by a prefetch, and when.
     listed: HashMap<InodeId, Instant>,
+    /// Directories whose every name is in `entries` as of the instant given (a whole listing,
+    /// or a directory this client made), kept up to date by this client's own successful
+    /// changes: a name missing there does not exist (within the TTL, like every answer).
+    complete: HashMap<InodeId, Instant>,
     /// Bumped by every invalidation.
     generation: u64,
 }
@@ -107,6 +111,52 @@ impl MetaCache {
         let (a, at) = g.attrs.get(child)?;
         let a_left = self.left(*at, now)?;
         Some((a.clone(), e_left.min(a_left)))
+    }
+
+    /// True when `name` is known not to exist in `parent`: the directory is completely
+    /// listed in the cache (younger than the TTL) and the name is not among its entries. The
+    /// lookup before every create is answered this way in directories this client made or
+    /// listed, without a round trip.
+    pub(crate) fn known_missing(&self, parent: InodeId, name: &str) -> bool {
+        if !self.enabled() {
+            return false;
+        }
+        let g = self.inner.lock();
+        let Some(at) = g.complete.get(&parent) else {
+            return false;
+        };
+        self.left(*at, Instant::now()).is_some()
+            && !g.entries.contains_key(&(parent, name.to_string()))
+    }
+
+    /// True (once) when `dir` was completely listed and that knowledge has expired: listing it
+    /// again answers every missing name in it for another TTL for one round trip per page
+    /// (a directory being filled by this client). A listing too big to be whole does not mark
+    /// the directory complete again, so this stops asking.
+    pub(crate) fn relist_due(&self, dir: InodeId) -> bool {
+        if !self.enabled() {
+            return false;
+        }
+        let mut g = self.inner.lock();
+        let Some(at) = g.complete.get(&dir) else {
+            return false;
+        };
+        if self.left(*at, Instant::now()).is_some() {
+            return false;
+        }
+        g.complete.remove(&dir);
+        true
+    }
+
+    /// Records that the listing of `dir` read at `at` (generation `generation`) was whole.
+    pub(crate) fn mark_complete(&self, dir: InodeId, generation: u64, at: Instant) {
+        if !self.enabled() {
+            return;
+        }
+        let mut g = self.inner.lock();
+        if g.generation == generation {
+            g.complete.insert(dir, at);
+        }
     }
 
     /// Counts a lookup that missed the cache and found the name in meta. Names that do not
@@ -207,6 +257,37 @@ impl MetaCache {
             g.listed.remove(&parent);
         };
         let mutation = !req.is_read();
+        // Complete listings stay complete through this client's own successful changes (the
+        // name is added below or removed above); a failed change may or may not have applied,
+        // and a rename's new name carries no attributes to add: forget completeness there.
+        let ok = reply.is_some();
+        match req {
+            MetaRequest::Unlink { parent, .. }
+            | MetaRequest::Rmdir { parent, .. }
+            | MetaRequest::RemoveTree { parent, .. }
+            | MetaRequest::Mkdir { parent, .. }
+            | MetaRequest::Create { parent, .. }
+            | MetaRequest::Symlink { parent, .. }
+            | MetaRequest::Lookup { parent, .. }
+                if !ok =>
+            {
+                g.complete.remove(parent);
+            }
+            MetaRequest::Link { new_parent, .. } if !ok => {
+                g.complete.remove(new_parent);
+            }
+            MetaRequest::Rename {
+                src_parent,
+                dst_parent,
+                ..
+            } => {
+                g.complete.remove(dst_parent);
+                if !ok {
+                    g.complete.remove(src_parent);
+                }
+            }
+            _ => {}
+        }
         match req {
             MetaRequest::Unlink { parent, name }
             | MetaRequest::Rmdir { parent, name }
@@ -265,6 +346,11 @@ impl MetaCache {
             ) => {
                 g.entries.insert((*parent, name.clone()), (a.inode, at));
                 g.attrs.insert(a.inode, (a.clone(), at));
+                if matches!(req, MetaRequest::Mkdir { .. }) {
+                    // A directory just made is empty: every lookup in it misses until this
+                    // client (seen here) or another (within the TTL) adds a name.
+                    g.complete.insert(a.inode, at);
+                }
             }
             (
                 MetaRequest::Link {
@@ -406,6 +492,113 @@ mod tests {
         c.note_found_miss(InodeId(1));
         c.note_found_miss(InodeId(1));
         assert!(!c.prefetch_due(InodeId(1)));
+    }
+
+    fn mkdir(parent: u64, name: &str) -> MetaRequest {
+        MetaRequest::Mkdir {
+            parent: InodeId(parent),
+            name: name.to_string(),
+            mode: 0o755,
+            caller: Default::default(),
+        }
+    }
+
+    fn create(parent: u64, name: &str) -> MetaRequest {
+        MetaRequest::Create {
+            parent: InodeId(parent),
+            name: name.to_string(),
+            mode: 0o644,
+            caller: Default::default(),
+            exclusive: true,
+            hint: Default::default(),
+            session: None,
+        }
+    }
+
+    #[test]
+    fn a_directory_made_here_answers_missing_names_until_a_change_fails() {
+        let c = MetaCache::new(Duration::from_secs(60));
+        assert!(!c.known_missing(InodeId(9), "a"), "nothing known yet");
+        let mut dir = attr(9, 0);
+        dir.kind = FileType::Dir;
+        c.observe(
+            &mkdir(1, "d"),
+            Some(&MetaReply::Attr(dir)),
+            c.generation(),
+            Instant::now(),
+        );
+        assert!(c.known_missing(InodeId(9), "a"), "empty new directory");
+        assert!(
+            !c.known_missing(InodeId(1), "x"),
+            "the parent is not listed"
+        );
+        c.observe(
+            &create(9, "a"),
+            Some(&MetaReply::Attr(attr(10, 0))),
+            c.generation(),
+            Instant::now(),
+        );
+        assert!(!c.known_missing(InodeId(9), "a"), "created here");
+        assert_eq!(
+            c.lookup(InodeId(9), "a").expect("cached").0.inode,
+            InodeId(10)
+        );
+        assert!(c.known_missing(InodeId(9), "b"), "still complete");
+        c.observe(
+            &MetaRequest::Unlink {
+                parent: InodeId(9),
+                name: "a".into(),
+            },
+            Some(&MetaReply::Done),
+            c.generation(),
+            Instant::now(),
+        );
+        assert!(c.known_missing(InodeId(9), "a"), "unlinked here");
+        // A create that failed (a timeout, say) may have applied: completeness is gone.
+        c.observe(&create(9, "c"), None, c.generation(), Instant::now());
+        assert!(!c.known_missing(InodeId(9), "c"));
+        assert!(!c.known_missing(InodeId(9), "b"));
+    }
+
+    #[test]
+    fn a_rename_into_a_complete_directory_ends_its_completeness() {
+        let c = MetaCache::new(Duration::from_secs(60));
+        c.mark_complete(InodeId(5), c.generation(), Instant::now());
+        assert!(c.known_missing(InodeId(5), "n"));
+        c.observe(
+            &MetaRequest::Rename {
+                src_parent: InodeId(1),
+                src_name: "o".into(),
+                dst_parent: InodeId(5),
+                dst_name: "n".into(),
+                mode: pond_proto::meta::RenameMode::Replace,
+            },
+            Some(&MetaReply::Done),
+            c.generation(),
+            Instant::now(),
+        );
+        assert!(!c.known_missing(InodeId(5), "n"));
+        // A listing read before a change is not taken as complete.
+        let before = c.generation();
+        c.observe(&create(6, "x"), None, c.generation(), Instant::now());
+        c.mark_complete(InodeId(6), before, Instant::now());
+        assert!(!c.known_missing(InodeId(6), "y"));
+    }
+
+    #[test]
+    fn completeness_expires_with_the_ttl_and_asks_for_one_new_listing() {
+        let c = MetaCache::new(Duration::from_millis(50));
+        c.mark_complete(
+            InodeId(5),
+            c.generation(),
+            Instant::now() - Duration::from_millis(60),
+        );
+        assert!(!c.known_missing(InodeId(5), "n"));
+        assert!(c.relist_due(InodeId(5)));
+        assert!(!c.relist_due(InodeId(5)), "once");
+        c.mark_complete(InodeId(5), c.generation(), Instant::now());
+        assert!(!c.relist_due(InodeId(5)), "fresh again");
+        assert!(c.known_missing(InodeId(5), "n"));
     }
 
     #[test]

@@ -311,7 +311,10 @@ impl Client {
     /// `lookup`, answered from the namespace cache when it holds an answer younger than the
     /// cache TTL; returns the attributes and how long they may still be used. After two misses
     /// in one directory within the TTL that found their names, the next lists the directory
-    /// into the cache (a sweep; the failed lookups before creates never do).
+    /// into the cache (a sweep; the failed lookups before creates never do). A name missing
+    /// from a directory the cache holds completely (made by this client, or listed whole
+    /// within the TTL) is `NotFound` without a round trip; when that knowledge expires, the
+    /// next lookup in the directory lists it again.
     pub async fn lookup_cached(
         &self,
         parent: InodeId,
@@ -321,6 +324,17 @@ impl Client {
         if let Some((mut a, left)) = self.core.cache.lookup(parent, name) {
             self.overlay(&mut a);
             return Ok((a, left));
+        }
+        if self.core.cache.relist_due(parent)
+            && let Err(e) = self.prefetch_dir(parent).await
+        {
+            tracing::debug!(%parent, error = %e, "directory relisting failed");
+        }
+        if self.core.cache.known_missing(parent, name) {
+            return Err(ClientError::new(
+                ErrorCode::NotFound,
+                format!("{name}: not in the cached listing of directory {parent}"),
+            ));
         }
         if self.core.cache.prefetch_due(parent) {
             if let Err(e) = self.prefetch_dir(parent).await {
@@ -353,7 +367,10 @@ impl Client {
         let at = std::time::Instant::now();
         let mut after = None;
         let mut fetched = 0usize;
-        while fetched < limits::DIR_PREFETCH_ENTRIES_MAX {
+        loop {
+            if fetched >= limits::DIR_PREFETCH_ENTRIES_MAX {
+                return Ok(());
+            }
             let reply = self
                 .core
                 .meta_call(MetaRequest::ReadDirPlus {
@@ -372,6 +389,8 @@ impl Client {
                 _ => break,
             }
         }
+        // The whole directory is in the cache: names missing from it do not exist.
+        self.core.cache.mark_complete(dir, generation, at);
         Ok(())
     }
 

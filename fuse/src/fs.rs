@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Entries handed to the kernel per readdir call: a 4 KiB readdir buffer holds ~100 plain
 /// entries or ~25 with attributes; the rest of what we produce is dropped by fuse3.
@@ -64,6 +64,11 @@ impl CacheKey {
 
 pub(crate) struct FileHandle {
     file: File,
+    /// Bytes went through this handle (write, fallocate) since its last `flush`: only then
+    /// does `close(2)` have anything to make durable or report. A handle that wrote nothing
+    /// (`open(O_CREAT)` + `close`, the common create) answers `flush` at once and leaves the
+    /// session to `release`, which the kernel sends without making `close(2)` wait.
+    dirty: AtomicBool,
 }
 
 /// State shared by the filesystem and the mount handle (for a clean shutdown).
@@ -216,10 +221,13 @@ impl PondFs {
 
     fn add_file(&self, file: File) -> u64 {
         let fh = self.new_fh();
-        self.s
-            .files
-            .lock()
-            .insert(fh, Arc::new(FileHandle { file }));
+        self.s.files.lock().insert(
+            fh,
+            Arc::new(FileHandle {
+                file,
+                dirty: AtomicBool::new(false),
+            }),
+        );
         fh
     }
 
@@ -581,6 +589,8 @@ impl Filesystem for PondFs {
         _flags: u32,
     ) -> Result<ReplyWrite> {
         let h = self.file(fh)?;
+        // Before the write: a `flush` racing it must see the handle dirty.
+        h.dirty.store(true, Ordering::Release);
         h.file.pwrite(offset, data).await.map_err(fail)?;
         Ok(ReplyWrite {
             written: data.len() as u32,
@@ -635,13 +645,21 @@ impl Filesystem for PondFs {
     #[tracing::instrument(level = "debug", skip(self, _req))]
     async fn flush(&self, _req: Request, _inode: u64, fh: u64, _lock_owner: u64) -> Result<()> {
         let h = self.file(fh)?;
-        if !h.file.mode().write {
+        // Nothing written through this handle since its last flush: meta already has the
+        // length and mtime this close must make visible (writes of other handles are theirs
+        // to flush), so no request; `release` closes the session in the background.
+        if !h.file.mode().write || !h.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
         // The bytes written through this mount went through its page cache: it holds exactly
         // the version meta answers with now.
-        if let Some(a) = h.file.flush_for_close().await.map_err(fail)? {
-            self.s.set_cache_key(&a);
+        match h.file.flush_for_close().await {
+            Ok(Some(a)) => self.s.set_cache_key(&a),
+            Ok(None) => {}
+            Err(e) => {
+                h.dirty.store(true, Ordering::Release);
+                return Err(fail(e));
+            }
         }
         Ok(())
     }
@@ -848,6 +866,7 @@ impl Filesystem for PondFs {
         let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         // Size or bytes change behind the page cache's back.
         self.s.forget_cache_key(h.file.inode().0);
+        h.dirty.store(true, Ordering::Release);
         let size = h.file.size();
         match mode & !libc::FALLOC_FL_KEEP_SIZE {
             // Allocate: pond does not reserve space ahead (chunks are written on demand), but the

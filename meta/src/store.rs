@@ -47,6 +47,9 @@ pub struct StateStore {
     receiving: Option<PathBuf>,
     /// Entries applied since the last durable apply.
     since_durable: u64,
+    /// How far the local Raft log is durable: apply waits for it (the leader's log reports its
+    /// own entries flushed before they are, see `log_store`).
+    log_durable: Option<Arc<crate::log_store::LogDurable>>,
 }
 
 fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
@@ -451,7 +454,13 @@ impl StateStore {
             snap_dir,
             receiving: None,
             since_durable: 0,
+            log_durable: None,
         })
+    }
+
+    /// Makes `apply` wait until the local log is durable up to the entries it applies.
+    pub fn wait_for_log(&mut self, durable: Arc<crate::log_store::LogDurable>) {
+        self.log_durable = Some(durable);
     }
 
     fn snap_path(&self, id: &str) -> PathBuf {
@@ -569,6 +578,13 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         let entries: Vec<_> = entries.into_iter().collect();
         if entries.is_empty() {
             return Ok(Vec::new());
+        }
+        // Nothing is applied (answered, readable) before the local log holds it durably: with
+        // the followers that acknowledged it, a majority.
+        if let (Some(d), Some(last)) = (&self.log_durable, entries.last()) {
+            d.wait(last.log_id.index)
+                .await
+                .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         }
         let shared = self.shared.clone();
         let cluster = shared.cluster.read().clone();

@@ -778,6 +778,76 @@ fn two_mounts_see_each_others_closed_writes() {
     drop(f);
 }
 
+/// Creates that write nothing answer `close(2)` without a meta request (the session ends in
+/// `release`), and lookups of missing names in a directory this mount made come from its
+/// namespace cache: check that both keep what the other mount sees, and that a name another
+/// client adds shows up within the TTL and is never created twice.
+#[test]
+fn creates_without_writes_and_cached_missing_names_stay_consistent_across_mounts() {
+    let cluster = Cluster::start(BIN, small()).expect("start cluster");
+    let a = Mounted::new(&cluster, "a", MountOptions::default());
+    let b = Mounted::new(&cluster, "b", MountOptions::default());
+    fs::create_dir(a.p("d")).unwrap();
+    for i in 0..20 {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(a.p(&format!("d/f{i}")))
+            .unwrap();
+        drop(f);
+    }
+    // Every create is in meta, empty, at once for the other mount (nothing cached there).
+    for i in 0..20 {
+        let m = fs::metadata(b.p(&format!("d/f{i}"))).unwrap();
+        assert!(m.is_file() && m.len() == 0, "f{i} as b sees it");
+    }
+    assert_eq!(fs::read_dir(b.p("d")).unwrap().count(), 20);
+    // A create again in a is EEXIST (the name is cached as present).
+    let again = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(a.p("d/f3"));
+    assert_eq!(errno(again), libc::EEXIST);
+    // A missing name in a's own directory: ENOENT (from a's cache).
+    assert_eq!(errno(fs::metadata(a.p("d/nope"))), libc::ENOENT);
+    // b adds a name: a's O_EXCL create of it is refused by meta even while a's cache still
+    // says the name is missing, and a sees it once the TTL (1 s) has passed.
+    fs::write(b.p("d/late"), b"from b").unwrap();
+    let dup = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(a.p("d/late"));
+    assert_eq!(errno(dup), libc::EEXIST);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(fs::read(a.p("d/late")).unwrap(), b"from b");
+    // Unlinks in a are seen by b, and a's cache answers the removed names as missing.
+    for i in 0..20 {
+        fs::remove_file(a.p(&format!("d/f{i}"))).unwrap();
+    }
+    assert_eq!(errno(fs::metadata(a.p("d/f0"))), libc::ENOENT);
+    std::thread::sleep(Duration::from_millis(1100));
+    let left: Vec<String> = fs::read_dir(b.p("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec!["late".to_string()]);
+    // A file created in a and written through a second descriptor: both closes report, so b
+    // sees the bytes right after the last close.
+    let f1 = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(a.p("d/w"))
+        .unwrap();
+    let mut f2 = fs::OpenOptions::new().write(true).open(a.p("d/w")).unwrap();
+    f2.write_all(b"written by the second handle").unwrap();
+    drop(f1);
+    drop(f2);
+    assert_eq!(
+        fs::read(b.p("d/w")).unwrap(),
+        b"written by the second handle"
+    );
+}
+
 #[test]
 fn copy_into_the_mount_survives_a_storage_node_kill() {
     let mut cluster = Cluster::start(BIN, small()).expect("start cluster");
