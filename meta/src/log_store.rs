@@ -7,15 +7,16 @@
 //! - Entries are readable (`try_get_log_entries`) from the moment `append` returns: until the
 //!   writer has committed them they are served from an in-memory `pending` map, so the leader's
 //!   replication streams can ship them to followers while the local sync runs.
-//! - openraft 0.9 waits inside its core task for the flush callback of every append, so a
-//!   leader that syncs before replicating pays two syncs in a row per entry (its own, then the
-//!   followers'). Entries the leader creates itself under its own committed vote are therefore
-//!   reported flushed as soon as they are queued (`early`); the real sync runs in parallel with
-//!   replication. Openraft may then count the leader in a quorum before its sync ends, so the
-//!   state machine waits (`LogDurable::wait`, in `StateStore::apply`) until the local log is
-//!   really durable up to the entries it applies. Nothing is applied, answered to a client or
-//!   visible to a read before it is durable on the leader and on enough followers to make a
-//!   majority. Followers' appends are reported only after their sync (as before).
+//! - Every append is reported flushed only after its own sync, on the leader too. openraft 0.9
+//!   counts the leader's flushed log in the quorum that advances the commit index, and followers
+//!   apply what that index covers. Reporting the leader's own entries flushed when queued (tried
+//!   here: the leader's sync overlapped replication) let an entry count as committed while
+//!   durable on one follower only: if the leader then crashed before its sync, it could vote
+//!   for the other follower, which never had the entry, and the follower that had applied it
+//!   would have to truncate an applied entry. The win of that shortcut (one sync instead of two
+//!   in a row per commit) is not worth a window where committed state can diverge; group
+//!   commit (one sync for everything queued) stays. The state machine still waits on
+//!   `LogDurable` before applying (a no-op wait now, kept as the guard).
 
 // `openraft::StorageError` is the error type the storage traits require; it is large, and
 // boxing it here would only unbox it again at the trait boundary.
@@ -103,7 +104,6 @@ struct Pending {
 enum Cmd {
     Append {
         entries: Vec<(u64, Pending)>,
-        /// `None` when the callback was already called (early report of a leader's own entries).
         callback: Option<LogFlushed<TypeConfig>>,
     },
     State {
@@ -124,8 +124,6 @@ enum Cmd {
 
 struct Inner {
     db: Arc<Database>,
-    /// This replica's Raft id: entries it creates as leader are reported flushed early.
-    id: Option<u64>,
     pending: Mutex<BTreeMap<u64, Pending>>,
     /// The last vote saved (durably) by this replica.
     vote: Mutex<Option<Vote<u64>>>,
@@ -149,18 +147,8 @@ fn log_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
 type BoxErr = Box<dyn std::error::Error + Send + Sync>;
 
 impl LogStore {
-    /// Opens the log without early flush reports (tests of the storage contract).
+    /// Opens (creating if needed) the log in `path` and starts its writer thread.
     pub fn open(path: &Path) -> anyhow::Result<LogStore> {
-        LogStore::open_with(path, None)
-    }
-
-    /// Opens the log of replica `id`: its own entries as leader are reported flushed when
-    /// queued (see the module docs); the state machine must wait on `durable()`.
-    pub fn open_for(path: &Path, id: u64) -> anyhow::Result<LogStore> {
-        LogStore::open_with(path, Some(id))
-    }
-
-    fn open_with(path: &Path, id: Option<u64>) -> anyhow::Result<LogStore> {
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
         txn.open_table(LOG)?;
@@ -182,7 +170,6 @@ impl LogStore {
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_MAX);
         let inner = Arc::new(Inner {
             db: db.clone(),
-            id,
             pending: Mutex::new(BTreeMap::new()),
             vote: Mutex::new(vote),
             tx,
@@ -252,19 +239,6 @@ impl LogStore {
         rx.await
             .map_err(|_| io_err(ErrorSubject::Store, ErrorVerb::Write, "writer stopped"))?
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
-    }
-
-    /// Whether `log_id` is an entry this replica created as the leader of its current,
-    /// committed vote (see the module docs).
-    fn own(&self, vote: &Option<Vote<u64>>, log_id: &LogId) -> bool {
-        match (self.inner.id, vote) {
-            (Some(me), Some(v)) => {
-                v.is_committed()
-                    && v.leader_id().node_id == me
-                    && log_id.leader_id == *v.leader_id()
-            }
-            _ => false,
-        }
     }
 }
 
@@ -530,12 +504,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let vote = *self.inner.vote.lock();
         let mut encoded = Vec::new();
-        let mut early = true;
         for e in entries {
             let bytes = postcard::to_stdvec(&e).map_err(|err| log_err(ErrorVerb::Write, err))?;
-            early &= self.own(&vote, &e.log_id);
             encoded.push((
                 e.log_id.index,
                 Pending {
@@ -554,16 +525,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 p.insert(*i, e.clone());
             }
         }
-        let callback = if early {
-            callback.log_io_completed(Ok(()));
-            None
-        } else {
-            Some(callback)
-        };
         self.send(
             Cmd::Append {
                 entries: encoded,
-                callback,
+                callback: Some(callback),
             },
             ErrorVerb::Write,
         )
