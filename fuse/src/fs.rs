@@ -567,11 +567,13 @@ impl Filesystem for PondFs {
         size: u32,
     ) -> Result<ReplyData> {
         let h = self.file(fh)?;
-        // Not `File::pread`: the kernel may read pages of a write-only handle (mmap).
-        // Through the handle's read-ahead (read-only opens read sequentially).
+        // Not `File::pread`: the kernel may read pages of a write-only handle (mmap). Not
+        // through the client's read-ahead either: the kernel's (8 MiB) already keeps reads in
+        // flight, and both together measured no faster (docs/client.md, "Read-ahead").
         let data = h
             .file
-            .read_any_mode(offset, size as usize)
+            .open_inode()
+            .read_at(offset, size as usize)
             .await
             .map_err(fail)?;
         Ok(ReplyData { data })
