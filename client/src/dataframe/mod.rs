@@ -448,7 +448,11 @@ struct Job {
 impl Job {
     fn new(session: &Session) -> Job {
         let n = session.0.next_job.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{}-{}-{n}", std::process::id(), pond_proto::os_random_u64() as u32);
+        let id = format!(
+            "{}-{}-{n}",
+            std::process::id(),
+            pond_proto::os_random_u64() as u32
+        );
         Job {
             session: session.clone(),
             id,
