@@ -38,9 +38,25 @@ pub(crate) async fn register_if_needed(shared: &Shared, advertise: &str) -> Resu
         Ok(b) if b == advertise.as_bytes() => return Ok(false),
         _ => {}
     }
-    c.write_file(&path, advertise.as_bytes())
+    // Written under a temporary name and renamed over the entry, so a session reading the
+    // registry sees the old address or the new one, never the empty file a create leaves
+    // before its write (a session that read that empty entry once kept "" as the address).
+    let tmp = format!(
+        "{}/.node-{}.{:016x}.tmp",
+        crate::REGISTRY_DIR,
+        shared.node,
+        pond_proto::os_random_u64()
+    );
+    c.write_file(&tmp, advertise.as_bytes())
         .await
-        .map_err(|e| format!("write {path}: {e}"))?;
+        .map_err(|e| format!("write {tmp}: {e}"))?;
+    if let Err(e) = c
+        .rename_path(&tmp, &path, pond_proto::meta::RenameMode::Replace)
+        .await
+    {
+        let _ = c.unlink_path(&tmp).await;
+        return Err(format!("rename {tmp} -> {path}: {e}"));
+    }
     Ok(true)
 }
 

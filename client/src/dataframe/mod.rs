@@ -12,7 +12,9 @@
 //! Placement: a task goes to the executor whose node holds (as any serving replica) the most
 //! bytes of the task's input files; ties go to the node with the fewest bytes assigned so far
 //! in the stage. A task that fails for a reason another node may not share (I/O, busy,
-//! connection) is retried on the next-best node, up to [`TASK_ATTEMPTS_MAX`] times.
+//! connection) is retried on the next-best node, up to [`TASK_ATTEMPTS_MAX`] nodes; a node that
+//! refuses it as busy is offered it again after a backoff once no other node is left, for up
+//! to [`BUSY_WAIT_MAX`].
 
 pub mod onestmt;
 pub mod wire;
@@ -34,6 +36,8 @@ use wire::{
 
 /// Nodes one task is tried on before its failure is returned.
 pub const TASK_ATTEMPTS_MAX: usize = 3;
+/// How long a task may wait for a slot when every executor left refuses it as `Busy`.
+pub const BUSY_WAIT_MAX: Duration = Duration::from_secs(120);
 /// Tasks in flight per executor from one action (executors refuse more than their own limit
 /// with `Busy`, which the planner treats as "try elsewhere").
 pub const TASKS_IN_FLIGHT_PER_EXECUTOR: usize = 2;
@@ -156,8 +160,13 @@ impl Session {
                     continue;
                 };
                 let addr = c.read_file(&format!("{REGISTRY_DIR}/{}", e.name)).await?;
-                if let Ok(addr) = String::from_utf8(addr) {
-                    found.insert(NodeId(id), addr.trim().to_string());
+                // An entry that is not an address yet (an executor of an older version
+                // mid-write) counts as not registered; the next refresh sees it.
+                match String::from_utf8(addr) {
+                    Ok(a) if is_host_port(a.trim()) => {
+                        found.insert(NodeId(id), a.trim().to_string());
+                    }
+                    _ => tracing::debug!(entry = %e.name, "executor entry not an address; skipped"),
                 }
             }
         }
@@ -434,6 +443,12 @@ impl DataFrame {
 }
 
 /// One action's run: names its intermediate files and places its tasks.
+/// `host:port` with a non-empty host and a numeric port (what an executor registers).
+fn is_host_port(s: &str) -> bool {
+    s.rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+}
+
 struct Job {
     session: Session,
     id: String,
@@ -702,12 +717,27 @@ impl Job {
             output,
             limits: self.session.0.opts.limits,
         };
+        // Nodes that failed the task (not tried again), and nodes that refused it as `Busy`
+        // (all slots taken): when only busy ones are left, wait and offer it to them again,
+        // within `BUSY_WAIT_MAX`. Only failures count against `TASK_ATTEMPTS_MAX`.
         let mut excluded: Vec<NodeId> = Vec::new();
+        let mut busy: Vec<NodeId> = Vec::new();
+        let busy_deadline = Instant::now() + BUSY_WAIT_MAX;
+        let mut busy_backoff = Duration::from_millis(20);
         let mut last: Option<DataFrameError> = None;
-        for attempt in 1..=TASK_ATTEMPTS_MAX {
-            let Some((node, addr)) = self.session.pick(&local, &excluded, &self.assigned) else {
-                break;
+        let mut attempt = 0usize;
+        while excluded.len() < TASK_ATTEMPTS_MAX {
+            let skip: Vec<NodeId> = excluded.iter().chain(&busy).copied().collect();
+            let Some((node, addr)) = self.session.pick(&local, &skip, &self.assigned) else {
+                if busy.is_empty() || Instant::now() >= busy_deadline {
+                    break;
+                }
+                tokio::time::sleep(busy_backoff).await;
+                busy_backoff = (busy_backoff * 2).min(Duration::from_millis(500));
+                busy.clear();
+                continue;
             };
+            attempt += 1;
             let started = Instant::now();
             let reply = self.session.send(&addr, &spec).await;
             self.session.release(node);
@@ -735,8 +765,13 @@ impl Job {
                     if !f.kind.retryable() {
                         return Err(e);
                     }
-                    tracing::warn!(%e, "task failed; retrying on another node");
                     last = Some(e);
+                    if f.kind == FailureKind::Busy {
+                        tracing::debug!(node = node.0, "executor busy; task offered elsewhere");
+                        busy.push(node);
+                        continue;
+                    }
+                    tracing::warn!(error = %last.as_ref().expect("set"), "task failed; retrying on another node");
                 }
                 Err(e) => {
                     tracing::warn!(node = node.0, error = %e, "executor unreachable; retrying on another node");
@@ -895,8 +930,20 @@ fn wildcard(p: &[u8], s: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{NodeId, choose, wildcard};
+    use super::{NodeId, choose, is_host_port, wildcard};
     use std::collections::BTreeMap;
+
+    #[test]
+    fn registry_entries_that_are_not_addresses_are_skipped() {
+        assert!(is_host_port("127.0.0.1:7000"));
+        assert!(is_host_port("[::1]:7000"));
+        assert!(is_host_port("node-a.local:7000"));
+        // An entry caught between its create and its write, or junk.
+        assert!(!is_host_port(""));
+        assert!(!is_host_port("127.0.0.1"));
+        assert!(!is_host_port(":7000"));
+        assert!(!is_host_port("127.0.0.1:70000"));
+    }
 
     #[test]
     fn equal_locality_spreads_over_nodes() {
