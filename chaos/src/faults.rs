@@ -117,67 +117,10 @@ fn ms(rng: &mut StdRng, lo: u64, hi: u64) -> Duration {
 /// Every kind appears at least once, the fill exactly once.
 pub fn schedule(seed: u64, total: Duration, meta: u32, storage: u32) -> Vec<Scheduled> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut out = Vec::new();
-    let mut t = Duration::ZERO;
-    let mut k = 0u32;
     // The first rounds go through every kind once (in a seeded order), then random picks.
     let mut first: Vec<u32> = (0..6).collect();
-    for i in (1..first.len()).rev() {
-        let j = rng.random_range(0..=i);
-        first.swap(i, j);
-    }
-    while t < total {
-        let kind = if (k as usize) < first.len() {
-            first[k as usize]
-        } else {
-            // no second fill
-            loop {
-                let c = rng.random_range(0..6);
-                if c != 5 {
-                    break c;
-                }
-            }
-        };
-        k += 1;
-        let any_role = |rng: &mut StdRng| {
-            if rng.random_bool(0.35) {
-                Role::Meta(rng.random_range(1..=meta as u64))
-            } else {
-                Role::Storage(rng.random_range(1..=storage))
-            }
-        };
-        let fault = match kind {
-            0 => Fault::Kill {
-                role: any_role(&mut rng),
-                down: ms(&mut rng, 500, 9000),
-            },
-            1 => Fault::KillLeader {
-                down: ms(&mut rng, 500, 8000),
-            },
-            2 => Fault::KillChainPair {
-                pick: rng.random(),
-                gap: ms(&mut rng, 200, 2000),
-                down: ms(&mut rng, 1000, 8000),
-            },
-            3 => Fault::Pause {
-                role: any_role(&mut rng),
-                frozen: ms(&mut rng, 500, 9000),
-            },
-            4 => Fault::Corrupt {
-                node: rng.random_range(1..=storage),
-                pick: rng.random(),
-                regions: rng.random_range(1..=3),
-            },
-            _ => Fault::Fill {
-                node: rng.random_range(1..=storage),
-            },
-        };
-        let after = ms(&mut rng, 1000, 4000);
-        // A lower bound of a fault's length: the run stops the schedule at its duration.
-        t += after + Duration::from_secs(1);
-        out.push(Scheduled { after, fault });
-    }
-    out
+    shuffle(&mut rng, &mut first);
+    picks(rng, first, 6, total, meta, storage)
 }
 
 fn shuffle(rng: &mut StdRng, v: &mut [u32]) {
@@ -189,7 +132,7 @@ fn shuffle(rng: &mut StdRng, v: &mut [u32]) {
 
 /// The schedule of `pond chaos --netns` for `seed`: the six network kinds first (in a seeded
 /// order), then the six process kinds of [`schedule`], then random picks among all but the
-/// fill. A separate function so that [`schedule`] (runs without `--netns`) stays exactly what
+/// fill. A separate stream so that [`schedule`] (runs without `--netns`) stays exactly what
 /// it was for every seed.
 pub fn schedule_netns(seed: u64, total: Duration, meta: u32, storage: u32) -> Vec<Scheduled> {
     // A different stream than `schedule` for the same seed, by design: its own kinds.
@@ -199,6 +142,19 @@ pub fn schedule_netns(seed: u64, total: Duration, meta: u32, storage: u32) -> Ve
     let mut process: Vec<u32> = (0..6).collect();
     shuffle(&mut rng, &mut process);
     let first: Vec<u32> = net.into_iter().chain(process).collect();
+    picks(rng, first, 12, total, meta, storage)
+}
+
+/// Faults until `total` is used up: the kinds in `first`, then random kinds below `kinds`
+/// except the fill (there is one fill per run), each followed by a 1–4 s pause.
+fn picks(
+    mut rng: StdRng,
+    first: Vec<u32>,
+    kinds: u32,
+    total: Duration,
+    meta: u32,
+    storage: u32,
+) -> Vec<Scheduled> {
     let mut out = Vec::new();
     let mut t = Duration::ZERO;
     let mut k = 0usize;
@@ -207,79 +163,86 @@ pub fn schedule_netns(seed: u64, total: Duration, meta: u32, storage: u32) -> Ve
             first[k]
         } else {
             loop {
-                let c = rng.random_range(0..12);
+                let c = rng.random_range(0..kinds);
                 if c != 5 {
                     break c;
                 }
             }
         };
         k += 1;
-        let any_role = |rng: &mut StdRng| {
-            if rng.random_bool(0.35) {
-                Role::Meta(rng.random_range(1..=meta as u64))
-            } else {
-                Role::Storage(rng.random_range(1..=storage))
-            }
-        };
-        let fault = match kind {
-            0 => Fault::Kill {
-                role: any_role(&mut rng),
-                down: ms(&mut rng, 500, 9000),
-            },
-            1 => Fault::KillLeader {
-                down: ms(&mut rng, 500, 8000),
-            },
-            2 => Fault::KillChainPair {
-                pick: rng.random(),
-                gap: ms(&mut rng, 200, 2000),
-                down: ms(&mut rng, 1000, 8000),
-            },
-            3 => Fault::Pause {
-                role: any_role(&mut rng),
-                frozen: ms(&mut rng, 500, 9000),
-            },
-            4 => Fault::Corrupt {
-                node: rng.random_range(1..=storage),
-                pick: rng.random(),
-                regions: rng.random_range(1..=3),
-            },
-            5 => Fault::Fill {
-                node: rng.random_range(1..=storage),
-            },
-            6 => Fault::Isolate {
-                role: any_role(&mut rng),
-                down: ms(&mut rng, 1000, 9000),
-            },
-            7 => Fault::MetaSplit {
-                leader_side: rng.random_bool(0.6),
-                pick: rng.random(),
-                down: ms(&mut rng, 2000, 10000),
-            },
-            8 => Fault::ChainLinkCut {
-                pick: rng.random(),
-                down: ms(&mut rng, 1000, 9000),
-            },
-            9 => Fault::MetaCut {
-                node: rng.random_range(1..=storage),
-                down: ms(&mut rng, 1000, 9000),
-            },
-            10 => Fault::Lossy {
-                role: any_role(&mut rng),
-                percent: rng.random_range(5..=40),
-                down: ms(&mut rng, 3000, 10000),
-            },
-            _ => Fault::Slow {
-                role: any_role(&mut rng),
-                kbit: rng.random_range(256..=4096),
-                latency_ms: rng.random_range(100..=1000),
-                down: ms(&mut rng, 3000, 10000),
-            },
-        };
+        let fault = fault_of(kind, &mut rng, meta, storage);
         let after = ms(&mut rng, 1000, 4000);
+        // A lower bound of a fault's length: the run stops the schedule at its duration.
         t += after + Duration::from_secs(1);
         out.push(Scheduled { after, fault });
     }
     out
+}
+
+/// Fault kind `kind` (0–5 process faults, 5 the fill; 6–11 network faults) with its
+/// parameters drawn from `rng`.
+fn fault_of(kind: u32, rng: &mut StdRng, meta: u32, storage: u32) -> Fault {
+    let any_role = |rng: &mut StdRng| {
+        if rng.random_bool(0.35) {
+            Role::Meta(rng.random_range(1..=meta as u64))
+        } else {
+            Role::Storage(rng.random_range(1..=storage))
+        }
+    };
+    match kind {
+        0 => Fault::Kill {
+            role: any_role(rng),
+            down: ms(rng, 500, 9000),
+        },
+        1 => Fault::KillLeader {
+            down: ms(rng, 500, 8000),
+        },
+        2 => Fault::KillChainPair {
+            pick: rng.random(),
+            gap: ms(rng, 200, 2000),
+            down: ms(rng, 1000, 8000),
+        },
+        3 => Fault::Pause {
+            role: any_role(rng),
+            frozen: ms(rng, 500, 9000),
+        },
+        4 => Fault::Corrupt {
+            node: rng.random_range(1..=storage),
+            pick: rng.random(),
+            regions: rng.random_range(1..=3),
+        },
+        5 => Fault::Fill {
+            node: rng.random_range(1..=storage),
+        },
+        6 => Fault::Isolate {
+            role: any_role(rng),
+            down: ms(rng, 1000, 9000),
+        },
+        7 => Fault::MetaSplit {
+            leader_side: rng.random_bool(0.6),
+            pick: rng.random(),
+            down: ms(rng, 2000, 10000),
+        },
+        8 => Fault::ChainLinkCut {
+            pick: rng.random(),
+            down: ms(rng, 1000, 9000),
+        },
+        9 => Fault::MetaCut {
+            node: rng.random_range(1..=storage),
+            down: ms(rng, 1000, 9000),
+        },
+        10 => Fault::Lossy {
+            role: any_role(rng),
+            percent: rng.random_range(5..=40),
+            down: ms(rng, 3000, 10000),
+        },
+        _ => Fault::Slow {
+            role: any_role(rng),
+            kbit: rng.random_range(256..=4096),
+            latency_ms: rng.random_range(100..=1000),
+            down: ms(rng, 3000, 10000),
+        },
+    }
 }
 
 /// What happened, for the report.
