@@ -9,13 +9,12 @@
 
 use crate::report::{Samples, Table, progress};
 use anyhow::{Context, Result, bail};
+use pond_client::Client;
 use pond_client::config::ClusterFile;
 use pond_client::dataframe::wire::{RowSet, TaskLimits, Value};
 use pond_client::dataframe::{Session, SessionOptions, TaskRecord};
-use pond_client::{Client, OpenMode};
 use pond_proto::ids::NodeId;
 use pond_proto::layout::PlacementHint;
-use pond_proto::meta::Caller;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -127,45 +126,9 @@ pub async fn make_dataset_bytes(
 /// that node would place it so), or anywhere when no chain has its head there; returns its
 /// bytes.
 pub async fn put_on(client: &Client, local: &Path, remote: &str, node: NodeId) -> Result<u64> {
-    use tokio::io::AsyncReadExt;
-    let (parent, name) = client.parent_of(remote).await?;
-    // Any chain when none has its head on `node` (e.g. chains of 3 all headed elsewhere).
-    let mut hint = PlacementHint::HeadOnNode(node);
-    let (_, file) = loop {
-        match client
-            .create_open(
-                parent.inode,
-                name,
-                0o644,
-                Caller::default(),
-                false,
-                hint,
-                OpenMode::WRITE,
-            )
-            .await
-        {
-            Err(e)
-                if e.code() == pond_proto::ErrorCode::InvalidArgument
-                    && hint != PlacementHint::Any =>
-            {
-                hint = PlacementHint::Any;
-            }
-            r => break r?,
-        }
-    };
-    let mut src = tokio::fs::File::open(local).await?;
-    let mut buf = vec![0u8; 8 << 20];
-    let mut off = 0u64;
-    loop {
-        let n = src.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        file.pwrite(off, &buf[..n]).await?;
-        off += n as u64;
-    }
-    file.close().await?;
-    Ok(off)
+    Ok(client
+        .put_placed(local, remote, PlacementHint::HeadOnNode(node), |_| {})
+        .await?)
 }
 
 /// Per stage of a job's task log: tasks, summed fetch/query/output time, the slowest task.

@@ -964,6 +964,31 @@ impl Client {
         self.open(path, OpenOptions::write()).await
     }
 
+    /// [`Client::create_file`], asking meta to place a new file by `hint` (e.g. on a chain
+    /// headed on the node that will read it). A hint no chain satisfies (meta answers
+    /// `InvalidArgument`, e.g. every chain is headed elsewhere) falls back to any chain; an
+    /// existing file keeps its chains and is truncated.
+    pub async fn create_file_placed(&self, path: &str, hint: PlacementHint) -> Result<File> {
+        if hint == PlacementHint::Any {
+            return self.create_file(path).await;
+        }
+        match self.stat(path).await {
+            Ok(attr) => return self.open_attr(&attr, OpenMode::WRITE, true).await,
+            Err(e) if e.code() == ErrorCode::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let (dir, name) = self.parent_of(path).await?;
+        let caller = self.core.opts.caller;
+        match self
+            .create_open(dir.inode, name, 0o644, caller, false, hint, OpenMode::WRITE)
+            .await
+        {
+            Ok((_, file)) => Ok(file),
+            Err(e) if e.code() == ErrorCode::InvalidArgument => self.create_file(path).await,
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn mkdir_path(&self, path: &str, mode: u32) -> Result<InodeAttr> {
         let (dir, name) = self.parent_of(path).await?;
         self.mkdir(dir.inode, name, mode, self.core.opts.caller)
@@ -1151,10 +1176,17 @@ impl Client {
 
     /// Copies a local file into pond at `remote` (created or truncated). Returns bytes copied.
     /// `progress` is called with the running total after every step.
-    pub async fn put(
+    pub async fn put(&self, local: &Path, remote: &str, progress: impl FnMut(u64)) -> Result<u64> {
+        self.put_placed(local, remote, PlacementHint::Any, progress)
+            .await
+    }
+
+    /// [`Client::put`] with a new file placed by `hint` ([`Client::create_file_placed`]).
+    pub async fn put_placed(
         &self,
         local: &Path,
         remote: &str,
+        hint: PlacementHint,
         mut progress: impl FnMut(u64),
     ) -> Result<u64> {
         use tokio::io::AsyncReadExt;
@@ -1165,7 +1197,7 @@ impl Client {
                 path: lp.clone(),
                 source,
             })?;
-        let f = self.create_file(remote).await?;
+        let f = self.create_file_placed(remote, hint).await?;
         let mut total = 0u64;
         let r: Result<()> = async {
             loop {

@@ -4,14 +4,13 @@
 
 use crate::engine::{Engine, EngineError, EngineOutput, EngineResult};
 use crate::limits::*;
+use pond_client::Client;
 use pond_client::dataframe::wire::{
     self, COMPUTE_PROTOCOL_VERSION, FailureKind, Hello, REQUEST_FRAME_BYTES_MAX, ResultBody,
     TaskFailure, TaskReply, TaskResult, TaskSpec, TaskStats,
 };
-use pond_client::{Client, OpenMode};
 use pond_proto::ids::NodeId;
 use pond_proto::layout::PlacementHint;
-use pond_proto::meta::Caller;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -641,61 +640,15 @@ async fn read_local(
 /// Copies a local file into pond at `remote` (created or truncated), asking for a chain whose
 /// head is this node so that the next stage can read it locally.
 async fn upload(client: &Client, node: u32, local: &Path, remote: &str) -> Result<u64, String> {
-    use tokio::io::AsyncReadExt;
-    let (parent, name) = client
-        .parent_of(remote)
-        .await
-        .map_err(|e| format!("resolve parent: {e}"))?;
     // Head on `node` when a chain has its head there; any chain otherwise (a chain's head
     // moves when its node fails).
-    let mut hint = PlacementHint::HeadOnNode(NodeId(node));
-    let created = loop {
-        match client
-            .create_open(
-                parent.inode,
-                name,
-                0o644,
-                Caller::default(),
-                false,
-                hint,
-                OpenMode::WRITE,
-            )
-            .await
-        {
-            Err(e)
-                if e.code() == pond_proto::ErrorCode::InvalidArgument
-                    && hint != PlacementHint::Any =>
-            {
-                hint = PlacementHint::Any;
-            }
-            r => break r.map_err(|e| format!("create: {e}")),
-        }
-    };
-    let (_, file) = created?;
-    let r = async {
-        let mut src = tokio::fs::File::open(local)
-            .await
-            .map_err(|e| format!("open output: {e}"))?;
-        let mut off = 0u64;
-        let mut buf = vec![0u8; OUTPUT_COPY_BYTES];
-        loop {
-            let n = src
-                .read(&mut buf)
-                .await
-                .map_err(|e| format!("read output: {e}"))?;
-            if n == 0 {
-                break;
-            }
-            file.pwrite(off, &buf[..n])
-                .await
-                .map_err(|e| format!("write: {e}"))?;
-            off += n as u64;
-        }
-        Ok::<u64, String>(off)
-    }
-    .await;
-    let c = file.close().await.map_err(|e| format!("close: {e}"));
-    let n = r?;
-    c?;
-    Ok(n)
+    client
+        .put_placed(
+            local,
+            remote,
+            PlacementHint::HeadOnNode(NodeId(node)),
+            |_| {},
+        )
+        .await
+        .map_err(|e| format!("upload {}: {e}", local.display()))
 }
