@@ -62,17 +62,22 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with the cluster directory created under `parent`.
     pub fn start_in(bin: &str, opts: Opts, parent: &Path) -> Result<Cluster> {
+        let c = Cluster::new_dir(bin, parent)?;
+        c.up(&opts)?;
+        Ok(c)
+    }
+
+    /// A cluster value over a new `pond-it-*` directory under `parent`; nothing started yet.
+    fn new_dir(bin: &str, parent: &Path) -> Result<Cluster> {
         std::fs::create_dir_all(parent)?;
         let dir = tempfile::Builder::new()
             .prefix("pond-it-")
             .tempdir_in(parent)?;
-        let c = Cluster {
+        Ok(Cluster {
             bin: PathBuf::from(bin),
             dir,
             restarted: Vec::new(),
-        };
-        c.up(&opts)?;
-        Ok(c)
+        })
     }
 
     /// Start a cluster from a directory that `prepare` fills (configs, `cluster.toml`,
@@ -84,15 +89,7 @@ impl Cluster {
         parent: &Path,
         prepare: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<Cluster> {
-        std::fs::create_dir_all(parent)?;
-        let dir = tempfile::Builder::new()
-            .prefix("pond-it-")
-            .tempdir_in(parent)?;
-        let c = Cluster {
-            bin: PathBuf::from(bin),
-            dir,
-            restarted: Vec::new(),
-        };
+        let c = Cluster::new_dir(bin, parent)?;
         prepare(c.path())?;
         c.up(&Opts::default())?;
         Ok(c)
