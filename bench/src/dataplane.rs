@@ -319,6 +319,16 @@ pub async fn run(file_bytes: u64, phase: Duration, client: &ClientFigures) -> Re
     Ok(())
 }
 
+/// Sequential 1 MiB writes only (`lanes` in flight), for profiling the write path in isolation
+/// (`cargo run --release -p pond-bench --example dataplane_write -- MIB LANES`).
+pub async fn write_probe(mib: u64, lanes: u64) -> Result<Samples> {
+    let chain = MemChain::start(mib * MIB as u64 * 2 + (256 << 20)).await?;
+    let c = DataClient::tcp(TOKEN, ClientId(0xbe_4d)).with_deadline(Duration::from_secs(30));
+    let res = seq_write(&c, &chain.replicas[0], mib, lanes).await;
+    chain.stop().await;
+    res
+}
+
 struct MemFigures {
     write1: Samples,
     write8: Samples,

@@ -51,6 +51,15 @@ pub const WRITE_INFLIGHT_BYTES_MAX: usize = 64 << 20;
 /// otherwise make merging quadratic.
 pub const WRITE_EXTENTS_PER_CHUNK_MAX: usize = 64;
 
+/// A buffered write of at least this many bytes reserves room behind it for the writes that
+/// follow (sequential writers: FUSE's 1 MiB writes, `write_all` of big buffers), so the
+/// extent grows by one allocation instead of doubling: each doubling copied the extent and
+/// faulted in fresh pages (1 MiB writes into a 4 MiB chunk copied 3 MiB more than they wrote).
+pub const WRITE_SEQUENTIAL_RESERVE_MIN: usize = 64 << 10;
+/// At most this much room is reserved beyond the bytes an extent holds (untouched room costs
+/// address space, not memory).
+pub const WRITE_SEQUENTIAL_RESERVE_MAX: usize = 8 << 20;
+
 /// Read pieces grouped into one batched read per storage node (the wire allows more; this
 /// keeps one reply frame ≤ `READ_BATCH_BYTES_MAX` and latency of the first piece low).
 pub const READ_BATCH_ITEMS_MAX: usize = 1024;

@@ -5,7 +5,9 @@
 //! Pure data structure (no I/O); the ordering of pieces on the wire is the caller's job
 //! (`file::OpenInode` chains writes of one chunk one after the other).
 
-use crate::limits::WRITE_EXTENTS_PER_CHUNK_MAX;
+use crate::limits::{
+    WRITE_EXTENTS_PER_CHUNK_MAX, WRITE_SEQUENTIAL_RESERVE_MAX, WRITE_SEQUENTIAL_RESERVE_MIN,
+};
 use crate::stripe;
 use bytes::{Bytes, BytesMut};
 use std::collections::BTreeMap;
@@ -200,19 +202,32 @@ fn merge(ext: &mut Vec<Extent>, offset: u32, data: &[u8], chunk_bytes: u32) -> u
     // Extents that overlap or touch [offset, end).
     let first = ext.partition_point(|e| e.end() < offset);
     let last = ext.partition_point(|e| e.offset <= end);
+    // Room a sequential writer will want after `end`, up to the chunk's end: grown once instead
+    // of doubling (each doubling copied the extent and faulted in fresh pages), bounded by
+    // `WRITE_SEQUENTIAL_RESERVE_MAX` beyond the bytes held.
+    let room = |held: usize| {
+        let to_end = (chunk_bytes - end) as usize;
+        to_end
+            .min(held.max(WRITE_SEQUENTIAL_RESERVE_MIN) * 3)
+            .min(WRITE_SEQUENTIAL_RESERVE_MAX)
+    };
     if first == last {
-        ext.insert(
-            first,
-            Extent {
-                offset,
-                data: BytesMut::from(data),
-            },
-        );
+        let mut d = BytesMut::new();
+        if data.len() >= WRITE_SEQUENTIAL_RESERVE_MIN {
+            d.reserve(data.len() + room(data.len()));
+        }
+        d.extend_from_slice(data);
+        ext.insert(first, Extent { offset, data: d });
         return 0;
     }
     // Fast path: a pure append to one extent (sequential writes).
     if last - first == 1 && ext[first].end() == offset {
-        ext[first].data.extend_from_slice(data);
+        let e = &mut ext[first].data;
+        if e.capacity() - e.len() < data.len() {
+            let held = e.len() + data.len();
+            e.reserve(data.len() + room(held));
+        }
+        e.extend_from_slice(data);
         return 0;
     }
     let start = ext[first].offset.min(offset);
@@ -292,6 +307,32 @@ mod tests {
         );
         assert!(b.is_empty());
         assert_eq!(b.bytes(), 0);
+    }
+
+    #[test]
+    fn a_sequential_writer_fills_a_chunk_without_reallocating() {
+        const CHUNK: u32 = 4 << 20;
+        let mut b = WriteBuffer::new(CHUNK);
+        let step = 1usize << 20;
+        let block: Vec<u8> = (0..step).map(|i| i as u8).collect();
+        b.insert(0, &block);
+        let at = b.chunks[&0][0].data.as_ptr();
+        for k in 1..4 {
+            b.insert((k * step) as u64, &block);
+            assert_eq!(b.chunks[&0].len(), 1);
+            assert_eq!(
+                b.chunks[&0][0].data.as_ptr(),
+                at,
+                "append {k} moved the extent (a copy of everything before it)"
+            );
+        }
+        let ready = b.take_ready();
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ready[0].data.len(), CHUNK as usize);
+        assert_eq!(&ready[0].data[3 * step..], &block[..]);
+        // Small writers reserve nothing up front.
+        b.insert(0, &[1; 100]);
+        assert!(b.chunks[&0][0].data.capacity() < WRITE_SEQUENTIAL_RESERVE_MIN);
     }
 
     #[test]

@@ -910,16 +910,18 @@ impl Node {
         let (client, request) = p
             .origin
             .unwrap_or((self.server_client(), self.next_request()));
+        let chunk = req.chunk;
+        let (data, crc) = on_store(&t.store, move |s| s.read_crc(chunk, p.version, 0, u32::MAX))
+            .await
+            .map_err(store_err)?;
+        // `forward_update` sends a replace's payload with the request's CRC as is.
         let replace = UpdateReq {
             op: UpdateOp::Replace,
             client,
             request,
+            crc,
             ..req.clone()
         };
-        let chunk = req.chunk;
-        let data = on_store(&t.store, move |s| s.read(chunk, p.version, 0, u32::MAX))
-            .await
-            .map_err(store_err)?;
         let mut maybe_delivered = false;
         self.forward_update(t, &replace, p.version, data, &mut maybe_delivered)
             .await?;
@@ -982,7 +984,10 @@ impl Node {
         maybe_delivered: &mut bool,
     ) -> Result<(), PondError> {
         let mut rx = self.routing.subscribe();
-        let mut full: Option<(Bytes, u32)> = None;
+        // A full replace carries the whole content of `u` already (verified on receipt):
+        // forward it as is instead of reading it back from the store.
+        let mut full: Option<(Bytes, u32)> =
+            (req.op == UpdateOp::Replace).then(|| (data.clone(), req.crc));
         let mut force_full = false;
         let mut last = err(ErrorCode::Unavailable, "no attempt");
         for _attempt in 0..FORWARD_ATTEMPTS_MAX {

@@ -13,6 +13,7 @@
 //!
 //! Wire format: `pond_proto::data`.
 
+pub mod bufpool;
 pub mod limits;
 #[cfg(feature = "rdma")]
 pub mod rdma;

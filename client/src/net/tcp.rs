@@ -4,8 +4,8 @@
 //! `Closed` and is replaced on the next call.
 
 use super::limits::*;
-use super::{NetError, Transport};
-use bytes::{Bytes, BytesMut};
+use super::{NetError, Transport, bufpool};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use pond_proto::ClientId;
@@ -22,6 +22,11 @@ use tracing::Instrument;
 /// Reads one whole frame. `Ok(None)` on a clean end of stream between frames. The header is
 /// validated before any memory is reserved for the body, so a peer cannot make us allocate
 /// more than one maximum frame.
+///
+/// A payload of at least `POOLED_PAYLOAD_MIN` bytes is read into its own buffer from the
+/// receive pool (`bufpool`), sized exactly and reused across frames, instead of growing `buf`
+/// (which copied what had arrived and faulted in fresh pages for every large frame). Not
+/// cancel-safe once such a payload has started: callers drop the connection when they cancel.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
@@ -30,19 +35,64 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         if let Some(f) = decode_frame(buf)? {
             return Ok(Some(f));
         }
-        let need = bytes_needed(buf)?;
+        let mut need = bytes_needed(buf)?;
+        if buf.len() >= HEADER_BYTES {
+            let h = decode_header(&buf[..HEADER_BYTES])?;
+            if h.payload_len as usize >= POOLED_PAYLOAD_MIN {
+                let head = HEADER_BYTES + h.meta_len as usize;
+                if buf.len() >= head {
+                    return read_pooled_payload(r, buf, h).await.map(Some);
+                }
+                // Only the message still goes through `buf`.
+                need = head - buf.len();
+            }
+        }
         buf.reserve(need.max(READ_BUF_BYTES));
         let n = r.read_buf(buf).await?;
         if n == 0 {
             if buf.is_empty() {
                 return Ok(None);
             }
-            return Err(NetError::Io(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "truncated frame",
-            )));
+            return Err(truncated());
         }
     }
+}
+
+fn truncated() -> NetError {
+    NetError::Io(std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "truncated frame",
+    ))
+}
+
+/// `buf` holds the header and the whole message of a frame with a large payload, and maybe the
+/// payload's first bytes: moves those into a pooled buffer and reads the rest straight into it.
+async fn read_pooled_payload<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    header: FrameHeader,
+) -> Result<Frame, NetError> {
+    let len = header.payload_len as usize;
+    buf.advance(HEADER_BYTES);
+    let meta = buf.split_to(header.meta_len as usize).freeze();
+    let mut payload = bufpool::PooledBuf::take(len);
+    let dst = payload.as_mut();
+    let have = buf.len().min(len);
+    dst[..have].copy_from_slice(&buf[..have]);
+    buf.advance(have);
+    let mut filled = have;
+    while filled < len {
+        let n = r.read(&mut dst[filled..]).await?;
+        if n == 0 {
+            return Err(truncated());
+        }
+        filled += n;
+    }
+    Ok(Frame {
+        header,
+        meta,
+        payload: payload.freeze(),
+    })
 }
 
 /// Writes an encoded header+message and then the payload, without copying the payload.
@@ -263,5 +313,111 @@ impl Transport for TcpTransport {
             }
             .instrument(span),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pond_proto::data::DataResponse;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Hands out its bytes in pieces of the given sizes (cycled), like a socket would.
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        sizes: Vec<usize>,
+        k: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            out: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let step = self.sizes[self.k % self.sizes.len()];
+            self.k += 1;
+            let n = step.min(out.remaining()).min(self.data.len() - self.at);
+            let at = self.at;
+            out.put_slice(&self.data[at..at + n]);
+            self.at += n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn frame(id: u64, payload: &[u8]) -> Vec<u8> {
+        let mut v = encode_frame(
+            FrameKind::Response,
+            id,
+            &DataResponse::HelloOk,
+            payload.len(),
+        )
+        .unwrap()
+        .to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    fn pattern(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn frames_of_every_size_survive_any_split_of_the_stream() {
+        let payloads = [
+            pattern(10, 1),
+            pattern(1 << 20, 2),
+            pattern(POOLED_PAYLOAD_MIN, 3),
+            pattern(POOLED_PAYLOAD_MIN - 1, 4),
+            Vec::new(),
+            pattern(3 << 20, 5),
+            pattern(7, 6),
+        ];
+        let mut wire = Vec::new();
+        for (i, p) in payloads.iter().enumerate() {
+            wire.extend(frame(i as u64, p));
+        }
+        for sizes in [
+            vec![1usize],
+            vec![7, 100_000, 13],
+            vec![24, 5, 1 << 20],
+            vec![usize::MAX],
+        ] {
+            let mut r = Trickle {
+                data: wire.clone(),
+                at: 0,
+                sizes: sizes.clone(),
+                k: 0,
+            };
+            let mut buf = BytesMut::new();
+            for (i, p) in payloads.iter().enumerate() {
+                let f = read_frame(&mut r, &mut buf)
+                    .await
+                    .unwrap()
+                    .expect("a frame");
+                assert_eq!(f.header.request_id, i as u64, "split {sizes:?}");
+                assert!(matches!(f.response().unwrap(), DataResponse::HelloOk));
+                assert_eq!(&f.payload[..], &p[..], "payload {i}, split {sizes:?}");
+            }
+            assert!(read_frame(&mut r, &mut buf).await.unwrap().is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_payload_cut_short_is_an_error() {
+        let mut wire = frame(1, &pattern(1 << 20, 9));
+        wire.truncate(wire.len() - 1);
+        let mut r = Trickle {
+            data: wire,
+            at: 0,
+            sizes: vec![64 << 10],
+            k: 0,
+        };
+        let mut buf = BytesMut::new();
+        assert!(read_frame(&mut r, &mut buf).await.is_err());
     }
 }
