@@ -1,5 +1,5 @@
 //! `pond-meta`: the metadata service. A Raft group (openraft, storage v2) whose log lives in
-//! `log.redb` and whose state machine — the namespace and the cluster map — lives in
+//! `raftlog/` (append-only segment files, `raft_log`) and whose state machine — the namespace and the cluster map — lives in
 //! `state.redb` under the replica's data directory. The leader also runs the cluster manager
 //! (heartbeats, target states, chain and routing versions, garbage collection hand-out).
 //!
@@ -21,6 +21,7 @@ pub mod manager;
 pub mod namespace;
 pub mod network;
 pub mod node;
+pub mod raft_log;
 pub mod server;
 pub mod store;
 pub mod tables;

@@ -1,50 +1,46 @@
-//! Durable Raft log and vote in `log.redb`, written by one writer thread with group commit.
+//! The Raft log store openraft uses: `raft_log::Wal` files written by one writer thread with
+//! group commit, and an in-memory view (log ids, recent entry bytes, file locations) that
+//! every read is served from.
 //!
 //! - Every mutation (append, vote, committed, truncate, purge) goes through one bounded queue
-//!   to the writer thread, in call order. The writer drains what has queued and commits it as
-//!   **one** redb transaction: one `fdatasync` covers every append that arrived while the
-//!   previous one was syncing (group commit).
-//! - Entries are readable (`try_get_log_entries`) from the moment `append` returns: until the
-//!   writer has committed them they are served from an in-memory `pending` map, so the leader's
-//!   replication streams can ship them to followers while the local sync runs.
+//!   to the writer thread, in call order. The writer drains what has queued and writes it as
+//!   **one** group: one `pwrite` of all the records and one `fdatasync` (see `raft_log`).
+//! - Entries are readable (`try_get_log_entries`) from the moment `append` returns: their
+//!   bytes stay in memory until written, then while the cache holds them (`LOG_CACHE_BYTES`),
+//!   and older ones are read back from the segment by offset.
 //! - Every append is reported flushed only after its own sync, on the leader too. openraft 0.9
 //!   counts the leader's flushed log in the quorum that advances the commit index, and followers
 //!   apply what that index covers. Reporting the leader's own entries flushed when queued (tried
 //!   here: the leader's sync overlapped replication) let an entry count as committed while
 //!   durable on one follower only: if the leader then crashed before its sync, it could vote
 //!   for the other follower, which never had the entry, and the follower that had applied it
-//!   would have to truncate an applied entry. The win of that shortcut (one sync instead of two
-//!   in a row per commit) is not worth a window where committed state can diverge; group
-//!   commit (one sync for everything queued) stays. The state machine still waits on
-//!   `LogDurable` before applying (a no-op wait now, kept as the guard).
+//!   would have to truncate an applied entry. The state machine still waits on `LogDurable`
+//!   before applying (a no-op wait now, kept as the guard).
 
 // `openraft::StorageError` is the error type the storage traits require; it is large, and
 // boxing it here would only unbox it again at the trait boundary.
 #![allow(clippy::result_large_err)]
 
+use crate::raft_log::{Loc, StoredEntry, Wal, read_at};
 use crate::types::{LogId, StorageError, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, OptionalSend, Vote};
 use parking_lot::Mutex;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
-use std::ops::{Bound, RangeBounds};
+use std::fs::File;
+use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
-/// index -> postcard `Entry<TypeConfig>`.
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-/// "vote" | "committed" | "purged" -> postcard value.
-const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
-
 /// Commands queued to the writer thread (bounded: openraft has few appends in flight).
 const WRITER_QUEUE_MAX: usize = 1024;
-/// Commands the writer folds into one transaction at most.
+/// Commands the writer folds into one group at most.
 const WRITER_GROUP_MAX: usize = 256;
+/// Bytes of written entries kept in memory for readers (replication, apply); older entries
+/// are read back from their segment. Entries not yet written are always kept.
+const LOG_CACHE_BYTES: usize = 64 << 20;
 
 /// How far the local log is durable, for `StateStore::apply` (see the module docs).
 #[derive(Debug)]
@@ -56,7 +52,7 @@ pub struct LogDurable {
 struct DurableState {
     /// Every entry at or below this index that is in the log is durable.
     index: u64,
-    /// A commit failed: nothing becomes durable any more.
+    /// A write failed: nothing becomes durable any more.
     failed: bool,
 }
 
@@ -94,39 +90,77 @@ impl LogDurable {
     }
 }
 
-/// An entry queued for the writer and readable until it is committed.
-#[derive(Clone)]
-struct Pending {
-    log_id: LogId,
-    bytes: Arc<[u8]>,
-}
+type Done = oneshot::Sender<Result<(), String>>;
 
 enum Cmd {
     Append {
-        entries: Vec<(u64, Pending)>,
-        callback: Option<LogFlushed<TypeConfig>>,
+        /// (generation, entry): the generation tells a re-appended index from the old one.
+        entries: Vec<(u64, StoredEntry)>,
+        callback: LogFlushed<TypeConfig>,
     },
-    State {
-        key: &'static str,
-        bytes: Vec<u8>,
-        durable: bool,
-        done: oneshot::Sender<Result<(), String>>,
+    Committed(Option<LogId>),
+    Vote {
+        vote: Vote<u64>,
+        done: Done,
     },
     Truncate {
         from: u64,
-        done: oneshot::Sender<Result<(), String>>,
+        done: Done,
     },
     Purge {
-        log_id: LogId,
-        done: oneshot::Sender<Result<(), String>>,
+        upto: LogId,
+        done: Done,
     },
 }
 
+/// One entry of the in-memory view.
+struct Slot {
+    log_id: LogId,
+    generation: u64,
+    /// Postcard bytes; `None` once evicted from the cache (then `loc` is set).
+    bytes: Option<Arc<[u8]>>,
+    /// Where the writer put it; `None` until written.
+    loc: Option<Loc>,
+}
+
+#[derive(Default)]
+struct Mem {
+    slots: BTreeMap<u64, Slot>,
+    segs: BTreeMap<u64, Arc<File>>,
+    /// Written entries holding bytes, oldest first: (index, generation).
+    cached: VecDeque<(u64, u64)>,
+    cache_bytes: usize,
+    purged: Option<LogId>,
+    vote: Option<Vote<u64>>,
+    committed: Option<LogId>,
+    next_gen: u64,
+}
+
+impl Mem {
+    fn drop_slot(&mut self, s: &Slot) {
+        if let Some(b) = &s.bytes {
+            self.cache_bytes -= b.len();
+        }
+    }
+
+    fn evict(&mut self) {
+        while self.cache_bytes > LOG_CACHE_BYTES {
+            let Some((i, generation)) = self.cached.pop_front() else {
+                break;
+            };
+            if let Some(s) = self.slots.get_mut(&i)
+                && s.generation == generation
+                && s.loc.is_some()
+                && let Some(b) = s.bytes.take()
+            {
+                self.cache_bytes -= b.len();
+            }
+        }
+    }
+}
+
 struct Inner {
-    db: Arc<Database>,
-    pending: Mutex<BTreeMap<u64, Pending>>,
-    /// The last vote saved (durably) by this replica.
-    vote: Mutex<Option<Vote<u64>>>,
+    mem: Mutex<Mem>,
     tx: mpsc::Sender<Cmd>,
     durable: Arc<LogDurable>,
 }
@@ -144,69 +178,56 @@ fn log_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
     io_err(ErrorSubject::Logs, verb, e)
 }
 
-type BoxErr = Box<dyn std::error::Error + Send + Sync>;
-
 impl LogStore {
-    /// Opens (creating if needed) the log in `path` and starts its writer thread.
-    pub fn open(path: &Path) -> anyhow::Result<LogStore> {
-        let db = Database::create(path)?;
-        let txn = db.begin_write()?;
-        txn.open_table(LOG)?;
-        txn.open_table(STATE)?;
-        txn.commit()?;
-        let (last, vote) = {
-            let txn = db.begin_read()?;
-            let t = txn.open_table(LOG)?;
-            let last = t.last()?.map(|(k, _)| k.value()).unwrap_or(0);
-            let s = txn.open_table(STATE)?;
-            let vote: Option<Vote<u64>> = match s.get("vote")? {
-                Some(v) => Some(postcard::from_bytes(v.value())?),
-                None => None,
-            };
-            (last, vote)
+    /// Opens (creating if needed) the log in `data_dir/raftlog` and starts its writer thread.
+    /// A `data_dir` holding the redb log of earlier builds (`log.redb`, format 0) is refused.
+    pub fn open(data_dir: &Path) -> anyhow::Result<LogStore> {
+        let old = data_dir.join("log.redb");
+        anyhow::ensure!(
+            !old.exists(),
+            "{} is a raft log of format 0 (redb); this build reads raftlog/ format {}: \
+             start this replica from an empty data directory",
+            old.display(),
+            crate::raft_log::FORMAT_VERSION
+        );
+        let (wal, rec) = Wal::open(&data_dir.join("raftlog"))?;
+        let last = rec.entries.keys().next_back().copied().unwrap_or(0);
+        let mut mem = Mem {
+            segs: wal.segment_files(),
+            purged: rec.state.purged,
+            vote: rec.state.vote,
+            committed: rec.committed,
+            ..Mem::default()
         };
-        let db = Arc::new(db);
+        for (i, (log_id, loc)) in rec.entries {
+            mem.slots.insert(
+                i,
+                Slot {
+                    log_id,
+                    generation: 0,
+                    bytes: None,
+                    loc: Some(loc),
+                },
+            );
+        }
+        mem.next_gen = 1;
         let durable = Arc::new(LogDurable::new(last));
         let (tx, rx) = mpsc::channel(WRITER_QUEUE_MAX);
         let inner = Arc::new(Inner {
-            db: db.clone(),
-            pending: Mutex::new(BTreeMap::new()),
-            vote: Mutex::new(vote),
+            mem: Mutex::new(mem),
             tx,
             durable: durable.clone(),
         });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || writer_loop(db, rx, weak, durable))?;
+            .spawn(move || writer_loop(wal, rx, weak, durable))?;
         Ok(LogStore { inner })
     }
 
     /// How far this log is durable (the state machine waits on it before applying).
     pub fn durable(&self) -> Arc<LogDurable> {
         self.inner.durable.clone()
-    }
-
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Database) -> Result<T, StorageError> + Send + 'static,
-    ) -> Result<T, StorageError> {
-        let db = self.inner.db.clone();
-        tokio::task::spawn_blocking(move || f(&db))
-            .await
-            .map_err(|e| log_err(ErrorVerb::Read, e))?
-    }
-
-    fn get_state<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, StorageError> {
-        let r = || -> Result<Option<T>, BoxErr> {
-            let txn = db.begin_read()?;
-            let t = txn.open_table(STATE)?;
-            match t.get(key)? {
-                None => Ok(None),
-                Some(v) => Ok(Some(postcard::from_bytes(v.value())?)),
-            }
-        };
-        r().map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))
     }
 
     async fn send(&self, cmd: Cmd, verb: ErrorVerb) -> Result<(), StorageError> {
@@ -217,34 +238,23 @@ impl LogStore {
             .map_err(|_| log_err(verb, "raft log writer stopped"))
     }
 
-    async fn put_state<T: Serialize>(
+    async fn call(
         &self,
-        key: &'static str,
-        v: &T,
-        durable: bool,
+        make: impl FnOnce(Done) -> Cmd,
+        subject: ErrorSubject<u64>,
+        verb: ErrorVerb,
     ) -> Result<(), StorageError> {
-        let bytes =
-            postcard::to_stdvec(v).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
         let (done, rx) = oneshot::channel();
-        self.send(
-            Cmd::State {
-                key,
-                bytes,
-                durable,
-                done,
-            },
-            ErrorVerb::Write,
-        )
-        .await?;
+        self.send(make(done), verb).await?;
         rx.await
-            .map_err(|_| io_err(ErrorSubject::Store, ErrorVerb::Write, "writer stopped"))?
-            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
+            .map_err(|_| io_err(subject.clone(), verb, "raft log writer stopped"))?
+            .map_err(|e| io_err(subject, verb, e))
     }
 }
 
-/// The writer thread: folds queued commands into one transaction per round.
+/// The writer thread: writes each group of queued commands with one sync.
 fn writer_loop(
-    db: Arc<Database>,
+    mut wal: Wal,
     mut rx: mpsc::Receiver<Cmd>,
     inner: std::sync::Weak<Inner>,
     durable: Arc<LogDurable>,
@@ -258,13 +268,14 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
+        let mut written: Vec<(u64, u64, Loc)> = Vec::new();
         let res = match &failed {
             Some(e) => Err(e.clone()),
-            None => commit_group(&db, &group).map_err(|e| e.to_string()),
+            None => write_group(&mut wal, &group, &mut written).map_err(|e| e.to_string()),
         };
         if let Err(e) = &res {
             if failed.is_none() {
-                tracing::error!(error = %e, "raft log commit failed; this replica stops making entries durable");
+                tracing::error!(error = %e, "raft log write failed; this replica stops making entries durable");
             }
             failed = Some(e.clone());
             durable.update(|s| s.failed = true);
@@ -274,8 +285,8 @@ fn writer_loop(
                 for c in &group {
                     match c {
                         Cmd::Append { entries, .. } => {
-                            if let Some((i, _)) = entries.last() {
-                                s.index = s.index.max(*i);
+                            if let Some((_, e)) = entries.last() {
+                                s.index = s.index.max(e.log_id.index);
                             }
                         }
                         Cmd::Truncate { from, .. } => s.index = s.index.min(from.saturating_sub(1)),
@@ -284,136 +295,114 @@ fn writer_loop(
                 }
             });
             if let Some(inner) = inner.upgrade() {
-                let mut p = inner.pending.lock();
-                for c in &group {
-                    if let Cmd::Append { entries, .. } = c {
-                        for (i, e) in entries {
-                            if p.get(i).is_some_and(|q| q.log_id == e.log_id) {
-                                p.remove(i);
-                            }
+                let mut m = inner.mem.lock();
+                m.segs = wal.segment_files();
+                for (i, generation, loc) in written {
+                    if let Some(s) = m.slots.get_mut(&i)
+                        && s.generation == generation
+                    {
+                        s.loc = Some(loc);
+                        if s.bytes.is_some() {
+                            m.cached.push_back((i, generation));
                         }
                     }
                 }
+                m.evict();
             }
         }
         for c in group {
             match c {
                 Cmd::Append { callback, .. } => {
-                    if let Some(cb) = callback {
-                        cb.log_io_completed(res.clone().map_err(std::io::Error::other));
-                    }
+                    callback.log_io_completed(res.clone().map_err(std::io::Error::other));
                 }
-                Cmd::State { done, .. } | Cmd::Truncate { done, .. } | Cmd::Purge { done, .. } => {
+                Cmd::Vote { done, .. } | Cmd::Truncate { done, .. } | Cmd::Purge { done, .. } => {
                     let _ = done.send(res.clone());
                 }
+                Cmd::Committed(_) => {}
             }
         }
     }
 }
 
-fn commit_group(db: &Database, group: &[Cmd]) -> Result<(), BoxErr> {
-    let durable = group.iter().any(|c| match c {
-        Cmd::State { durable, .. } => *durable,
-        _ => true,
-    });
-    let mut txn = db.begin_write()?;
-    txn.set_durability(if durable {
-        Durability::Immediate
-    } else {
-        Durability::None
-    })?;
-    {
-        let mut log = txn.open_table(LOG)?;
-        let mut state = txn.open_table(STATE)?;
-        for c in group {
-            match c {
-                Cmd::Append { entries, .. } => {
-                    for (i, e) in entries {
-                        log.insert(*i, &*e.bytes)?;
-                    }
+fn write_group(
+    wal: &mut Wal,
+    group: &[Cmd],
+    written: &mut Vec<(u64, u64, Loc)>,
+) -> Result<(), crate::raft_log::WalError> {
+    let mut sync = false;
+    for c in group {
+        match c {
+            Cmd::Append { entries, .. } => {
+                let list: Vec<StoredEntry> = entries.iter().map(|(_, e)| e.clone()).collect();
+                let locs = wal.append(&list)?;
+                for ((generation, e), loc) in entries.iter().zip(locs) {
+                    written.push((e.log_id.index, *generation, loc));
                 }
-                Cmd::State { key, bytes, .. } => {
-                    state.insert(*key, bytes.as_slice())?;
-                }
-                Cmd::Truncate { from, .. } => {
-                    log.retain_in(*from.., |_, _| false)?;
-                }
-                Cmd::Purge { log_id, .. } => {
-                    // In the same transaction as the removal: the purge marker is never older
-                    // than the missing entries.
-                    state.insert("purged", postcard::to_stdvec(log_id)?.as_slice())?;
-                    log.retain_in(..=log_id.index, |_, _| false)?;
-                }
+                sync = true;
             }
+            Cmd::Committed(c) => wal.set_committed(*c)?,
+            Cmd::Vote { vote, .. } => wal.save_vote(*vote)?,
+            Cmd::Truncate { from, .. } => wal.truncate(*from)?,
+            Cmd::Purge { upto, .. } => wal.purge(*upto)?,
         }
     }
-    txn.commit()?;
-    Ok(())
+    if sync {
+        wal.sync()
+    } else {
+        // Committed-index records alone are not synced (durable with the next append).
+        wal.write_unsynced()
+    }
 }
+
+/// An entry to read back from its segment: (index, location, segment file).
+type OnDisk = (u64, Loc, Arc<File>);
 
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
-        let lo = match range.start_bound() {
-            Bound::Included(x) => Bound::Included(*x),
-            Bound::Excluded(x) => Bound::Excluded(*x),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let hi = match range.end_bound() {
-            Bound::Included(x) => Bound::Included(*x),
-            Bound::Excluded(x) => Bound::Excluded(*x),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        // Pending entries first, then the committed ones: an entry leaves `pending` only after
-        // its commit, so a transaction begun after this copy sees whatever left it meanwhile.
-        let pending: BTreeMap<u64, Pending> = self
-            .inner
-            .pending
-            .lock()
-            .range((lo, hi))
-            .map(|(k, v)| (*k, v.clone()))
-            .collect();
-        // Only unsynced entries asked for (the leader replicating what it just appended): no
-        // need to read the file.
-        let first_pending = pending.keys().next().copied();
-        let only_pending = match (first_pending, lo) {
-            (Some(f), Bound::Included(l)) => f == l,
-            (Some(f), Bound::Excluded(l)) => Some(f) == l.checked_add(1),
-            _ => false,
-        } && pending
-            .keys()
-            .zip(pending.keys().skip(1))
-            .all(|(a, b)| a + 1 == *b);
-        let stored: Vec<(u64, Vec<u8>)> = if only_pending {
-            Vec::new()
-        } else {
-            self.blocking(move |db| {
-                let r = || -> Result<Vec<(u64, Vec<u8>)>, BoxErr> {
-                    let txn = db.begin_read()?;
-                    let t = txn.open_table(LOG)?;
-                    let mut out = Vec::new();
-                    for item in t.range::<u64>((lo, hi))? {
-                        let (k, v) = item?;
-                        out.push((k.value(), v.value().to_vec()));
-                    }
-                    Ok(out)
-                };
-                r().map_err(|e| log_err(ErrorVerb::Read, e))
+        let lo = range.start_bound().cloned();
+        let hi = range.end_bound().cloned();
+        let mut parts: Vec<Result<Arc<[u8]>, OnDisk>> = Vec::new();
+        {
+            let m = self.inner.mem.lock();
+            for (i, s) in m.slots.range((lo, hi)) {
+                if let Some(b) = &s.bytes {
+                    parts.push(Ok(b.clone()));
+                } else if let Some(loc) = s.loc
+                    && let Some(f) = m.segs.get(&loc.seg)
+                {
+                    parts.push(Err((*i, loc, f.clone())));
+                } else {
+                    return Err(log_err(
+                        ErrorVerb::Read,
+                        format!("entry {i} has neither bytes nor a location"),
+                    ));
+                }
+            }
+        }
+        let need_file = parts.iter().any(|p| p.is_err());
+        let parts: Vec<Arc<[u8]>> = if need_file {
+            tokio::task::spawn_blocking(move || {
+                parts
+                    .into_iter()
+                    .map(|p| match p {
+                        Ok(b) => Ok(b),
+                        Err((i, loc, f)) => read_at(&f, loc, i).map(Arc::from),
+                    })
+                    .collect::<Result<Vec<_>, _>>()
             })
-            .await?
+            .await
+            .map_err(|e| log_err(ErrorVerb::Read, e))?
+            .map_err(|e| log_err(ErrorVerb::Read, e))?
+        } else {
+            parts.into_iter().map(|p| p.expect("checked")).collect()
         };
-        let mut merged: BTreeMap<u64, Arc<[u8]>> =
-            stored.into_iter().map(|(k, v)| (k, Arc::from(v))).collect();
-        for (k, p) in pending {
-            merged.insert(k, p.bytes);
-        }
-        let mut out = Vec::with_capacity(merged.len());
-        for (_, b) in merged {
-            out.push(postcard::from_bytes(&b).map_err(|e| log_err(ErrorVerb::Read, e))?);
-        }
-        Ok(out)
+        parts
+            .iter()
+            .map(|b| postcard::from_bytes(b).map_err(|e| log_err(ErrorVerb::Read, e)))
+            .collect()
     }
 }
 
@@ -421,37 +410,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let pending_last = self
-            .inner
-            .pending
-            .lock()
-            .last_key_value()
-            .map(|(_, p)| p.log_id);
-        let (purged, stored_last) = self
-            .blocking(|db| {
-                let purged: Option<LogId> = LogStore::get_state(db, "purged")?;
-                let r = || -> Result<Option<LogId>, BoxErr> {
-                    let txn = db.begin_read()?;
-                    let t = txn.open_table(LOG)?;
-                    match t.last()? {
-                        None => Ok(None),
-                        Some((_, v)) => {
-                            let e: Entry<TypeConfig> = postcard::from_bytes(v.value())?;
-                            Ok(Some(e.log_id))
-                        }
-                    }
-                };
-                let last = r().map_err(|e| log_err(ErrorVerb::Read, e))?;
-                Ok((purged, last))
-            })
-            .await?;
-        let last = match (pending_last, stored_last) {
-            (Some(p), Some(s)) => Some(if p.index >= s.index { p } else { s }),
-            (p, s) => p.or(s),
-        }
-        .or(purged);
+        let m = self.inner.mem.lock();
+        let last = m.slots.last_key_value().map(|(_, s)| s.log_id).or(m.purged);
         Ok(LogState {
-            last_purged_log_id: purged,
+            last_purged_log_id: m.purged,
             last_log_id: last,
         })
     }
@@ -461,38 +423,32 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
-        self.put_state("vote", vote, true).await?;
-        *self.inner.vote.lock() = Some(*vote);
+        let vote = *vote;
+        self.call(
+            |done| Cmd::Vote { vote, done },
+            ErrorSubject::Vote,
+            ErrorVerb::Write,
+        )
+        .await?;
+        self.inner.mem.lock().vote = Some(vote);
         Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
-        Ok(*self.inner.vote.lock())
+        Ok(self.inner.mem.lock().vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not fsynced on its own and not waited for: it is written (in order) with the next
+        // Not synced on its own and not waited for: it is written (in order) with the next
         // group and becomes durable with the next append. Waiting here would hold openraft's
-        // core task for a whole group commit per commit-index move. Losing it only means the
-        // restart re-learns the commit index from the leader.
-        let bytes = postcard::to_stdvec(&committed)
-            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
-        let (done, _ignored) = oneshot::channel();
-        self.send(
-            Cmd::State {
-                key: "committed",
-                bytes,
-                durable: false,
-                done,
-            },
-            ErrorVerb::Write,
-        )
-        .await
+        // core task for a whole group per commit-index move. Losing it only means the restart
+        // re-learns the commit index from the leader.
+        self.inner.mem.lock().committed = committed;
+        self.send(Cmd::Committed(committed), ErrorVerb::Write).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        self.blocking(|db| Ok(LogStore::get_state::<Option<LogId>>(db, "committed")?.flatten()))
-            .await
+        Ok(self.inner.mem.lock().committed)
     }
 
     async fn append<I>(
@@ -507,53 +463,80 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut encoded = Vec::new();
         for e in entries {
             let bytes = postcard::to_stdvec(&e).map_err(|err| log_err(ErrorVerb::Write, err))?;
-            encoded.push((
-                e.log_id.index,
-                Pending {
-                    log_id: e.log_id,
-                    bytes: Arc::from(bytes),
-                },
-            ));
+            encoded.push(StoredEntry {
+                log_id: e.log_id,
+                bytes: Arc::from(bytes),
+            });
         }
         if encoded.is_empty() {
             callback.log_io_completed(Ok(()));
             return Ok(());
         }
-        {
-            let mut p = self.inner.pending.lock();
-            for (i, e) in &encoded {
-                p.insert(*i, e.clone());
+        let entries = {
+            let mut m = self.inner.mem.lock();
+            // An append at or below the last index replaces the tail (as the file does).
+            let cut = m.slots.split_off(&encoded[0].log_id.index);
+            for s in cut.values() {
+                m.drop_slot(s);
             }
-        }
-        self.send(
-            Cmd::Append {
-                entries: encoded,
-                callback: Some(callback),
-            },
-            ErrorVerb::Write,
-        )
-        .await
+            let mut out = Vec::with_capacity(encoded.len());
+            for e in encoded {
+                let generation = m.next_gen;
+                m.next_gen += 1;
+                m.cache_bytes += e.bytes.len();
+                let old = m.slots.insert(
+                    e.log_id.index,
+                    Slot {
+                        log_id: e.log_id,
+                        generation,
+                        bytes: Some(e.bytes.clone()),
+                        loc: None,
+                    },
+                );
+                if let Some(old) = old {
+                    m.drop_slot(&old);
+                }
+                out.push((generation, e));
+            }
+            out
+        };
+        self.send(Cmd::Append { entries, callback }, ErrorVerb::Write)
+            .await
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let from = log_id.index;
-        self.inner.pending.lock().retain(|i, _| *i < from);
-        let (done, rx) = oneshot::channel();
-        self.send(Cmd::Truncate { from, done }, ErrorVerb::Delete)
-            .await?;
-        rx.await
-            .map_err(|_| log_err(ErrorVerb::Delete, "writer stopped"))?
-            .map_err(|e| log_err(ErrorVerb::Delete, e))
+        {
+            let mut m = self.inner.mem.lock();
+            let cut = m.slots.split_off(&from);
+            for s in cut.values() {
+                m.drop_slot(s);
+            }
+        }
+        self.call(
+            |done| Cmd::Truncate { from, done },
+            ErrorSubject::Logs,
+            ErrorVerb::Delete,
+        )
+        .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let (done, rx) = oneshot::channel();
-        self.send(Cmd::Purge { log_id, done }, ErrorVerb::Delete)
-            .await?;
-        rx.await
-            .map_err(|_| log_err(ErrorVerb::Delete, "writer stopped"))?
-            .map_err(|e| log_err(ErrorVerb::Delete, e))?;
-        self.inner.pending.lock().retain(|i, _| *i > log_id.index);
+        self.call(
+            |done| Cmd::Purge { upto: log_id, done },
+            ErrorSubject::Logs,
+            ErrorVerb::Delete,
+        )
+        .await?;
+        let mut m = self.inner.mem.lock();
+        let keep = m.slots.split_off(&(log_id.index + 1));
+        let gone = std::mem::replace(&mut m.slots, keep);
+        for s in gone.values() {
+            m.drop_slot(s);
+        }
+        if m.purged.is_none_or(|p| p.index < log_id.index) {
+            m.purged = Some(log_id);
+        }
         Ok(())
     }
 }

@@ -99,7 +99,7 @@ impl MetaNode {
             source,
         };
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| store_err(e.into()))?;
-        let log = LogStore::open(&cfg.data_dir.join("log.redb")).map_err(store_err)?;
+        let log = LogStore::open(&cfg.data_dir).map_err(store_err)?;
         let mut sm = StateStore::open(&cfg.data_dir).map_err(store_err)?;
         sm.wait_for_log(log.durable());
         let shared = sm.shared.clone();

@@ -1,4 +1,4 @@
-//! openraft's storage conformance suite against the redb log store and state machine.
+//! openraft's storage conformance suite against the segment-file log store and the redb state machine.
 
 use openraft::StorageError;
 use openraft::testing::{StoreBuilder, Suite};
@@ -11,7 +11,7 @@ struct Builder;
 impl StoreBuilder<TypeConfig, LogStore, StateStore, tempfile::TempDir> for Builder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateStore), StorageError<u64>> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let log = LogStore::open(&dir.path().join("log.redb")).expect("open log");
+        let log = LogStore::open(dir.path()).expect("open log");
         let sm = StateStore::open(dir.path()).expect("open state");
         Ok((dir, log, sm))
     }
@@ -19,5 +19,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateStore, tempfile::TempDir> for Build
 
 #[test]
 fn openraft_storage_suite() {
+    // The suite logs each step at info: shown when it fails.
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     Suite::test_all(Builder).unwrap();
 }
