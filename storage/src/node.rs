@@ -776,31 +776,68 @@ impl Node {
         if req.version.is_none() && self.test_bug() == Some(TestBug::EarlyAck) {
             return Ok(self.early_ack(t, req, u, staged, data, guard).await);
         }
-        // 5. Forward down the chain; 6. commit when the successor replied.
+        // 5. Forward down the chain and, meanwhile, make our pending record durable (its data
+        // is already); 6. commit when the successor replied. With the pending version durable
+        // before we reply, a middle or head commits lazily (no fsync on the way back up the
+        // chain): a crash can only turn its commit back into that pending version, which CRAQ
+        // resolves as for any update in flight. The tail commits durably (it answers version
+        // queries). Serial fsyncs per chain write: 2 per replica on the way down + 1 at the
+        // tail, instead of 2 per replica (see docs/storage.md, "Write path latency").
         let mut maybe_delivered = false;
-        if let Err(e) = self
-            .forward_update(&t, &req, u, data, &mut maybe_delivered)
-            .await
-        {
-            if maybe_delivered {
-                // A successor may have stored (and the tail committed) `u`: dropping it here
-                // would let the next update reuse `u` with other content, which the
-                // successors would then ack as "already applied" (an acknowledged update
-                // lost). Keep it pending: the next update of the chunk, or a retry of this
-                // one, re-drives it first. Report it as retryable, never as a definitive
-                // rejection, so our predecessor keeps its pending copy too.
-                tracing::info!(chunk = %chunk, version = %u, error = %e, "forward failed after it may have reached the successor; keeping the pending version");
-                return Err(err(
-                    ErrorCode::Unavailable,
-                    format!("update {u} of {chunk} in doubt: {e}"),
-                ));
+        let forward = self.forward_update(&t, &req, u, data, &mut maybe_delivered);
+        let (forwarded, persisted) = if view.successor().is_some() {
+            let persist = on_store(&t.store, |s| s.persist_records());
+            let (f, p) = tokio::join!(forward, persist);
+            (f, Some(p))
+        } else {
+            (forward.await, None)
+        };
+        let handed_on = match forwarded {
+            Ok(h) => h,
+            Err(e) => {
+                if maybe_delivered {
+                    // A successor may have stored (and the tail committed) `u`: dropping it here
+                    // would let the next update reuse `u` with other content, which the
+                    // successors would then ack as "already applied" (an acknowledged update
+                    // lost). Keep it pending: the next update of the chunk, or a retry of this
+                    // one, re-drives it first. Report it as retryable, never as a definitive
+                    // rejection, so our predecessor keeps its pending copy too.
+                    tracing::info!(chunk = %chunk, version = %u, error = %e, "forward failed after it may have reached the successor; keeping the pending version");
+                    return Err(err(
+                        ErrorCode::Unavailable,
+                        format!("update {u} of {chunk} in doubt: {e}"),
+                    ));
+                }
+                // If our pending record was made durable, so is its removal: a refused
+                // update must not come back as pending after a crash.
+                let durable = matches!(persisted, Some(Ok(())));
+                let _ = on_store(&t.store, move |s| {
+                    s.abort(chunk, u)?;
+                    if durable {
+                        s.persist_records()?;
+                    }
+                    Ok::<_, StoreError>(())
+                })
+                .await;
+                return Err(e);
             }
-            let _ = on_store(&t.store, move |s| s.abort(chunk, u)).await;
-            return Err(e);
+        };
+        // Lazily only when a successor committed `u` (we are not the tail) and our pending
+        // record is durable; otherwise (tail, the successor vanished meanwhile, the record
+        // sync failed) durably, as before.
+        let lazy = handed_on && matches!(persisted, Some(Ok(())));
+        if let Some(Err(e)) = &persisted {
+            tracing::warn!(chunk = %chunk, version = %u, error = %e, "making the pending record durable failed; committing durably");
         }
-        let c = on_store(&t.store, move |s| s.commit(chunk, u))
-            .await
-            .map_err(store_err)?;
+        let c = on_store(&t.store, move |s| {
+            if lazy {
+                s.commit_lazy(chunk, u)
+            } else {
+                s.commit(chunk, u)
+            }
+        })
+        .await
+        .map_err(store_err)?;
         debug_assert_eq!(c.version, staged.version);
         let r = UpdateReply {
             version: u,
@@ -845,7 +882,7 @@ impl Node {
                     std::task::Poll::Pending => fwd.await,
                 };
                 match res {
-                    Ok(()) => match on_store(&t.store, move |s| s.commit(chunk, u)).await {
+                    Ok(_) => match on_store(&t.store, move |s| s.commit(chunk, u)).await {
                         Ok(_) => {
                             t.dedupe.lock().put(key, reply);
                         }
@@ -925,6 +962,7 @@ impl Node {
         let mut maybe_delivered = false;
         self.forward_update(t, &replace, p.version, data, &mut maybe_delivered)
             .await?;
+        // Durable: nothing made the pending record durable before this commit.
         on_store(&t.store, move |s| s.commit(chunk, p.version))
             .await
             .map_err(store_err)
@@ -974,7 +1012,8 @@ impl Node {
 
     /// Sends pending `u` to the successor the current routing names, retrying (within
     /// budget) across successor failures and chain changes. Returns when the successor has
-    /// committed it, or at once when this target is the last writer (the tail).
+    /// committed it (`true`), or at once when this target is the last writer, the tail
+    /// (`false`).
     async fn forward_update(
         self: &Arc<Self>,
         t: &Arc<Target>,
@@ -982,7 +1021,7 @@ impl Node {
         u: ChunkVersion,
         data: Bytes,
         maybe_delivered: &mut bool,
-    ) -> Result<(), PondError> {
+    ) -> Result<bool, PondError> {
         let mut rx = self.routing.subscribe();
         // A full replace carries the whole content of `u` already (verified on receipt):
         // forward it as is instead of reading it back from the store.
@@ -1001,7 +1040,7 @@ impl Node {
                 ));
             }
             let Some(succ) = view.successor().cloned() else {
-                return Ok(());
+                return Ok(false);
             };
             let Some(addr) = r.node_addr(succ.node).map(str::to_string) else {
                 last = err(
@@ -1040,7 +1079,7 @@ impl Node {
                 request: req.request,
             };
             match self.peers.send_update(&addr, fwd, payload).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(true),
                 Err(e) => {
                     *maybe_delivered |= Self::maybe_delivered(&e);
                     let code = e.code();

@@ -64,7 +64,7 @@ impl PooledBuf {
     }
 
     /// The `len` bytes to fill.
-    pub fn as_mut(&mut self) -> &mut [u8] {
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
         &mut self.data[..self.len]
     }
 
@@ -110,9 +110,9 @@ mod tests {
         // A size no other test of this process uses, so reuse is observable.
         let len = (POOLED_CLASS_MAX / 2) + 3;
         let mut a = PooledBuf::take(len);
-        assert_eq!(a.as_mut().len(), len);
-        a.as_mut()[0] = 7;
-        let ptr = a.as_mut().as_ptr();
+        assert_eq!(a.bytes_mut().len(), len);
+        a.bytes_mut()[0] = 7;
+        let ptr = a.bytes_mut().as_ptr();
         let b = a.freeze();
         assert_eq!(b.len(), len);
         assert_eq!(b[0], 7);
@@ -120,10 +120,10 @@ mod tests {
         drop(b);
         // Still referenced by the slice: not back in the pool.
         let mut c = PooledBuf::take(len);
-        assert_ne!(c.as_mut().as_ptr(), ptr);
+        assert_ne!(c.bytes_mut().as_ptr(), ptr);
         drop(slice);
         let mut d = PooledBuf::take(len);
-        assert_eq!(d.as_mut().as_ptr(), ptr, "the freed buffer is reused");
+        assert_eq!(d.bytes_mut().as_ptr(), ptr, "the freed buffer is reused");
         drop(c);
         drop(d);
         assert!(idle_bytes() <= POOL_IDLE_BYTES_MAX);
@@ -138,7 +138,7 @@ mod tests {
     #[test]
     fn large_payloads_are_not_pooled() {
         let mut big = PooledBuf::take(POOLED_CLASS_MAX + 1);
-        assert_eq!(big.as_mut().len(), POOLED_CLASS_MAX + 1);
+        assert_eq!(big.bytes_mut().len(), POOLED_CLASS_MAX + 1);
         let before = idle_bytes();
         drop(big);
         assert_eq!(

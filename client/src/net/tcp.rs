@@ -76,7 +76,7 @@ async fn read_pooled_payload<R: AsyncRead + Unpin>(
     buf.advance(HEADER_BYTES);
     let meta = buf.split_to(header.meta_len as usize).freeze();
     let mut payload = bufpool::PooledBuf::take(len);
-    let dst = payload.as_mut();
+    let dst = payload.bytes_mut();
     let have = buf.len().min(len);
     dst[..have].copy_from_slice(&buf[..have]);
     buf.advance(have);

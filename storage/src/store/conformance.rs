@@ -647,6 +647,113 @@ fn full_target_is_no_space_mem() {
     no_space(&mem(8 * BLOCK_BYTES as u64));
 }
 
+/// `commit_lazy`: the switch is visible at once, but the slots of the version it replaced stay
+/// unused until a durable change (the durable records may still name them: a crash would bring
+/// that version back, and its bytes must still be there); `persist_records` or any durable
+/// commit releases them; a full target makes that durable change itself rather than failing.
+fn lazy_commits_keep_replaced_slots_until_durable<H: Harness>(h: &H) {
+    let e = h.open();
+    let v1 = pattern(1, 4 * BLOCK_BYTES as usize); // 4 blocks
+    write(&e, cid(1), Mutation::Replace { data: &v1 });
+    let old: std::collections::HashSet<u32> = e.committed_slots(cid(1)).into_iter().collect();
+    assert_eq!(old.len(), 4);
+    let v2 = pattern(2, 4 * BLOCK_BYTES as usize);
+    e.stage(
+        cid(1),
+        ChunkVersion(2),
+        CV,
+        Mutation::Replace { data: &v2 },
+        None,
+    )
+    .unwrap();
+    e.persist_records().unwrap();
+    let c = e.commit_lazy(cid(1), ChunkVersion(2)).unwrap();
+    assert_eq!(c.version, ChunkVersion(2));
+    assert_eq!(read_all(&e, cid(1)), v2);
+    assert_eq!(e.info(cid(1)).unwrap().pending, None);
+    // Still counted as used, and never handed out before a durable change.
+    assert_eq!(e.space().used_bytes, 8 * BLOCK_BYTES as u64);
+    write(&e, cid(2), Mutation::Replace { data: &v1 });
+    let second: std::collections::HashSet<u32> = e.committed_slots(cid(2)).into_iter().collect();
+    // `write` commits durably: that released the lazy slots, but only after chunk 2 had
+    // taken its own.
+    assert!(old.is_disjoint(&second), "{old:?} reused by {second:?}");
+    assert_eq!(e.space().used_bytes, 8 * BLOCK_BYTES as u64);
+    // Another lazy commit, then `persist_records`: the replaced slots come back.
+    e.stage(
+        cid(2),
+        ChunkVersion(2),
+        CV,
+        Mutation::Replace { data: &v2 },
+        None,
+    )
+    .unwrap();
+    e.persist_records().unwrap();
+    e.commit_lazy(cid(2), ChunkVersion(2)).unwrap();
+    assert_eq!(e.space().used_bytes, 12 * BLOCK_BYTES as u64);
+    e.persist_records().unwrap();
+    assert_eq!(e.space().used_bytes, 8 * BLOCK_BYTES as u64);
+    assert_eq!(read_all(&e, cid(1)), v2);
+    assert_eq!(read_all(&e, cid(2)), v2);
+    drop(e);
+    let e = h.open();
+    assert_eq!(read_all(&e, cid(1)), v2);
+    assert_eq!(read_all(&e, cid(2)), v2);
+    assert_eq!(e.space().used_bytes, 8 * BLOCK_BYTES as u64);
+}
+
+#[test]
+fn lazy_commits_keep_replaced_slots_until_durable_file() {
+    lazy_commits_keep_replaced_slots_until_durable(&file(None));
+}
+
+#[test]
+fn lazy_commits_keep_replaced_slots_until_durable_mem() {
+    lazy_commits_keep_replaced_slots_until_durable(&mem(1 << 30));
+}
+
+/// A full target whose only free slots wait on a lazy commit makes the durable change itself
+/// instead of refusing the write.
+fn full_target_releases_lazy_slots<H: Harness>(h: &H) {
+    let e = h.open();
+    let v1 = pattern(1, 4 * BLOCK_BYTES as usize);
+    write(&e, cid(1), Mutation::Replace { data: &v1 });
+    let v2 = pattern(2, 4 * BLOCK_BYTES as usize);
+    e.stage(
+        cid(1),
+        ChunkVersion(2),
+        CV,
+        Mutation::Replace { data: &v2 },
+        None,
+    )
+    .unwrap();
+    e.persist_records().unwrap();
+    e.commit_lazy(cid(1), ChunkVersion(2)).unwrap();
+    // 8 slots: 4 hold v2, 4 wait for a durable change.
+    let v3 = pattern(3, 4 * BLOCK_BYTES as usize);
+    e.stage(
+        cid(1),
+        ChunkVersion(3),
+        CV,
+        Mutation::Replace { data: &v3 },
+        None,
+    )
+    .unwrap();
+    e.commit(cid(1), ChunkVersion(3)).unwrap();
+    assert_eq!(read_all(&e, cid(1)), v3);
+    assert_eq!(e.space().used_bytes, 4 * BLOCK_BYTES as u64);
+}
+
+#[test]
+fn full_target_releases_lazy_slots_file() {
+    full_target_releases_lazy_slots(&file(Some(8 * BLOCK_BYTES as u64)));
+}
+
+#[test]
+fn full_target_releases_lazy_slots_mem() {
+    full_target_releases_lazy_slots(&mem(8 * BLOCK_BYTES as u64));
+}
+
 /// For every crash point and kind of update: reopen gives the state before the update (crash
 /// before the metadata commit) or after it (crash after), never a mix, and no leaked space.
 fn crash_points<H: Harness>(make: impl Fn() -> H) {

@@ -227,6 +227,12 @@ struct Allocator {
     /// Slots referenced by some version, or deferred.
     in_use: u64,
     capacity: u64,
+    /// Slots a lazy (non-durable) commit stopped referencing, tagged with a sequence number:
+    /// the durable records may still name them (a crash would bring the old version back), so
+    /// they are released only once a durable commit that started after them succeeded.
+    /// Each entry keeps the reader epoch of its release, like `deferred`.
+    lazy: VecDeque<(u64, Arc<()>, Vec<u32>)>,
+    lazy_seq: u64,
 }
 
 impl Allocator {
@@ -273,6 +279,30 @@ impl Allocator {
         self.reclaim();
     }
 
+    /// Slots a lazy commit stopped referencing: released after the next durable commit.
+    fn release_lazy(&mut self, slots: Vec<u32>) {
+        if slots.is_empty() {
+            return;
+        }
+        self.lazy_seq += 1;
+        let old = std::mem::replace(&mut self.epoch, Arc::new(()));
+        self.lazy.push_back((self.lazy_seq, old, slots));
+    }
+
+    /// A durable commit that started when `lazy_seq` was `upto` succeeded: every lazy release
+    /// up to it is covered.
+    fn durable_upto(&mut self, upto: u64) {
+        let mut any = false;
+        while self.lazy.front().is_some_and(|(seq, _, _)| *seq <= upto) {
+            let (_, epoch, slots) = self.lazy.pop_front().expect("front exists");
+            self.deferred.push_back((epoch, slots));
+            any = true;
+        }
+        if any {
+            self.reclaim();
+        }
+    }
+
     /// Undo an `alloc` whose slots were never referenced.
     fn unalloc(&mut self, slots: Vec<u32>) {
         self.in_use -= slots.len() as u64;
@@ -314,6 +344,19 @@ enum Plan<'a> {
         at: u32,
         data: &'a [u8],
     },
+}
+
+/// How `publish` commits a record.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Publish {
+    /// Durable before it returns (and every earlier record change with it).
+    Durable,
+    /// Not durable (a pending version, which a crash may lose whole); freed slots are
+    /// reusable at once (nothing durable that survives a crash can name them and be read).
+    NotDurable,
+    /// Not durable, and the durable records may still name the slots it frees (a committed
+    /// version replaced by a lazy commit): those wait for the next durable commit.
+    Lazy,
 }
 
 /// What `materialize` made: the new block list, its sector CRCs, and the slots it allocated.
@@ -378,6 +421,8 @@ impl<B: Backend> Engine<B> {
             epoch: Arc::new(()),
             in_use,
             capacity,
+            lazy: VecDeque::new(),
+            lazy_seq: 0,
         };
         Ok(Engine {
             backend,
@@ -452,7 +497,15 @@ impl<B: Backend> Engine<B> {
             .iter()
             .filter(|p| matches!(p, Plan::Fresh { .. }))
             .count();
-        let slots = self.state.lock().alloc.alloc(fresh)?;
+        let first = self.state.lock().alloc.alloc(fresh);
+        let slots = match first {
+            // Slots freed by lazy commits come back only after a durable commit: make one.
+            Err(StoreError::NoSpace) if !self.state.lock().alloc.lazy.is_empty() => {
+                self.persist_records()?;
+                self.state.lock().alloc.alloc(fresh)?
+            }
+            r => r?,
+        };
         let res = self.write_plans(chunk, plans, &slots, base, payload);
         match res {
             Ok((blocks, sectors)) => Ok((blocks, sectors, slots)),
@@ -665,13 +718,15 @@ impl<B: Backend> Engine<B> {
         old: &Entry,
         new: Entry,
         fresh: Vec<u32>,
-        durable: bool,
+        how: Publish,
     ) -> Result<(), StoreError> {
         let rec = if new.is_empty() {
             None
         } else {
             Some(new.rec())
         };
+        let durable = how == Publish::Durable;
+        let upto = self.state.lock().alloc.lazy_seq;
         if let Err(e) = self.backend.commit_meta(&[(chunk, rec)], durable) {
             self.state.lock().alloc.unalloc(fresh);
             return Err(e);
@@ -689,8 +744,40 @@ impl<B: Backend> Engine<B> {
         } else {
             st.index.insert(chunk, new);
         }
-        st.alloc.release(dead);
+        match how {
+            Publish::Lazy => st.alloc.release_lazy(dead),
+            Publish::Durable => {
+                st.alloc.durable_upto(upto);
+                st.alloc.release(dead);
+            }
+            Publish::NotDurable => st.alloc.release(dead),
+        }
         Ok(())
+    }
+
+    /// Makes pending `version` the committed one (see `ChunkStore::commit`/`commit_lazy`).
+    fn commit_as(
+        &self,
+        chunk: ChunkId,
+        version: ChunkVersion,
+        how: Publish,
+    ) -> Result<VersionInfo, StoreError> {
+        let (old, _guard) = self.reader(chunk);
+        // A pending version with this number wins over a committed one with the same number
+        // (a full replace that corrects a diverged copy during resync).
+        let Some(p) = old.pending.clone().filter(|p| p.version == version.0) else {
+            return match &old.committed {
+                Some(c) if c.version == version.0 => Ok(c.info()),
+                _ => Err(StoreError::NoSuchVersion { chunk, version }),
+            };
+        };
+        let info = p.info();
+        let new = Entry {
+            committed: Some(p),
+            pending: None,
+        };
+        self.publish(chunk, &old, new, Vec::new(), how)?;
+        Ok(info)
     }
 
     fn version_rec(
@@ -896,9 +983,9 @@ impl<B: Backend> ChunkStore for Engine<B> {
             committed: old.committed.clone(),
             pending: Some(Arc::new(rec)),
         };
-        // Not durable yet: a pending version lost in a crash is allowed; `commit` is durable
-        // and makes this record durable with it.
-        self.publish(chunk, &old, new, fresh, false)?;
+        // Not durable yet: a pending version lost in a crash is allowed; `commit` (or
+        // `persist_records`) is durable and makes this record durable with it.
+        self.publish(chunk, &old, new, fresh, Publish::NotDurable)?;
         Ok(info)
     }
 
@@ -918,22 +1005,22 @@ impl<B: Backend> ChunkStore for Engine<B> {
     }
 
     fn commit(&self, chunk: ChunkId, version: ChunkVersion) -> Result<VersionInfo, StoreError> {
-        let (old, _guard) = self.reader(chunk);
-        // A pending version with this number wins over a committed one with the same number
-        // (a full replace that corrects a diverged copy during resync).
-        let Some(p) = old.pending.clone().filter(|p| p.version == version.0) else {
-            return match &old.committed {
-                Some(c) if c.version == version.0 => Ok(c.info()),
-                _ => Err(StoreError::NoSuchVersion { chunk, version }),
-            };
-        };
-        let info = p.info();
-        let new = Entry {
-            committed: Some(p),
-            pending: None,
-        };
-        self.publish(chunk, &old, new, Vec::new(), true)?;
-        Ok(info)
+        self.commit_as(chunk, version, Publish::Durable)
+    }
+
+    fn commit_lazy(
+        &self,
+        chunk: ChunkId,
+        version: ChunkVersion,
+    ) -> Result<VersionInfo, StoreError> {
+        self.commit_as(chunk, version, Publish::Lazy)
+    }
+
+    fn persist_records(&self) -> Result<(), StoreError> {
+        let upto = self.state.lock().alloc.lazy_seq;
+        self.backend.commit_meta(&[], true)?;
+        self.state.lock().alloc.durable_upto(upto);
+        Ok(())
     }
 
     fn abort(&self, chunk: ChunkId, version: ChunkVersion) -> Result<(), StoreError> {
@@ -945,7 +1032,7 @@ impl<B: Backend> ChunkStore for Engine<B> {
             committed: old.committed.clone(),
             pending: None,
         };
-        self.publish(chunk, &old, new, Vec::new(), false)
+        self.publish(chunk, &old, new, Vec::new(), Publish::NotDurable)
     }
 
     fn install(
@@ -979,7 +1066,7 @@ impl<B: Backend> ChunkStore for Engine<B> {
                 pending: None,
             },
             fresh,
-            true,
+            Publish::Durable,
         )?;
         Ok(info)
     }
@@ -989,7 +1076,7 @@ impl<B: Backend> ChunkStore for Engine<B> {
         if old.is_empty() {
             return Ok(false);
         }
-        self.publish(chunk, &old, Entry::default(), Vec::new(), true)?;
+        self.publish(chunk, &old, Entry::default(), Vec::new(), Publish::Durable)?;
         Ok(true)
     }
 

@@ -234,6 +234,27 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// version is a no-op.
     fn commit(&self, chunk: ChunkId, version: ChunkVersion) -> Result<VersionInfo, StoreError>;
 
+    /// `commit` whose switch becomes durable only with the next durable change (any `commit`,
+    /// `install`, `remove` or `persist_records`): a crash before that leaves `version` pending
+    /// as it was staged, never half applied. For a replica that made the pending version
+    /// durable with `persist_records` after staging it and that does not answer version
+    /// queries (not the tail): a pending version after a crash is what CRAQ already handles
+    /// (reads ask the tail, the head re-drives it, a resync replaces it). Slots the switch
+    /// frees are not reused before the next durable change. Default: `commit`.
+    fn commit_lazy(
+        &self,
+        chunk: ChunkId,
+        version: ChunkVersion,
+    ) -> Result<VersionInfo, StoreError> {
+        self.commit(chunk, version)
+    }
+
+    /// Makes every record change made so far durable (pending versions staged before the call
+    /// survive a crash). Default: nothing to do (a store whose records are always durable).
+    fn persist_records(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Drops pending `version` (an update the chain refused), keeping the committed one.
     /// Dropping a version that is not pending is a no-op.
     fn abort(&self, chunk: ChunkId, version: ChunkVersion) -> Result<(), StoreError>;
