@@ -6,7 +6,7 @@ use crate::limits::*;
 use crate::log_store::LogStore;
 use crate::manager::Manager;
 use crate::network::Network;
-use crate::server::{MetaService, proposer_loop, reader_loop};
+use crate::server::{MetaService, Proposer, proposer_loop, reader_loop};
 use crate::store::{Shared, StateStore};
 use crate::types::{PeerNode, Raft};
 use pond_proto::rpc::meta_service::meta_server::MetaServer;
@@ -169,7 +169,8 @@ impl MetaNode {
             cfg.id,
             lease.clone(),
         )));
-        tasks.push(tokio::spawn(proposer_loop(raft.clone(), prx)));
+        let proposer = Proposer::new(raft.clone());
+        tasks.push(tokio::spawn(proposer_loop(proposer.clone(), prx)));
         tasks.push(tokio::spawn(reader_loop(raft.clone(), shared.clone(), rrx)));
         {
             let manager = manager.clone();
@@ -190,7 +191,7 @@ impl MetaNode {
             token: cfg.token.clone(),
             raft: raft.clone(),
             shared: shared.clone(),
-            proposer: ptx,
+            proposer,
             reader: rtx,
             manager,
             lease,

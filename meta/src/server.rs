@@ -15,7 +15,7 @@ use pond_proto::rpc::meta_service::meta_server::Meta;
 use pond_proto::{ClientId, ErrorCode, PondError, RequestId, error::to_status};
 use redb::ReadableDatabase;
 use std::sync::Arc;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -54,63 +54,181 @@ fn write_error(e: RaftError<u64, ClientWriteError<u64, crate::types::PeerNode>>)
 }
 
 /// Cuts batches from the write queue and proposes each as one Raft entry.
-pub async fn proposer_loop(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
-    let slots = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
-    while let Some(first) = rx.recv().await {
-        // Waiting for a slot lets more requests queue up: the batch grows with the load.
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
-        };
-        let mut ops = Vec::new();
-        let mut txs = Vec::new();
-        let mut bytes = 0usize;
-        let push = |p: Proposal, ops: &mut Vec<Op>, txs: &mut Vec<oneshot::Sender<Reply>>| {
-            let n = postcard::experimental::serialized_size(&p.op).unwrap_or(0);
-            ops.push(p.op);
-            txs.push(p.tx);
-            n
-        };
-        bytes += push(first, &mut ops, &mut txs);
-        while ops.len() < BATCH_OPS_MAX && bytes < ENTRY_BYTES_SOFT_MAX {
-            match rx.try_recv() {
-                Ok(p) => bytes += push(p, &mut ops, &mut txs),
-                Err(_) => break,
+///
+/// A gRPC handler queues its op and, when fewer than `PROPOSALS_IN_FLIGHT_MAX` entries are in
+/// flight, cuts the batch and proposes it itself (no hop to another task). While slots are
+/// busy requests accumulate, so batches grow with load; the proposal that frees a slot cuts the
+/// next batch from what queued meanwhile and hands it to a new task (its own caller is
+/// answered first). The queue and the in-flight count sit under one lock, so a queued op is
+/// always either taken by its own caller or by a proposal still in flight.
+pub struct Proposer {
+    raft: Raft,
+    q: parking_lot::Mutex<ProposeQueue>,
+    /// Room in the queue (`PROPOSE_QUEUE_MAX`): a full queue makes callers wait.
+    room: Arc<Semaphore>,
+}
+
+#[derive(Default)]
+struct ProposeQueue {
+    items: std::collections::VecDeque<(Proposal, OwnedSemaphorePermit)>,
+    in_flight: usize,
+}
+
+/// Gives the slot back (or passes it on to the queued ops) if a proposal running in a gRPC
+/// handler is dropped before it finished (the client went away): the ops of its batch are
+/// answered "proposal dropped" and the clients' retries are deduplicated.
+struct SlotGuard {
+    proposer: Option<Arc<Proposer>>,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.proposer.take()
+            && let Some(batch) = p.next_batch()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(p.run_loop(batch));
+        }
+    }
+}
+
+impl Proposer {
+    pub fn new(raft: Raft) -> Arc<Proposer> {
+        Arc::new(Proposer {
+            raft,
+            q: parking_lot::Mutex::new(ProposeQueue::default()),
+            room: Arc::new(Semaphore::new(PROPOSE_QUEUE_MAX)),
+        })
+    }
+
+    /// Queue a write and wait for its Raft entry to apply.
+    pub async fn propose(self: &Arc<Self>, op: Op) -> Reply {
+        let (tx, rx) = oneshot::channel();
+        if let Some(batch) = self.enqueue(Proposal { op, tx }).await? {
+            let mut guard = SlotGuard {
+                proposer: Some(self.clone()),
+            };
+            propose_batch(&self.raft, batch).await;
+            guard.proposer = None;
+            if let Some(next) = self.next_batch() {
+                tokio::spawn(self.clone().run_loop(next));
             }
         }
-        let raft = raft.clone();
-        let n = ops.len();
-        tokio::spawn(
-            async move {
-                let batch = Batch {
-                    now: store::now(),
-                    ops,
-                };
-                let res = tokio::time::timeout(REQUEST_TIMEOUT, raft.client_write(batch)).await;
-                match res {
-                    Ok(Ok(resp)) => {
-                        let replies = resp.data.0;
-                        assert_eq!(replies.len(), txs.len(), "one reply per op");
-                        for (tx, r) in txs.into_iter().zip(replies) {
-                            let _ = tx.send(r);
-                        }
-                    }
-                    Ok(Err(e)) => {
-                        let e = write_error(e);
-                        for tx in txs {
-                            let _ = tx.send(Err(e.clone()));
-                        }
-                    }
-                    Err(_) => {
-                        let e = PondError::new(ErrorCode::Timeout, "raft proposal deadline");
-                        for tx in txs {
-                            let _ = tx.send(Err(e.clone()));
-                        }
-                    }
-                }
-                drop(permit);
+        rx.await
+            .map_err(|_| PondError::new(ErrorCode::Unavailable, "proposal dropped"))?
+    }
+
+    /// Queues a proposal whose reply goes to its own channel (the cluster manager's path):
+    /// a batch it can start runs in a new task.
+    async fn submit(self: &Arc<Self>, p: Proposal) {
+        // A refusal (shutting down) was already sent to the proposal's channel.
+        if let Ok(Some(batch)) = self.enqueue(p).await {
+            tokio::spawn(self.clone().run_loop(batch));
+        }
+    }
+
+    /// Queues `p`; returns a batch to propose when a slot was free (the slot is then taken).
+    async fn enqueue(&self, p: Proposal) -> Result<Option<Vec<Proposal>>, PondError> {
+        let permit = match self.room.clone().acquire_owned().await {
+            Ok(permit) => permit,
+            Err(_) => {
+                let e = PondError::new(ErrorCode::Unavailable, "shutting down");
+                let _ = p.tx.send(Err(e.clone()));
+                return Err(e);
             }
-            .instrument(tracing::debug_span!("propose", ops = n)),
-        );
+        };
+        let mut q = self.q.lock();
+        q.items.push_back((p, permit));
+        if q.in_flight < PROPOSALS_IN_FLIGHT_MAX {
+            q.in_flight += 1;
+            Ok(Some(cut_batch(&mut q)))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// After a proposal: the next batch if ops queued (the slot stays taken), else the slot is
+    /// given back.
+    fn next_batch(&self) -> Option<Vec<Proposal>> {
+        let mut q = self.q.lock();
+        if q.items.is_empty() {
+            q.in_flight -= 1;
+            None
+        } else {
+            Some(cut_batch(&mut q))
+        }
+    }
+
+    async fn run_loop(self: Arc<Self>, mut batch: Vec<Proposal>) {
+        loop {
+            let mut guard = SlotGuard {
+                proposer: Some(self.clone()),
+            };
+            propose_batch(&self.raft, batch).await;
+            guard.proposer = None;
+            match self.next_batch() {
+                Some(b) => batch = b,
+                None => return,
+            }
+        }
+    }
+}
+
+/// Takes up to `BATCH_OPS_MAX` ops / `ENTRY_BYTES_SOFT_MAX` bytes from the queue.
+fn cut_batch(q: &mut ProposeQueue) -> Vec<Proposal> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    while out.len() < BATCH_OPS_MAX && bytes < ENTRY_BYTES_SOFT_MAX {
+        let Some((p, _room)) = q.items.pop_front() else {
+            break;
+        };
+        bytes += postcard::experimental::serialized_size(&p.op).unwrap_or(0);
+        out.push(p);
+    }
+    out
+}
+
+/// Proposes one batch as one Raft entry and answers each op.
+async fn propose_batch(raft: &Raft, batch: Vec<Proposal>) {
+    let n = batch.len();
+    let (ops, txs): (Vec<Op>, Vec<oneshot::Sender<Reply>>) =
+        batch.into_iter().map(|p| (p.op, p.tx)).unzip();
+    async move {
+        let batch = Batch {
+            now: store::now(),
+            ops,
+        };
+        let res = tokio::time::timeout(REQUEST_TIMEOUT, raft.client_write(batch)).await;
+        match res {
+            Ok(Ok(resp)) => {
+                let replies = resp.data.0;
+                assert_eq!(replies.len(), txs.len(), "one reply per op");
+                for (tx, r) in txs.into_iter().zip(replies) {
+                    let _ = tx.send(r);
+                }
+            }
+            Ok(Err(e)) => {
+                let e = write_error(e);
+                for tx in txs {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
+            Err(_) => {
+                let e = PondError::new(ErrorCode::Timeout, "raft proposal deadline");
+                for tx in txs {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+    .instrument(tracing::debug_span!("propose", ops = n))
+    .await
+}
+
+/// Feeds the proposals of the channel (the cluster manager's) into the proposer.
+pub async fn proposer_loop(proposer: Arc<Proposer>, mut rx: mpsc::Receiver<Proposal>) {
+    while let Some(p) = rx.recv().await {
+        proposer.submit(p).await;
     }
 }
 
@@ -227,7 +345,7 @@ pub struct MetaService {
     pub token: String,
     pub raft: Raft,
     pub shared: Arc<Shared>,
-    pub proposer: mpsc::Sender<Proposal>,
+    pub proposer: Arc<Proposer>,
     pub reader: mpsc::Sender<ReadReq>,
     pub manager: Arc<Manager>,
     pub lease: Arc<Lease>,
@@ -256,13 +374,7 @@ impl MetaService {
 
     /// Queue a write and wait for its Raft entry to apply.
     pub async fn propose(&self, op: Op) -> Result<OpReply, PondError> {
-        let (tx, rx) = oneshot::channel();
-        self.proposer
-            .send(Proposal { op, tx })
-            .await
-            .map_err(|_| PondError::new(ErrorCode::Unavailable, "shutting down"))?;
-        rx.await
-            .map_err(|_| PondError::new(ErrorCode::Unavailable, "proposal dropped"))?
+        self.proposer.propose(op).await
     }
 
     /// A linearizable read: from local state under a valid leader lease, otherwise through

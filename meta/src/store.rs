@@ -593,12 +593,20 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         if durable {
             self.since_durable = 0;
         }
-        let (replies, cluster, last) = tokio::task::spawn_blocking(move || {
-            apply_entries(&shared.db, cluster, entries, durable)
-        })
-        .await
-        .map_err(|e| sm_err(ErrorVerb::Write, e))?
-        .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let run = move || apply_entries(&shared.db, cluster, entries, durable);
+        // On a multi-threaded runtime the apply runs right here (`block_in_place` moves this
+        // worker's other tasks elsewhere): no hop to the blocking pool and back on every
+        // commit. A current-thread runtime (some tests) cannot block, so it hops.
+        let res = if tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            tokio::task::block_in_place(run)
+        } else {
+            tokio::task::spawn_blocking(run)
+                .await
+                .map_err(|e| sm_err(ErrorVerb::Write, e))?
+        };
+        let (replies, cluster, last) = res.map_err(|e| sm_err(ErrorVerb::Write, e))?;
         *self.shared.cluster.write() = cluster;
         if let Some(l) = last {
             self.shared.applied.store(l.index, Ordering::Release);
