@@ -62,6 +62,13 @@ fn measure(roots: &[PathBuf], label: &str, opts: &FuseOpts) -> Result<()> {
         &format!("fuse: {label}, file {} MiB", opts.file_bytes >> 20),
         &["pond FUSE", "passthrough FUSE", "local dir"],
     );
+    // Warm-up, not timed, on the pond mount: one 4 MiB file written, synced and removed, so the
+    // first row does not measure a freshly started cluster settling (storage heartbeats while
+    // meta elects its leader: writes wait in the client's retry backoff; docs/storage.md, "Why
+    // the write-behind row was 42 MiB/s").
+    let warm = roots[0].join("warm-up.dat");
+    posix::seq_write(&warm, 4 * MIB as u64, MIB, false, Sync::AtEnd)?;
+    std::fs::remove_file(&warm).with_context(|| format!("remove {}", warm.display()))?;
     let pb = progress("fuse: sequential write");
     let seq = |r: &Path| r.join("seq.dat");
     let w = each(roots, |r| {

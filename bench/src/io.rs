@@ -182,6 +182,25 @@ pub async fn run(client: &Client, label: &str, opts: &IoOpts) -> Result<ClientFi
     let local = opts.local_dir.join("io-baseline.dat");
     let local_direct = opts.local_dir.join("io-baseline-direct.dat");
 
+    // Warm-up, not timed: one chunk written and synced. Right after `pond up` the storage
+    // nodes' first heartbeats can still be settling (meta electing its leader); writes then
+    // wait in the client's retry backoff, and the first timed row measured that wait — 1.4 s
+    // of a 1.5 s row on a fresh cluster, ~0.1 s once the cluster was ready (docs/storage.md,
+    // "Why the write-behind row was 42 MiB/s").
+    let warm = client
+        .create_file(&format!("{dir}/warm-up.dat"))
+        .await
+        .map_err(cerr)?;
+    warm.pwrite(0, &pattern_bytes(4 * MIB))
+        .await
+        .map_err(cerr)?;
+    warm.fsync().await.map_err(cerr)?;
+    warm.close().await.map_err(cerr)?;
+    client
+        .unlink_path(&format!("{dir}/warm-up.dat"))
+        .await
+        .map_err(cerr)?;
+
     // Sequential writes, write-behind + fsync at the end.
     let pb = progress("io: sequential writes");
     let f = client.create_file(&path).await.map_err(cerr)?;

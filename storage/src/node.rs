@@ -829,12 +829,14 @@ impl Node {
         if let Some(Err(e)) = &persisted {
             tracing::warn!(chunk = %chunk, version = %u, error = %e, "making the pending record durable failed; committing durably");
         }
+        // The durable case as a lazy commit plus `persist_records`, so that tails (and
+        // heads and middles whose record sync failed) share group commits too.
         let c = on_store(&t.store, move |s| {
-            if lazy {
-                s.commit_lazy(chunk, u)
-            } else {
-                s.commit(chunk, u)
+            let c = s.commit_lazy(chunk, u)?;
+            if !lazy {
+                s.persist_records()?;
             }
+            Ok(c)
         })
         .await
         .map_err(store_err)?;

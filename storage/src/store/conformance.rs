@@ -712,6 +712,65 @@ fn lazy_commits_keep_replaced_slots_until_durable_mem() {
     lazy_commits_keep_replaced_slots_until_durable(&mem(1 << 30));
 }
 
+/// `persist_records` is a group commit: it makes a durable commit only when no durable commit
+/// since the caller's changes covers them, and every change made before is durable after it.
+fn persist_records_is_a_group_commit<H: Harness>(h: &H) {
+    let e = h.open();
+    let stage = |c: u64, v: u32| {
+        e.stage(
+            cid(c),
+            ChunkVersion(v),
+            CV,
+            Mutation::Replace { data: b"x" },
+            None,
+        )
+        .unwrap()
+    };
+    let n0 = e.durable_record_commits();
+    stage(1, 1);
+    stage(2, 1);
+    e.persist_records().unwrap();
+    assert_eq!(
+        e.durable_record_commits(),
+        n0 + 1,
+        "one commit for both stages"
+    );
+    e.persist_records().unwrap();
+    assert_eq!(
+        e.durable_record_commits(),
+        n0 + 1,
+        "nothing new to make durable"
+    );
+    // A durable commit covers what was staged before it.
+    stage(3, 1);
+    e.commit(cid(1), ChunkVersion(1)).unwrap();
+    assert_eq!(e.durable_record_commits(), n0 + 2);
+    e.persist_records().unwrap();
+    assert_eq!(e.durable_record_commits(), n0 + 2, "covered by the commit");
+    // A lazy commit is a change like any other.
+    e.commit_lazy(cid(2), ChunkVersion(1)).unwrap();
+    e.persist_records().unwrap();
+    assert_eq!(e.durable_record_commits(), n0 + 3);
+    drop(e);
+    let e = h.open();
+    assert_eq!(read_all(&e, cid(1)), b"x");
+    assert_eq!(read_all(&e, cid(2)), b"x");
+    assert_eq!(
+        e.info(cid(3)).unwrap().pending.unwrap().version,
+        ChunkVersion(1)
+    );
+}
+
+#[test]
+fn persist_records_is_a_group_commit_file() {
+    persist_records_is_a_group_commit(&file(None));
+}
+
+#[test]
+fn persist_records_is_a_group_commit_mem() {
+    persist_records_is_a_group_commit(&mem(1 << 30));
+}
+
 /// A full target whose only free slots wait on a lazy commit makes the durable change itself
 /// instead of refusing the write.
 fn full_target_releases_lazy_slots<H: Harness>(h: &H) {

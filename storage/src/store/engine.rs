@@ -32,6 +32,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// A hole: a block of zeros with no slot.
 pub const HOLE: u32 = u32::MAX;
@@ -319,6 +320,28 @@ pub struct Engine<B: Backend> {
     backend: B,
     state: Mutex<State>,
     failpoint: Mutex<Option<Failpoint>>,
+    sync: RecordSync,
+}
+
+/// Group commit for `persist_records`: record transactions are counted as they complete;
+/// a durable commit covers every transaction counted before it began, so a caller whose
+/// changes a durable commit already covers returns without one, and callers that queue behind
+/// a durable commit in progress share the next one (one fsync for many concurrent updates
+/// instead of one each).
+#[derive(Default)]
+struct RecordSync {
+    /// Record transactions committed, counted in commit order: the lock is held across each
+    /// commit (redb serialises write transactions anyway), so a durable one numbered `n` makes
+    /// every one numbered up to `n` durable.
+    txns: Mutex<u64>,
+    /// `txns`, readable without waiting for a commit in progress.
+    published: std::sync::atomic::AtomicU64,
+    /// Every transaction numbered up to this is durable.
+    durable: std::sync::atomic::AtomicU64,
+    /// Serialises `persist_records`' own durable commits.
+    lock: Mutex<()>,
+    /// Durable record commits made (each one fsync of the record database).
+    durable_commits: std::sync::atomic::AtomicU64,
 }
 
 static ZEROS: [u8; BLOCK_BYTES as usize] = [0; BLOCK_BYTES as usize];
@@ -428,6 +451,7 @@ impl<B: Backend> Engine<B> {
             backend,
             state: Mutex::new(State { index, alloc }),
             failpoint: Mutex::new(None),
+            sync: RecordSync::default(),
         })
     }
 
@@ -440,6 +464,11 @@ impl<B: Backend> Engine<B> {
             .and_then(|e| e.committed.as_ref())
             .map(|c| c.slots().collect())
             .unwrap_or_default()
+    }
+
+    /// Durable record commits made since open (each one fsync of the record database).
+    pub fn durable_record_commits(&self) -> u64 {
+        self.sync.durable_commits.load(Ordering::Relaxed)
     }
 
     pub fn backend(&self) -> &B {
@@ -710,6 +739,23 @@ impl<B: Backend> Engine<B> {
         Ok((plans, new_len as u32))
     }
 
+    /// One record transaction, numbered in commit order (see `RecordSync`).
+    fn commit_records(
+        &self,
+        batch: &[(ChunkId, Option<ChunkRec>)],
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let mut n = self.sync.txns.lock();
+        self.backend.commit_meta(batch, durable)?;
+        *n += 1;
+        self.sync.published.store(*n, Ordering::SeqCst);
+        if durable {
+            self.sync.durable.fetch_max(*n, Ordering::SeqCst);
+            self.sync.durable_commits.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     /// Persists `new` for `chunk` and swaps it into the index; frees what `old` referenced and
     /// `new` does not. `fresh` are the slots allocated for this update (freed on failure).
     fn publish(
@@ -727,7 +773,7 @@ impl<B: Backend> Engine<B> {
         };
         let durable = how == Publish::Durable;
         let upto = self.state.lock().alloc.lazy_seq;
-        if let Err(e) = self.backend.commit_meta(&[(chunk, rec)], durable) {
+        if let Err(e) = self.commit_records(&[(chunk, rec)], durable) {
             self.state.lock().alloc.unalloc(fresh);
             return Err(e);
         }
@@ -1017,8 +1063,17 @@ impl<B: Backend> ChunkStore for Engine<B> {
     }
 
     fn persist_records(&self) -> Result<(), StoreError> {
+        let want = self.sync.published.load(Ordering::SeqCst);
+        if self.sync.durable.load(Ordering::SeqCst) >= want {
+            return Ok(());
+        }
+        let _one = self.sync.lock.lock();
+        // A durable commit that began after our changes may have finished while we waited.
+        if self.sync.durable.load(Ordering::SeqCst) >= want {
+            return Ok(());
+        }
         let upto = self.state.lock().alloc.lazy_seq;
-        self.backend.commit_meta(&[], true)?;
+        self.commit_records(&[], true)?;
         self.state.lock().alloc.durable_upto(upto);
         Ok(())
     }
