@@ -1,11 +1,12 @@
-//! The Raft log store openraft uses: `raft_log::Wal` files written by one writer thread with
-//! group commit, and an in-memory view (log ids, recent entry bytes, file locations) that
-//! every read is served from.
+//! The Raft log store openraft uses: `raft_log::Wal` files, written in the caller's task, and
+//! an in-memory view (log ids, recent entry bytes, file locations) every read is served from.
 //!
-//! - Every mutation (append, vote, committed, truncate, purge) goes through one bounded queue
-//!   to the writer thread, in call order. The writer drains what has queued and writes it as
-//!   **one** group: one `pwrite` of all the records and one `fdatasync` (see `raft_log`).
-//! - Entries are readable (`try_get_log_entries`) from the moment `append` returns: their
+//! - openraft 0.9 runs every log write inside its core task and waits for it (appends
+//!   included: `append_to_log` awaits the flush callback), so writes never overlap and a
+//!   writer thread could not group anything but committed-index notes: each append is one
+//!   `pwrite` of its records (plus any buffered committed-index record) and one `fdatasync`,
+//!   done in place (`LogStore::write`), and the callback is called right after the sync.
+//! - Entries are readable (`try_get_log_entries`) from the moment `append` is called: their
 //!   bytes stay in memory until written, then while the cache holds them (`LOG_CACHE_BYTES`),
 //!   and older ones are read back from the segment by offset.
 //! - Every append is reported flushed only after its own sync, on the leader too. openraft 0.9
@@ -16,12 +17,14 @@
 //!   for the other follower, which never had the entry, and the follower that had applied it
 //!   would have to truncate an applied entry. The state machine still waits on `LogDurable`
 //!   before applying (a no-op wait now, kept as the guard).
+//! - `save_committed` only buffers a record (no I/O, not waited for): it becomes durable with
+//!   the next append; losing it only means a restart re-learns the commit index.
 
 // `openraft::StorageError` is the error type the storage traits require; it is large, and
 // boxing it here would only unbox it again at the trait boundary.
 #![allow(clippy::result_large_err)]
 
-use crate::raft_log::{Loc, StoredEntry, Wal, read_at};
+use crate::raft_log::{Loc, StoredEntry, Wal, WalError, read_at};
 use crate::types::{LogId, StorageError, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, OptionalSend, Vote};
@@ -32,12 +35,8 @@ use std::fs::File;
 use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 
-/// Commands queued to the writer thread (bounded: openraft has few appends in flight).
-const WRITER_QUEUE_MAX: usize = 1024;
-/// Commands the writer folds into one group at most.
-const WRITER_GROUP_MAX: usize = 256;
 /// Bytes of written entries kept in memory for readers (replication, apply); older entries
 /// are read back from their segment. Entries not yet written are always kept.
 const LOG_CACHE_BYTES: usize = 64 << 20;
@@ -90,27 +89,10 @@ impl LogDurable {
     }
 }
 
-type Done = oneshot::Sender<Result<(), String>>;
-
-enum Cmd {
-    Append {
-        /// (generation, entry): the generation tells a re-appended index from the old one.
-        entries: Vec<(u64, StoredEntry)>,
-        callback: LogFlushed<TypeConfig>,
-    },
-    Committed(Option<LogId>),
-    Vote {
-        vote: Vote<u64>,
-        done: Done,
-    },
-    Truncate {
-        from: u64,
-        done: Done,
-    },
-    Purge {
-        upto: LogId,
-        done: Done,
-    },
+/// The log files and whether a write failed (then nothing is written any more).
+struct Writer {
+    wal: Wal,
+    failed: Option<String>,
 }
 
 /// One entry of the in-memory view.
@@ -161,7 +143,7 @@ impl Mem {
 
 struct Inner {
     mem: Mutex<Mem>,
-    tx: mpsc::Sender<Cmd>,
+    writer: Arc<Mutex<Writer>>,
     durable: Arc<LogDurable>,
 }
 
@@ -211,17 +193,11 @@ impl LogStore {
             );
         }
         mem.next_gen = 1;
-        let durable = Arc::new(LogDurable::new(last));
-        let (tx, rx) = mpsc::channel(WRITER_QUEUE_MAX);
         let inner = Arc::new(Inner {
             mem: Mutex::new(mem),
-            tx,
-            durable: durable.clone(),
+            writer: Arc::new(Mutex::new(Writer { wal, failed: None })),
+            durable: Arc::new(LogDurable::new(last)),
         });
-        let weak = Arc::downgrade(&inner);
-        std::thread::Builder::new()
-            .name("raft-log-writer".into())
-            .spawn(move || writer_loop(wal, rx, weak, durable))?;
         Ok(LogStore { inner })
     }
 
@@ -230,127 +206,52 @@ impl LogStore {
         self.inner.durable.clone()
     }
 
-    async fn send(&self, cmd: Cmd, verb: ErrorVerb) -> Result<(), StorageError> {
-        self.inner
-            .tx
-            .send(cmd)
-            .await
-            .map_err(|_| log_err(verb, "raft log writer stopped"))
-    }
-
-    async fn call(
+    /// Runs `f` on the log files, in the caller's task: openraft's core awaits every log write
+    /// before it goes on, so a hand-off to a writer thread would only add two thread wake-ups
+    /// per append. On a multi-threaded runtime this blocks in place (`block_in_place` moves
+    /// the worker's other tasks elsewhere); a current-thread runtime (some tests) uses the
+    /// blocking pool. After a failed write every later one fails too.
+    async fn write<T: Send + 'static>(
         &self,
-        make: impl FnOnce(Done) -> Cmd,
-        subject: ErrorSubject<u64>,
-        verb: ErrorVerb,
-    ) -> Result<(), StorageError> {
-        let (done, rx) = oneshot::channel();
-        self.send(make(done), verb).await?;
-        rx.await
-            .map_err(|_| io_err(subject.clone(), verb, "raft log writer stopped"))?
-            .map_err(|e| io_err(subject, verb, e))
-    }
-}
-
-/// The writer thread: writes each group of queued commands with one sync.
-fn writer_loop(
-    mut wal: Wal,
-    mut rx: mpsc::Receiver<Cmd>,
-    inner: std::sync::Weak<Inner>,
-    durable: Arc<LogDurable>,
-) {
-    let mut failed: Option<String> = None;
-    while let Some(first) = rx.blocking_recv() {
-        let mut group = vec![first];
-        while group.len() < WRITER_GROUP_MAX {
-            match rx.try_recv() {
-                Ok(c) => group.push(c),
-                Err(_) => break,
+        f: impl FnOnce(&mut Wal) -> Result<T, WalError> + Send + 'static,
+    ) -> Result<T, String> {
+        let writer = self.inner.writer.clone();
+        let run = move || {
+            let mut w = writer.lock();
+            if let Some(e) = &w.failed {
+                return Err(e.clone());
             }
-        }
-        let mut written: Vec<(u64, u64, Loc)> = Vec::new();
-        let res = match &failed {
-            Some(e) => Err(e.clone()),
-            None => write_group(&mut wal, &group, &mut written).map_err(|e| e.to_string()),
+            let r = f(&mut w.wal);
+            match r {
+                Ok(v) => Ok((v, w.wal.segment_files())),
+                Err(e) => {
+                    let e = e.to_string();
+                    tracing::error!(error = %e, "raft log write failed; this replica stops making entries durable");
+                    w.failed = Some(e.clone());
+                    Err(e)
+                }
+            }
         };
-        if let Err(e) = &res {
-            if failed.is_none() {
-                tracing::error!(error = %e, "raft log write failed; this replica stops making entries durable");
-            }
-            failed = Some(e.clone());
-            durable.update(|s| s.failed = true);
+        let r = if tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            tokio::task::block_in_place(run)
         } else {
-            // The log is durable up to the last append, minus whatever a later truncate cut.
-            durable.update(|s| {
-                for c in &group {
-                    match c {
-                        Cmd::Append { entries, .. } => {
-                            if let Some((_, e)) = entries.last() {
-                                s.index = s.index.max(e.log_id.index);
-                            }
-                        }
-                        Cmd::Truncate { from, .. } => s.index = s.index.min(from.saturating_sub(1)),
-                        _ => {}
-                    }
-                }
-            });
-            if let Some(inner) = inner.upgrade() {
-                let mut m = inner.mem.lock();
-                m.segs = wal.segment_files();
-                for (i, generation, loc) in written {
-                    if let Some(s) = m.slots.get_mut(&i)
-                        && s.generation == generation
-                    {
-                        s.loc = Some(loc);
-                        if s.bytes.is_some() {
-                            m.cached.push_back((i, generation));
-                        }
-                    }
-                }
-                m.evict();
+            tokio::task::spawn_blocking(run)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r)
+        };
+        match r {
+            Ok((v, segs)) => {
+                self.inner.mem.lock().segs = segs;
+                Ok(v)
+            }
+            Err(e) => {
+                self.inner.durable.update(|s| s.failed = true);
+                Err(e)
             }
         }
-        for c in group {
-            match c {
-                Cmd::Append { callback, .. } => {
-                    callback.log_io_completed(res.clone().map_err(std::io::Error::other));
-                }
-                Cmd::Vote { done, .. } | Cmd::Truncate { done, .. } | Cmd::Purge { done, .. } => {
-                    let _ = done.send(res.clone());
-                }
-                Cmd::Committed(_) => {}
-            }
-        }
-    }
-}
-
-fn write_group(
-    wal: &mut Wal,
-    group: &[Cmd],
-    written: &mut Vec<(u64, u64, Loc)>,
-) -> Result<(), crate::raft_log::WalError> {
-    let mut sync = false;
-    for c in group {
-        match c {
-            Cmd::Append { entries, .. } => {
-                let list: Vec<StoredEntry> = entries.iter().map(|(_, e)| e.clone()).collect();
-                let locs = wal.append(&list)?;
-                for ((generation, e), loc) in entries.iter().zip(locs) {
-                    written.push((e.log_id.index, *generation, loc));
-                }
-                sync = true;
-            }
-            Cmd::Committed(c) => wal.set_committed(*c)?,
-            Cmd::Vote { vote, .. } => wal.save_vote(*vote)?,
-            Cmd::Truncate { from, .. } => wal.truncate(*from)?,
-            Cmd::Purge { upto, .. } => wal.purge(*upto)?,
-        }
-    }
-    if sync {
-        wal.sync()
-    } else {
-        // Committed-index records alone are not synced (durable with the next append).
-        wal.write_unsynced()
     }
 }
 
@@ -424,12 +325,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
         let vote = *vote;
-        self.call(
-            |done| Cmd::Vote { vote, done },
-            ErrorSubject::Vote,
-            ErrorVerb::Write,
-        )
-        .await?;
+        self.write(move |wal| wal.save_vote(vote))
+            .await
+            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
         self.inner.mem.lock().vote = Some(vote);
         Ok(())
     }
@@ -444,7 +342,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // core task for a whole group per commit-index move. Losing it only means the restart
         // re-learns the commit index from the leader.
         self.inner.mem.lock().committed = committed;
-        self.send(Cmd::Committed(committed), ErrorVerb::Write).await
+        self.inner.writer.lock().wal.set_committed(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -472,15 +371,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(Ok(()));
             return Ok(());
         }
-        let entries = {
+        let gens = {
             let mut m = self.inner.mem.lock();
             // An append at or below the last index replaces the tail (as the file does).
             let cut = m.slots.split_off(&encoded[0].log_id.index);
             for s in cut.values() {
                 m.drop_slot(s);
             }
-            let mut out = Vec::with_capacity(encoded.len());
-            for e in encoded {
+            let mut gens = Vec::with_capacity(encoded.len());
+            for e in &encoded {
                 let generation = m.next_gen;
                 m.next_gen += 1;
                 m.cache_bytes += e.bytes.len();
@@ -496,12 +395,41 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 if let Some(old) = old {
                     m.drop_slot(&old);
                 }
-                out.push((generation, e));
+                gens.push(generation);
             }
-            out
+            gens
         };
-        self.send(Cmd::Append { entries, callback }, ErrorVerb::Write)
-            .await
+        let last = encoded.last().map(|e| e.log_id.index).unwrap_or(0);
+        let list = encoded.clone();
+        let res = self
+            .write(move |wal| {
+                let locs = wal.append(&list)?;
+                wal.sync()?;
+                Ok(locs)
+            })
+            .await;
+        match res {
+            Ok(locs) => {
+                self.inner.durable.update(|s| s.index = s.index.max(last));
+                let mut m = self.inner.mem.lock();
+                for ((e, generation), loc) in encoded.iter().zip(gens).zip(locs) {
+                    let i = e.log_id.index;
+                    if let Some(s) = m.slots.get_mut(&i)
+                        && s.generation == generation
+                    {
+                        s.loc = Some(loc);
+                        if s.bytes.is_some() {
+                            m.cached.push_back((i, generation));
+                        }
+                    }
+                }
+                m.evict();
+                drop(m);
+                callback.log_io_completed(Ok(()));
+            }
+            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e))),
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -513,21 +441,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 m.drop_slot(s);
             }
         }
-        self.call(
-            |done| Cmd::Truncate { from, done },
-            ErrorSubject::Logs,
-            ErrorVerb::Delete,
-        )
-        .await
+        self.write(move |wal| wal.truncate(from))
+            .await
+            .map_err(|e| log_err(ErrorVerb::Delete, e))?;
+        self.inner
+            .durable
+            .update(|s| s.index = s.index.min(from.saturating_sub(1)));
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.call(
-            |done| Cmd::Purge { upto: log_id, done },
-            ErrorSubject::Logs,
-            ErrorVerb::Delete,
-        )
-        .await?;
+        self.write(move |wal| wal.purge(log_id))
+            .await
+            .map_err(|e| log_err(ErrorVerb::Delete, e))?;
         let mut m = self.inner.mem.lock();
         let keep = m.slots.split_off(&(log_id.index + 1));
         let gone = std::mem::replace(&mut m.slots, keep);

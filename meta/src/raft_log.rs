@@ -542,15 +542,6 @@ impl Wal {
         Ok(off)
     }
 
-    /// Index of the entry the next append must carry (if the log has any).
-    fn next_index(&self) -> Option<u64> {
-        self.index
-            .keys()
-            .next_back()
-            .map(|i| i + 1)
-            .or(self.state.purged.map(|p| p.index + 1))
-    }
-
     /// Adds entries (postcard `Entry` bytes) to the current group; returns where each went.
     /// Nothing is durable before `sync`.
     pub fn append(&mut self, entries: &[StoredEntry]) -> Result<Vec<Loc>> {
@@ -575,19 +566,27 @@ impl Wal {
         Ok(locs)
     }
 
-    /// Records the committed index in the current group (durable with the next sync).
-    pub fn set_committed(&mut self, committed: Option<LogId>) -> Result<()> {
-        let payload = postcard::to_stdvec(&committed)?;
-        let next = self.next_index().unwrap_or(0);
-        self.reserve(payload.len() as u64, next)?;
+    /// Records the committed index in the current group: buffered only, written and made
+    /// durable with the next append (no I/O here). If the last segment has no room for it,
+    /// it is kept in memory and saved with the next state write (vote, purge) instead: the
+    /// committed index is a hint that only shortens a restart.
+    pub fn set_committed(&mut self, committed: Option<LogId>) {
+        self.committed = committed;
+        let Ok(payload) = postcard::to_stdvec(&committed) else {
+            return;
+        };
+        let need = REC_HEADER + payload.len() as u64;
+        let seg = self.last_seg();
+        if seg.end + need > seg.cap {
+            return;
+        }
+        seg.end += need;
         encode_record(
             &mut self.buf,
             KIND_COMMITTED,
             committed.map(|l| l.index).unwrap_or(0),
             &payload,
         );
-        self.committed = committed;
-        Ok(())
     }
 
     /// Writes what the group holds and makes it durable: one `pwrite` and one `fdatasync` per
@@ -602,7 +601,8 @@ impl Wal {
         Ok(())
     }
 
-    /// Writes what the group holds without syncing (a group of committed-index records only).
+    /// Writes what the group holds without syncing (tests: a crash between write and sync).
+    #[cfg(test)]
     pub fn write_unsynced(&mut self) -> Result<()> {
         self.flush_buf()
     }
@@ -778,7 +778,7 @@ mod tests {
             assert!(r.entries.is_empty());
             w.append(&[entry(1, 0, 0), entry(1, 1, 0), entry(1, 2, 0)])
                 .unwrap();
-            w.set_committed(Some(lid(1, 1))).unwrap();
+            w.set_committed(Some(lid(1, 1)));
             w.sync().unwrap();
             w.save_vote(Vote::new_committed(1, 1)).unwrap();
         }
@@ -952,7 +952,7 @@ mod tests {
             w.truncate(12).unwrap();
             assert!(w.segs.iter().all(|s| s.first <= 12));
             w.append(&[entry(2, 12, 0), entry(2, 13, 0)]).unwrap();
-            w.set_committed(Some(lid(2, 13))).unwrap();
+            w.set_committed(Some(lid(2, 13)));
             w.sync().unwrap();
             w.purge(lid(1, 9)).unwrap();
             assert_eq!(w.segs.len(), 1, "segments of purged entries removed");
