@@ -11,11 +11,14 @@
 //! Starting again on an existing directory reuses every config, port and byte.
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
 use pond_client::config::{ClusterFile, MetaEndpoint, StorageEndpoint};
 use pond_client::meta_client::MetaClient;
-use pond_proto::cluster::PublicState;
+use pond_client::net::DataClient;
+use pond_proto::cluster::{PublicState, RoutingInfo};
+use pond_proto::data::{ChainRef, DataRequest};
 use pond_proto::meta::{ClusterReply, ClusterRequest};
-use pond_proto::{ErrorCode, RoutingVersion};
+use pond_proto::{ErrorCode, InodeId, RoutingVersion};
 use serde::{Deserialize, Serialize};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -376,7 +379,15 @@ fn supervise_inner(dir: &Path, healthy_within: Option<Duration>) -> Result<()> {
         let client = MetaClient::connect(cf.meta_addrs(), cf.token.clone())
             .map_err(|e| anyhow::anyhow!("connect to meta: {e}"))?;
         let deadline = healthy_within.map(|d| Instant::now() + d);
-        wait_healthy(&client, &topo, cf.storage.len(), deadline, &mut roles).await?;
+        wait_healthy(
+            &client,
+            &cf.token,
+            &topo,
+            cf.storage.len(),
+            deadline,
+            &mut roles,
+        )
+        .await?;
         write_file(&dir.join("ready"), "")?;
         println!("pond: cluster healthy; Ctrl-C (or `pond down`) stops it");
         watch_until_signal(&mut roles).await;
@@ -408,11 +419,14 @@ fn check_roles(roles: &mut [Role]) -> Result<()> {
 /// every target serving.
 async fn wait_healthy(
     client: &MetaClient,
+    token: &str,
     topo: &Topology,
     storage_nodes: usize,
     deadline: Option<Instant>,
     roles: &mut [Role],
 ) -> Result<()> {
+    let data = DataClient::tcp(token.to_string(), client.client_id())
+        .with_deadline(Duration::from_secs(2));
     let mut last_msg = String::new();
     loop {
         check_roles(roles)?;
@@ -421,7 +435,7 @@ async fn wait_healthy(
         {
             bail!("cluster not healthy in time: {last_msg}");
         }
-        match health_step(client, topo, storage_nodes).await {
+        match health_step(client, &data, topo, storage_nodes).await {
             Ok(None) => return Ok(()),
             Ok(Some(msg)) | Err(msg) => {
                 if msg != last_msg {
@@ -437,6 +451,7 @@ async fn wait_healthy(
 /// One health check: `Ok(None)` when healthy, `Ok(Some(why))`/`Err(why)` otherwise.
 async fn health_step(
     client: &MetaClient,
+    data: &DataClient,
     topo: &Topology,
     storage_nodes: usize,
 ) -> Result<Option<String>, String> {
@@ -490,7 +505,40 @@ async fn health_step(
             routing.targets.len()
         )));
     }
+    // Meta's table says serving; each node must also have installed that table and hold an
+    // answered heartbeat (its lease), or its first writes would wait in retry backoff.
+    if let Some(msg) = storage_not_ready(data, &routing).await {
+        return Ok(Some(msg));
+    }
     Ok(None)
+}
+
+/// Asks every target of every chain, at the chain's current version, for the length of a file
+/// that has no chunks: a target answers only when its node serves it under that table (no
+/// fence, same chain version, serving and up to date). `None` when all of them answered.
+async fn storage_not_ready(data: &DataClient, routing: &RoutingInfo) -> Option<String> {
+    for chain in routing.chains.values() {
+        for t in &chain.targets {
+            let Some(ti) = routing.targets.get(t) else {
+                return Some(format!("target {} of chain {} unknown", t.0, chain.id.0));
+            };
+            let Some(addr) = routing.node_addr(ti.node) else {
+                return Some(format!("no address for storage node {}", ti.node.0));
+            };
+            let req = DataRequest::QueryLength {
+                at: ChainRef {
+                    chain: chain.id,
+                    chain_version: chain.version,
+                    target: *t,
+                },
+                inode: InodeId(0),
+            };
+            if let Err(e) = data.call(addr, req, Bytes::new()).await {
+                return Some(format!("target {} not serving on its node yet: {e}", t.0));
+            }
+        }
+    }
+    None
 }
 
 async fn watch_until_signal(roles: &mut [Role]) {
