@@ -64,6 +64,7 @@ fn main() {
         uring,
         direct_writes,
         cache_first,
+        pread_misses: false,
         direct_reads_from,
     };
     let modes = [

@@ -77,6 +77,7 @@ fn file_direct(cap: Option<u64>) -> FileH {
             uring: true,
             direct_writes: true,
             cache_first: false,
+            pread_misses: false,
             direct_reads_from: Some(0),
         },
     )
@@ -1067,7 +1068,10 @@ fn io_options_from_environment_values() {
     assert!(IoOptions::parse(None, Some("sometimes")).is_err());
     assert!(d.cache_first && d.direct_reads_from.is_none() && !d.direct_writes);
     let rr = IoOptions::parse(None, Some("ring-reads")).unwrap();
-    assert!(!rr.cache_first && rr.direct_reads_from.is_none());
+    assert!(!rr.cache_first && !rr.pread_misses && rr.direct_reads_from.is_none());
+    assert!(d.pread_misses);
+    let rm = IoOptions::parse(None, Some("ring-misses")).unwrap();
+    assert!(rm.cache_first && !rm.pread_misses);
 }
 
 /// The forced fallback and io_uring read each other's files: a target can switch paths
@@ -1110,7 +1114,8 @@ fn io_paths_share_one_format() {
 }
 
 /// Reads of data the page cache does not hold (evicted after the write), or holds in part:
-/// on the default path the missing part goes to the ring (O_DIRECT for a block or more), and
+/// on the default path the missing part is read with `pread` (with `ring-misses`, through the
+/// ring; with O_DIRECT reads, through the ring with O_DIRECT), and
 /// every range reads back what was written, up to the unaligned end of the chunk.
 fn cold_reads(h: &FileH) {
     use std::os::fd::AsRawFd;
@@ -1146,11 +1151,15 @@ fn cold_reads(h: &FileH) {
     let o = e.backend().io_options();
     if !o.uring {
         assert_eq!(p, Default::default());
+    } else if o.cache_first && o.pread_misses {
+        // Cold reads with `pread` on this thread (the default); a range the 1-byte read warmed
+        // from the cache; nothing through the ring.
+        assert!(p.cached >= 1 && p.pread >= 6, "{p:?}");
+        assert_eq!((p.ring_buffered, p.ring_direct), (0, 0), "{p:?}");
     } else if o.cache_first {
-        // Cold reads through the ring, buffered (the default takes no O_DIRECT); a range the
-        // 1-byte read warmed from the cache.
+        // Cold reads through the ring, buffered; a range the 1-byte read warmed from the cache.
         assert!(p.cached >= 1 && p.ring_buffered >= 6, "{p:?}");
-        assert_eq!(p.ring_direct, 0, "{p:?}");
+        assert_eq!((p.ring_direct, p.pread), (0, 0), "{p:?}");
     } else {
         assert_eq!(p.cached, 0, "{p:?}");
         assert!(p.ring_direct >= 12, "{p:?}");
@@ -1160,6 +1169,18 @@ fn cold_reads(h: &FileH) {
 #[test]
 fn cold_reads_file() {
     cold_reads(&file(None));
+}
+
+/// Page-cache misses through the ring (`POND_STORAGE_DIRECT=ring-misses`, the default before).
+#[test]
+fn cold_reads_file_ring_misses() {
+    cold_reads(&file_with(
+        None,
+        IoOptions {
+            pread_misses: false,
+            ..IoOptions::default()
+        },
+    ));
 }
 
 #[test]
