@@ -808,7 +808,7 @@ mod tests {
             .open(seg_path(&dir, 0))
             .unwrap();
         let end = loc2.off + REC_HEADER + loc2.len as u64;
-        f.write_all_at(&vec![0u8; 8], end - 8).unwrap();
+        f.write_all_at(&[0u8; 8], end - 8).unwrap();
         drop(f);
         let (mut w, r) = Wal::open(&dir).unwrap();
         assert_eq!(indexes(&r), vec![(1, 0), (1, 1)]);
