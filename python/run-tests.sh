@@ -20,6 +20,10 @@ if [[ ! -x "$POND_BIN" ]]; then
     (cd "$repo" && cargo build --bin pond)
 fi
 "$py" -m pip install --quiet --disable-pip-version-check "maturin>=1.5,<2" pytest pyarrow
+# Without build isolation the maturin build backend runs the `maturin` executable from PATH:
+# put this interpreter's scripts directory (a venv's bin/) first.
+PATH="$("$py" -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+export PATH
 echo "run-tests.sh: installing ./python (cargo profile $profile)"
 MATURIN_PEP517_ARGS="--profile $profile" \
     "$py" -m pip install --quiet --disable-pip-version-check --no-build-isolation "$here"
