@@ -17,6 +17,16 @@ if [ ! -e /dev/fuse ]; then
     echo "test.sh: WARNING: /dev/fuse is missing: the FUSE tests will FAIL, not skip." >&2
 fi
 
+# pjdfstest (crates.io's Rust rewrite of the POSIX suite) for the FUSE conformance test in
+# tests/it/fuse.rs: built once into the target directory.
+if [ -z "${POND_PJDFSTEST:-}" ]; then
+    POND_PJDFSTEST="$target/pjdfstest/bin/pjdfstest"
+    if [ ! -x "$POND_PJDFSTEST" ]; then
+        cargo install pjdfstest --version 0.2.2 --locked --root "$target/pjdfstest"
+    fi
+    export POND_PJDFSTEST
+fi
+
 cargo nextest run --workspace --features pond-compute/duckdb "$@"
 
 if [ "$#" -eq 0 ]; then

@@ -268,6 +268,7 @@ impl MetaCache {
             | MetaRequest::Mkdir { parent, .. }
             | MetaRequest::Create { parent, .. }
             | MetaRequest::Symlink { parent, .. }
+            | MetaRequest::Mknod { parent, .. }
             | MetaRequest::Lookup { parent, .. }
                 if !ok =>
             {
@@ -294,7 +295,8 @@ impl MetaCache {
             | MetaRequest::RemoveTree { parent, name } => drop_entry(&mut g, *parent, name),
             MetaRequest::Mkdir { parent, name, .. }
             | MetaRequest::Create { parent, name, .. }
-            | MetaRequest::Symlink { parent, name, .. } => drop_entry(&mut g, *parent, name),
+            | MetaRequest::Symlink { parent, name, .. }
+            | MetaRequest::Mknod { parent, name, .. } => drop_entry(&mut g, *parent, name),
             MetaRequest::Link {
                 inode,
                 new_parent,
@@ -341,7 +343,8 @@ impl MetaCache {
                 MetaRequest::Lookup { parent, name }
                 | MetaRequest::Mkdir { parent, name, .. }
                 | MetaRequest::Create { parent, name, .. }
-                | MetaRequest::Symlink { parent, name, .. },
+                | MetaRequest::Symlink { parent, name, .. }
+                | MetaRequest::Mknod { parent, name, .. },
                 MetaReply::Attr(a),
             ) => {
                 g.entries.insert((*parent, name.clone()), (a.inode, at));
@@ -404,6 +407,7 @@ mod tests {
             ctime: Timestamp::default(),
             layout: None,
             truncate_version: 0,
+            rdev: 0,
         }
     }
 

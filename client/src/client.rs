@@ -320,6 +320,8 @@ impl Client {
         parent: InodeId,
         name: &str,
     ) -> Result<(InodeAttr, Duration)> {
+        // A name no entry can have is ENAMETOOLONG/EINVAL, not "not found" (lookup(2) rules).
+        validate_name(name)?;
         let ttl = self.core.cache.ttl();
         if let Some((mut a, left)) = self.core.cache.lookup(parent, name) {
             self.overlay(&mut a);
@@ -408,10 +410,14 @@ impl Client {
                         "truncate of a directory",
                     ));
                 }
-                FileType::Symlink => {
+                k @ (FileType::Symlink
+                | FileType::Fifo
+                | FileType::Socket
+                | FileType::CharDevice
+                | FileType::BlockDevice) => {
                     return Err(ClientError::new(
                         ErrorCode::InvalidArgument,
-                        "truncate of a symlink",
+                        format!("truncate of a {k:?}"),
                     ));
                 }
                 FileType::File => {}
@@ -567,6 +573,15 @@ impl Client {
                 ErrorCode::Loop,
                 "open of a symlink without following",
             )),
+            // FIFOs, sockets and devices are opened by the kernel of the host (a FUSE mount
+            // never sends their opens here); the client library has no data path for them.
+            k @ (FileType::Fifo
+            | FileType::Socket
+            | FileType::CharDevice
+            | FileType::BlockDevice) => Some(ClientError::new(
+                ErrorCode::InvalidArgument,
+                format!("a {k:?} node has no data in pond"),
+            )),
             FileType::File => None,
         };
         let oi = match refused {
@@ -676,6 +691,39 @@ impl Client {
                 parent,
                 name: name.to_string(),
                 target: target.to_string(),
+                caller,
+            },
+        )
+        .await
+    }
+
+    /// Creates a FIFO, socket or device node (`kind.is_special()`; `rdev` is kept for devices
+    /// only). The mode's set-group-ID and the group follow the parent as for files.
+    pub async fn mknod(
+        &self,
+        parent: InodeId,
+        name: &str,
+        kind: FileType,
+        mode: u32,
+        rdev: u64,
+        caller: Caller,
+    ) -> Result<InodeAttr> {
+        validate_name(name)?;
+        if !kind.is_special() {
+            return Err(ClientError::new(
+                ErrorCode::InvalidArgument,
+                format!("mknod makes FIFOs, sockets and devices, not {kind:?}"),
+            ));
+        }
+        let (caller, mode) = self.inherit(parent, caller, mode, false).await?;
+        self.attr_op(
+            "Mknod",
+            MetaRequest::Mknod {
+                parent,
+                name: name.to_string(),
+                kind,
+                mode,
+                rdev,
                 caller,
             },
         )

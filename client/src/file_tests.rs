@@ -380,6 +380,7 @@ fn testkit_attr() -> pond_proto::meta::InodeAttr {
         ctime: Default::default(),
         layout: None,
         truncate_version: 0,
+        rdev: 0,
     }
 }
 

@@ -113,6 +113,7 @@ impl FakeMeta {
             ctime: Timestamp::default(),
             layout: None,
             truncate_version: 0,
+            rdev: 0,
         };
         let mut inodes = HashMap::new();
         inodes.insert(
@@ -246,6 +247,7 @@ impl FakeMeta {
                     ctime: Timestamp::default(),
                     layout: None,
                     truncate_version: 0,
+                    rdev: 0,
                 };
                 st.inodes.insert(
                     id,
@@ -285,6 +287,7 @@ impl FakeMeta {
                         chains: vec![ChainId(2), ChainId(3), ChainId(1)],
                     }),
                     truncate_version: 0,
+                    rdev: 0,
                 };
                 st.inodes.insert(
                     id,
@@ -320,6 +323,7 @@ impl FakeMeta {
                     ctime: Timestamp::default(),
                     layout: None,
                     truncate_version: 0,
+                    rdev: 0,
                 };
                 st.inodes.insert(
                     id,

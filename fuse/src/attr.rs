@@ -19,6 +19,10 @@ pub fn kind(k: FileType) -> FuseType {
         FileType::File => FuseType::RegularFile,
         FileType::Dir => FuseType::Directory,
         FileType::Symlink => FuseType::Symlink,
+        FileType::Fifo => FuseType::NamedPipe,
+        FileType::Socket => FuseType::Socket,
+        FileType::CharDevice => FuseType::CharDevice,
+        FileType::BlockDevice => FuseType::BlockDevice,
     }
 }
 
@@ -47,7 +51,8 @@ pub fn file_attr(a: &InodeAttr) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        // FUSE carries the kernel's 32-bit dev_t encoding; pond stores what mknod was given.
+        rdev: a.rdev as u32,
         blksize: if a.kind == FileType::File {
             FILE_BLKSIZE
         } else {
@@ -100,6 +105,7 @@ mod tests {
             ctime: Timestamp { sec: 5, nsec: 6 },
             layout: None,
             truncate_version: 0,
+            rdev: 0,
         }
     }
 

@@ -23,7 +23,7 @@ use futures::stream;
 use parking_lot::Mutex;
 use pond_client::{Client, ClientError, File, OpenMode};
 use pond_proto::layout::PlacementHint;
-use pond_proto::meta::{Caller, RenameMode, SetAttr as PondSetAttr};
+use pond_proto::meta::{Caller, FileType as PondType, RenameMode, SetAttr as PondSetAttr};
 use pond_proto::{ErrorCode, InodeId};
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -405,21 +405,40 @@ impl Filesystem for PondFs {
         parent: u64,
         name: &OsStr,
         mode: u32,
-        _rdev: u32,
+        rdev: u32,
     ) -> Result<ReplyEntry> {
         self.check_writable()?;
-        let fmt = mode & libc::S_IFMT;
-        if fmt != libc::S_IFREG && fmt != 0 {
-            // Only regular files exist in pond (mknod(2): EPERM for unsupported node types).
-            return Err(libc::EPERM.into());
-        }
         let name = name_of(name)?;
-        let a = self
-            .s
-            .client
-            .create(InodeId(parent), name, mode & 0o7777, caller(&req), true)
-            .await
-            .map_err(fail)?;
+        let kind = match mode & libc::S_IFMT {
+            0 | libc::S_IFREG => None,
+            libc::S_IFIFO => Some(PondType::Fifo),
+            libc::S_IFSOCK => Some(PondType::Socket),
+            libc::S_IFCHR => Some(PondType::CharDevice),
+            libc::S_IFBLK => Some(PondType::BlockDevice),
+            // mknod(2): EINVAL for a directory or an unknown type.
+            _ => return Err(libc::EINVAL.into()),
+        };
+        let a = match kind {
+            None => self
+                .s
+                .client
+                .create(InodeId(parent), name, mode & 0o7777, caller(&req), true)
+                .await
+                .map_err(fail)?,
+            Some(kind) => self
+                .s
+                .client
+                .mknod(
+                    InodeId(parent),
+                    name,
+                    kind,
+                    mode & 0o7777,
+                    u64::from(rdev),
+                    caller(&req),
+                )
+                .await
+                .map_err(fail)?,
+        };
         Ok(self.entry(&a))
     }
 

@@ -452,6 +452,7 @@ impl<'t> Tx<'t> {
             ctime: self.now,
             layout: None,
             truncate_version: 0,
+            rdev: 0,
         }
     }
 
@@ -798,6 +799,14 @@ impl<'t> Tx<'t> {
                 target,
                 caller,
             } => self.symlink(*parent, name, target, *caller),
+            MetaRequest::Mknod {
+                parent,
+                name,
+                kind,
+                mode,
+                rdev,
+                caller,
+            } => self.mknod(*parent, name, *kind, *mode, *rdev, *caller),
             MetaRequest::Link {
                 inode,
                 new_parent,
@@ -912,6 +921,13 @@ impl<'t> Tx<'t> {
                 ErrorCode::InvalidArgument,
                 format!("inode {inode} is a symlink"),
             ),
+            k @ (FileType::Fifo
+            | FileType::Socket
+            | FileType::CharDevice
+            | FileType::BlockDevice) => fail(
+                ErrorCode::InvalidArgument,
+                format!("inode {inode} is a {k:?} node, not a file"),
+            ),
         }
     }
 
@@ -981,6 +997,12 @@ impl<'t> Tx<'t> {
             return match kind {
                 FileType::Dir => fail(ErrorCode::IsDir, format!("{name:?} is a directory")),
                 FileType::Symlink => fail(ErrorCode::Exists, format!("{name:?} is a symlink")),
+                k @ (FileType::Fifo
+                | FileType::Socket
+                | FileType::CharDevice
+                | FileType::BlockDevice) => {
+                    fail(ErrorCode::Exists, format!("{name:?} is a {k:?} node"))
+                }
                 FileType::File => {
                     let rec = need_inode(&self.inodes, child)?;
                     if let Some((c, s)) = session {
@@ -1044,6 +1066,41 @@ impl<'t> Tx<'t> {
         };
         self.put(&rec)?;
         self.insert_entry(parent, name, id, FileType::Symlink)?;
+        self.touch_dir(&mut p);
+        self.put(&p)?;
+        Ok(MetaReply::Attr(rec.attr))
+    }
+
+    /// A FIFO, socket or device node: an inode and its entry, no data.
+    fn mknod(
+        &mut self,
+        parent: InodeId,
+        name: &str,
+        kind: FileType,
+        mode: u32,
+        rdev: u64,
+        caller: Caller,
+    ) -> R<MetaReply> {
+        if !kind.is_special() {
+            return fail(
+                ErrorCode::InvalidArgument,
+                format!("mknod makes FIFOs, sockets and devices, not {kind:?}"),
+            );
+        }
+        let mut p = self.check_new_entry(parent, name)?;
+        let id = self.alloc_inode();
+        let mut attr = self.new_attr(id, kind, mode, caller);
+        if matches!(kind, FileType::CharDevice | FileType::BlockDevice) {
+            attr.rdev = rdev;
+        }
+        let rec = InodeRec {
+            attr,
+            parent,
+            symlink: None,
+            dir_layout: None,
+        };
+        self.put(&rec)?;
+        self.insert_entry(parent, name, id, kind)?;
         self.touch_dir(&mut p);
         self.put(&p)?;
         Ok(MetaReply::Attr(rec.attr))
@@ -1275,10 +1332,14 @@ impl<'t> Tx<'t> {
                 FileType::Dir => {
                     return fail(ErrorCode::IsDir, format!("inode {inode} is a directory"));
                 }
-                FileType::Symlink => {
+                k @ (FileType::Symlink
+                | FileType::Fifo
+                | FileType::Socket
+                | FileType::CharDevice
+                | FileType::BlockDevice) => {
                     return fail(
                         ErrorCode::InvalidArgument,
-                        format!("inode {inode} is a symlink"),
+                        format!("inode {inode} is a {k:?}, it has no size to set"),
                     );
                 }
                 FileType::File => {}

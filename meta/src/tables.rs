@@ -9,7 +9,8 @@ use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a table's key or value encoding changes. Stored under `meta["format"]`.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: `InodeAttr::rdev`, FIFO/socket/device inodes (dirent kinds 4–7).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// inode id -> postcard `InodeRec`.
 pub const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
@@ -78,6 +79,10 @@ pub fn dirent_value(child: InodeId, kind: FileType) -> [u8; 9] {
         FileType::File => 1,
         FileType::Dir => 2,
         FileType::Symlink => 3,
+        FileType::Fifo => 4,
+        FileType::Socket => 5,
+        FileType::CharDevice => 6,
+        FileType::BlockDevice => 7,
     };
     v
 }
@@ -91,6 +96,10 @@ pub fn decode_dirent_value(v: &[u8]) -> Option<(InodeId, FileType)> {
         1 => FileType::File,
         2 => FileType::Dir,
         3 => FileType::Symlink,
+        4 => FileType::Fifo,
+        5 => FileType::Socket,
+        6 => FileType::CharDevice,
+        7 => FileType::BlockDevice,
         _ => return None,
     };
     Some((InodeId(id), kind))

@@ -11,6 +11,25 @@ pub enum FileType {
     File,
     Dir,
     Symlink,
+    /// Named pipe (`mkfifo`): only its inode lives in pond; the kernel of each host does the
+    /// piping.
+    Fifo,
+    /// Unix socket node (`bind` on a path): an inode only, like a FIFO.
+    Socket,
+    /// Character device node: an inode with a device number (`rdev`).
+    CharDevice,
+    /// Block device node: an inode with a device number (`rdev`).
+    BlockDevice,
+}
+
+impl FileType {
+    /// FIFOs, sockets and device nodes: inodes without data in pond (`mknod`).
+    pub fn is_special(self) -> bool {
+        matches!(
+            self,
+            FileType::Fifo | FileType::Socket | FileType::CharDevice | FileType::BlockDevice
+        )
+    }
 }
 
 /// Nanoseconds since the Unix epoch, stamped by the Raft leader so that apply is deterministic.
@@ -39,6 +58,9 @@ pub struct InodeAttr {
     pub layout: Option<Layout>,
     /// Bumped by every truncate, so length reports that raced one can be refused.
     pub truncate_version: u64,
+    /// Device number of a character or block device node (Linux `dev_t` encoding); 0 for
+    /// every other kind.
+    pub rdev: u64,
 }
 
 /// Which attributes a setattr changes; `None` leaves one unchanged.
@@ -227,6 +249,15 @@ pub enum MetaRequest {
     EndLease {
         client: ClientId,
     },
+    /// Create a FIFO, socket or device node (`kind.is_special()`); `rdev` only for devices.
+    Mknod {
+        parent: InodeId,
+        name: String,
+        kind: FileType,
+        mode: u32,
+        rdev: u64,
+        caller: Caller,
+    },
 }
 
 impl MetaRequest {
@@ -258,6 +289,7 @@ impl MetaRequest {
             MetaRequest::CloseSession { .. } => "close_session",
             MetaRequest::RenewLease { .. } => "renew_lease",
             MetaRequest::EndLease { .. } => "end_lease",
+            MetaRequest::Mknod { .. } => "mknod",
         }
     }
     pub fn is_read(&self) -> bool {

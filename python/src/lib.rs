@@ -232,6 +232,10 @@ impl PyClient {
                 FileType::File => "file",
                 FileType::Dir => "dir",
                 FileType::Symlink => "symlink",
+                FileType::Fifo => "fifo",
+                FileType::Socket => "socket",
+                FileType::CharDevice => "char_device",
+                FileType::BlockDevice => "block_device",
             },
         )?;
         d.set_item("mode", a.mode)?;

@@ -107,6 +107,10 @@ fn mode_string(a: &InodeAttr) -> String {
         FileType::Dir => 'd',
         FileType::Symlink => 'l',
         FileType::File => '-',
+        FileType::Fifo => 'p',
+        FileType::Socket => 's',
+        FileType::CharDevice => 'c',
+        FileType::BlockDevice => 'b',
     };
     let m = a.mode;
     let bit = |b: u32, c: char| if m & b != 0 { c } else { '-' };

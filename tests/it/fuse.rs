@@ -353,8 +353,9 @@ fn posix_operations_and_errnos() {
     );
     assert!(sv.f_blocks > 0 && sv.f_namemax == 255);
 
-    // mknod of a regular file works, of a device or FIFO is refused.
-    // SAFETY: valid path.
+    // mknod: regular files, FIFOs, sockets and device nodes (with their device number);
+    // a directory type is EPERM (the kernel's answer, as on ext4).
+    // SAFETY: valid paths.
     unsafe {
         assert_eq!(
             last_errno(libc::mknod(
@@ -366,8 +367,54 @@ fn posix_operations_and_errnos() {
         );
         assert_eq!(
             last_errno(libc::mkfifo(cstr(&m.p("fifo")).as_ptr(), 0o600)),
+            0
+        );
+        let dev = libc::makedev(4, 7);
+        assert_eq!(
+            last_errno(libc::mknod(
+                cstr(&m.p("chr")).as_ptr(),
+                libc::S_IFCHR | 0o640,
+                dev
+            )),
+            0
+        );
+        assert_eq!(
+            last_errno(libc::mknod(
+                cstr(&m.p("sock")).as_ptr(),
+                libc::S_IFSOCK | 0o600,
+                0
+            )),
+            0
+        );
+        assert_eq!(
+            last_errno(libc::mknod(
+                cstr(&m.p("nodedir")).as_ptr(),
+                libc::S_IFDIR | 0o700,
+                0
+            )),
             libc::EPERM
         );
+        assert_eq!(
+            last_errno(libc::mkfifo(cstr(&m.p("fifo")).as_ptr(), 0o600)),
+            libc::EEXIST
+        );
+        let chr = fs::symlink_metadata(m.p("chr")).unwrap();
+        assert_eq!(
+            (chr.mode() & libc::S_IFMT, chr.mode() & 0o7777, chr.rdev()),
+            (libc::S_IFCHR, 0o640, dev)
+        );
+        let fifo = fs::symlink_metadata(m.p("fifo")).unwrap();
+        assert_eq!(fifo.mode() & libc::S_IFMT, libc::S_IFIFO);
+        let sock = fs::symlink_metadata(m.p("sock")).unwrap();
+        assert_eq!(sock.mode() & libc::S_IFMT, libc::S_IFSOCK);
+    }
+    // A FIFO on the mount pipes between two openers of this host (the kernel does the piping).
+    let fifo_path = m.p("fifo");
+    let writer = std::thread::spawn(move || fs::write(&fifo_path, b"through the fifo").unwrap());
+    assert_eq!(fs::read(m.p("fifo")).unwrap(), b"through the fifo");
+    writer.join().unwrap();
+    for n in ["fifo", "chr", "sock"] {
+        fs::remove_file(m.p(n)).unwrap();
     }
 
     // Large directory through readdir/readdirplus.
@@ -1037,4 +1084,103 @@ fn a_killed_daemon_leaves_enotconn_not_hangs_and_the_next_mount_replaces_it() {
     assert_eq!(unsafe { libc::kill(again.id() as i32, libc::SIGTERM) }, 0);
     assert!(wait_exit(&mut again, Duration::from_secs(30)).success());
     assert!(!in_mount_table(&mp), "no mount left behind");
+}
+
+/// The pjdfstest binary: `POND_PJDFSTEST`, else `pjdfstest` on PATH. `./test.sh` installs
+/// crates.io's `pjdfstest` (the suite's Rust rewrite) into the target directory and sets it.
+fn pjdfstest_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("POND_PJDFSTEST") {
+        return PathBuf::from(p);
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("pjdfstest"))
+            .find(|p| p.is_file())
+    });
+    on_path.expect(
+        "pjdfstest not found (POND_PJDFSTEST or PATH): run ./test.sh, which installs it, or \
+         `cargo install pjdfstest --version 0.2.2 --locked`; refusing to skip the POSIX suite",
+    )
+}
+
+/// pjdfstest, an independent POSIX conformance suite (chmod, chown, link, mkdir, mkfifo,
+/// mknod, open, rename, rmdir, symlink, truncate, unlink, utimensat, posix_fallocate: errnos,
+/// permission checks as other users, link counts, time stamps), run against `pond mount`
+/// (the daemon as users run it) with a local directory as the second filesystem for EXDEV.
+/// Every case must pass but one known bug (`open::etxtbsy`, below); the suite skips the
+/// read-only-remount cases (they need `allow_remount`) and `link_count_max` (glibc cannot say
+/// what LINK_MAX a FUSE mount has).
+#[test]
+fn pjdfstest_posix_suite_passes_on_the_mount() {
+    let pjd = pjdfstest_bin();
+    let cluster = Cluster::start(BIN, small()).expect("start cluster");
+    let mp = cluster.path().join("posix");
+    let second = cluster.path().join("second-fs");
+    fs::create_dir_all(&second).unwrap();
+    let conf = cluster.path().join("pjdfstest.toml");
+    // naptime: the suite sleeps this long between operations whose time stamps it compares;
+    // 20 ms also lets the local second filesystem (ext4, jiffy-granular times) pass.
+    fs::write(
+        &conf,
+        "[features]\nposix_fallocate = {}\nutime_now = {}\nutimensat = {}\nrename_ctime = {}\n\
+         [settings]\nnaptime = 0.02\nallow_remount = false\n\
+         expected_failures = [\"open::etxtbsy\"]\n\
+         [dummy_auth]\nentries = [[\"nobody\", \"nogroup\"], [\"daemon\", \"daemon\"]]\n",
+    )
+    .unwrap();
+    let mut daemon = spawn_mount(&cluster, &mp);
+    let out = std::process::Command::new(&pjd)
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(&mp)
+        .arg("-s")
+        .arg(&second)
+        .current_dir(&mp)
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", pjd.display()));
+    // SAFETY: plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) }, 0);
+    wait_exit(&mut daemon, Duration::from_secs(30));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Known bug, listed as an expected failure and reported either way (docs/client.md,
+    // "pjdfstest"): `open::etxtbsy` execs a file right after writing and closing it through the
+    // mount, and that execve fails now and then with EFAULT after its point of no return (the
+    // child dies of SIGSEGV, so the open for writing that should be ETXTBSY succeeds). It
+    // fails in about one run in four; a pass shows up as "PASSED UNEXPECTEDLY", which the
+    // suite counts as a failure (summary and exit status): here only that case is let
+    // through, every other case must say "ok" or "skipped".
+    let known = |l: &str| l.starts_with("open::etxtbsy ");
+    for l in stdout.lines().filter(|l| known(l)) {
+        println!("pjdfstest known bug: {l}");
+    }
+    let failed: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("FAILED") && !(known(l) && l.contains("PASSED UNEXPECTEDLY")))
+        .collect();
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("Summary:"))
+        .unwrap_or("(no summary line)");
+    println!("pjdfstest: {summary}");
+    let only_known_off = out.status.success()
+        || stdout
+            .lines()
+            .filter(|l| l.contains("UNEXPECTEDLY"))
+            .all(known);
+    assert!(
+        only_known_off && failed.is_empty() && summary.starts_with("Summary:"),
+        "pjdfstest on the mount: {summary}\nfailed: {failed:#?}\n--- stdout ---\n{stdout}\n\
+         --- stderr ---\n{stderr}"
+    );
+    // The suite really ran: hundreds of cases passed.
+    let passed: u32 = summary
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" passed")?.parse().ok())
+        .expect("passed count in the summary");
+    assert!(
+        passed >= 350,
+        "only {passed} pjdfstest cases passed: {summary}"
+    );
 }

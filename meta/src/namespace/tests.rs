@@ -1346,3 +1346,146 @@ fn renewed_lease_does_not_expire_and_end_lease_releases_everything() {
         ErrorCode::StaleHandle
     );
 }
+
+fn mknod_req(parent: InodeId, name: &str, kind: FileType, rdev: u64) -> MetaRequest {
+    MetaRequest::Mknod {
+        parent,
+        name: name.into(),
+        kind,
+        mode: 0o640,
+        rdev,
+        caller: Caller { uid: 7, gid: 8 },
+    }
+}
+
+#[test]
+fn mknod_makes_fifos_sockets_and_devices() {
+    let mut h = H::new();
+    let d = h.mkdir(ROOT, "d");
+    let mut made = Vec::new();
+    for (name, kind, rdev) in [
+        ("p", FileType::Fifo, 0),
+        ("s", FileType::Socket, 0),
+        ("c", FileType::CharDevice, 0x0102),
+        ("b", FileType::BlockDevice, 0x0803),
+    ] {
+        let Ok(MetaReply::Attr(a)) = h.w(mknod_req(d, name, kind, rdev)) else {
+            panic!("mknod {name}")
+        };
+        assert_eq!(
+            (
+                a.kind,
+                a.mode,
+                a.uid,
+                a.gid,
+                a.nlink,
+                a.size,
+                a.rdev,
+                a.layout.is_some()
+            ),
+            (kind, 0o640, 7, 8, 1, 0, rdev, false),
+            "{name}"
+        );
+        assert_eq!(h.attr(a.inode), a);
+        assert_eq!(h.lookup(d, name), Ok(a.inode));
+        made.push(a.inode);
+    }
+    // A device number is kept for devices only.
+    let Ok(MetaReply::Attr(p2)) = h.w(mknod_req(d, "p2", FileType::Fifo, 0x0102)) else {
+        panic!()
+    };
+    assert_eq!(p2.rdev, 0);
+    let Ok(MetaReply::Dir { entries, .. }) = h.r(MetaRequest::ReadDir {
+        dir: d,
+        after: None,
+        limit: 100,
+    }) else {
+        panic!()
+    };
+    let kinds: Vec<_> = entries.iter().map(|e| (e.name.as_str(), e.kind)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("b", FileType::BlockDevice),
+            ("c", FileType::CharDevice),
+            ("p", FileType::Fifo),
+            ("p2", FileType::Fifo),
+            ("s", FileType::Socket)
+        ]
+    );
+    // Refusals change nothing: an existing name, a non-special kind, a bad name, no size.
+    h.refused(mknod_req(d, "p", FileType::Fifo, 0), ErrorCode::Exists);
+    h.refused(
+        mknod_req(d, "f", FileType::File, 0),
+        ErrorCode::InvalidArgument,
+    );
+    h.refused(
+        mknod_req(d, "x", FileType::Dir, 0),
+        ErrorCode::InvalidArgument,
+    );
+    h.refused(
+        mknod_req(d, &"n".repeat(256), FileType::Fifo, 0),
+        ErrorCode::NameTooLong,
+    );
+    h.refused(
+        MetaRequest::SetAttr {
+            inode: made[0],
+            set: SetAttr {
+                size: Some(0),
+                ..SetAttr::default()
+            },
+        },
+        ErrorCode::InvalidArgument,
+    );
+    h.refused(create_req(d, "p", false), ErrorCode::Exists);
+    h.refused(
+        MetaRequest::OpenSession {
+            inode: made[0],
+            client: ClientId(1),
+            session: SessionId(1),
+        },
+        ErrorCode::InvalidArgument,
+    );
+    // Hard links count; the last unlink removes the inode, no garbage (no chunks).
+    h.w(MetaRequest::Link {
+        inode: made[0],
+        new_parent: ROOT,
+        new_name: "p-link".into(),
+    })
+    .unwrap();
+    assert_eq!(h.attr(made[0]).nlink, 2);
+    h.w(MetaRequest::Unlink {
+        parent: d,
+        name: "p".into(),
+    })
+    .unwrap();
+    assert_eq!(h.attr(made[0]).nlink, 1);
+    // Rename of a device over the FIFO's last name drops the FIFO.
+    h.w(rename(d, "c", ROOT, "p-link", RenameMode::Replace))
+        .unwrap();
+    assert_eq!(h.lookup(ROOT, "p-link"), Ok(made[2]));
+    assert_eq!(
+        h.r(MetaRequest::GetAttr { inode: made[0] })
+            .unwrap_err()
+            .code,
+        ErrorCode::NotFound
+    );
+    for name in ["s", "b", "p2"] {
+        h.w(MetaRequest::Unlink {
+            parent: d,
+            name: name.into(),
+        })
+        .unwrap();
+    }
+    assert!(h.gc_inodes().is_empty());
+    // A FIFO in the middle of a path is not a directory.
+    assert_eq!(
+        h.r(MetaRequest::Resolve {
+            path: "/p-link/x".into(),
+            follow: false,
+        })
+        .unwrap_err()
+        .code,
+        ErrorCode::NotDir
+    );
+}
