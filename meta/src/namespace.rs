@@ -1019,20 +1019,34 @@ impl<'t> Tx<'t> {
         let id = self.alloc_inode();
         let mut attr = self.new_attr(id, FileType::File, mode, caller);
         attr.layout = layout;
-        let rec = InodeRec {
-            attr,
-            parent,
-            symlink: None,
-            dir_layout: None,
-        };
-        self.put(&rec)?;
-        self.insert_entry(parent, name, id, FileType::File)?;
+        let attr = self.add_leaf(&mut p, name, attr, None)?;
         if let Some((c, s)) = session {
             self.open_session(id, c.0, s.0)?;
         }
-        self.touch_dir(&mut p);
-        self.put(&p)?;
-        Ok(MetaReply::Attr(rec.attr))
+        Ok(MetaReply::Attr(attr))
+    }
+
+    /// Writes a new non-directory inode, its entry `name` in directory `p` and `p`'s new
+    /// times: what create, symlink and mknod share.
+    fn add_leaf(
+        &mut self,
+        p: &mut InodeRec,
+        name: &str,
+        attr: InodeAttr,
+        symlink: Option<String>,
+    ) -> R<InodeAttr> {
+        let (id, kind) = (attr.inode, attr.kind);
+        let rec = InodeRec {
+            attr,
+            parent: p.attr.inode,
+            symlink,
+            dir_layout: None,
+        };
+        self.put(&rec)?;
+        self.insert_entry(p.attr.inode, name, id, kind)?;
+        self.touch_dir(p);
+        self.put(p)?;
+        Ok(rec.attr)
     }
 
     fn symlink(
@@ -1058,17 +1072,8 @@ impl<'t> Tx<'t> {
         let id = self.alloc_inode();
         let mut attr = self.new_attr(id, FileType::Symlink, 0o777, caller);
         attr.size = target.len() as u64;
-        let rec = InodeRec {
-            attr,
-            parent,
-            symlink: Some(target.to_string()),
-            dir_layout: None,
-        };
-        self.put(&rec)?;
-        self.insert_entry(parent, name, id, FileType::Symlink)?;
-        self.touch_dir(&mut p);
-        self.put(&p)?;
-        Ok(MetaReply::Attr(rec.attr))
+        let attr = self.add_leaf(&mut p, name, attr, Some(target.to_string()))?;
+        Ok(MetaReply::Attr(attr))
     }
 
     /// A FIFO, socket or device node: an inode and its entry, no data.
@@ -1093,17 +1098,8 @@ impl<'t> Tx<'t> {
         if matches!(kind, FileType::CharDevice | FileType::BlockDevice) {
             attr.rdev = rdev;
         }
-        let rec = InodeRec {
-            attr,
-            parent,
-            symlink: None,
-            dir_layout: None,
-        };
-        self.put(&rec)?;
-        self.insert_entry(parent, name, id, kind)?;
-        self.touch_dir(&mut p);
-        self.put(&p)?;
-        Ok(MetaReply::Attr(rec.attr))
+        let attr = self.add_leaf(&mut p, name, attr, None)?;
+        Ok(MetaReply::Attr(attr))
     }
 
     fn link(&mut self, inode: InodeId, new_parent: InodeId, new_name: &str) -> R<MetaReply> {
