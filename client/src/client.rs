@@ -410,17 +410,14 @@ impl Client {
                         "truncate of a directory",
                     ));
                 }
-                k @ (FileType::Symlink
-                | FileType::Fifo
-                | FileType::Socket
-                | FileType::CharDevice
-                | FileType::BlockDevice) => {
+                FileType::File => {}
+                // Symlinks, FIFOs, sockets, devices: no size to set.
+                k => {
                     return Err(ClientError::new(
                         ErrorCode::InvalidArgument,
                         format!("truncate of a {k:?}"),
                     ));
                 }
-                FileType::File => {}
             }
             let oi = self.core.open_inode(&cur)?;
             // Hold a handle while truncating so the open-file entry stays shared.
@@ -575,14 +572,11 @@ impl Client {
             )),
             // FIFOs, sockets and devices are opened by the kernel of the host (a FUSE mount
             // never sends their opens here); the client library has no data path for them.
-            k @ (FileType::Fifo
-            | FileType::Socket
-            | FileType::CharDevice
-            | FileType::BlockDevice) => Some(ClientError::new(
+            FileType::File => None,
+            k => Some(ClientError::new(
                 ErrorCode::InvalidArgument,
                 format!("a {k:?} node has no data in pond"),
             )),
-            FileType::File => None,
         };
         let oi = match refused {
             None => self.core.open_inode(attr),
@@ -697,8 +691,8 @@ impl Client {
         .await
     }
 
-    /// Creates a FIFO, socket or device node (`kind.is_special()`; `rdev` is kept for devices
-    /// only). The mode's set-group-ID and the group follow the parent as for files.
+    /// Creates a FIFO, socket or device node (`kind.is_special()`, else InvalidArgument;
+    /// `rdev` is kept for devices only). The mode's set-group-ID and the group follow the parent as for files.
     pub async fn mknod(
         &self,
         parent: InodeId,
@@ -709,13 +703,8 @@ impl Client {
         caller: Caller,
     ) -> Result<InodeAttr> {
         validate_name(name)?;
-        if !kind.is_special() {
-            return Err(ClientError::new(
-                ErrorCode::InvalidArgument,
-                format!("mknod makes FIFOs, sockets and devices, not {kind:?}"),
-            ));
-        }
         let (caller, mode) = self.inherit(parent, caller, mode, false).await?;
+        // Meta refuses a kind that is not special (InvalidArgument).
         self.attr_op(
             "Mknod",
             MetaRequest::Mknod {

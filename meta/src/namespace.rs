@@ -921,10 +921,7 @@ impl<'t> Tx<'t> {
                 ErrorCode::InvalidArgument,
                 format!("inode {inode} is a symlink"),
             ),
-            k @ (FileType::Fifo
-            | FileType::Socket
-            | FileType::CharDevice
-            | FileType::BlockDevice) => fail(
+            k => fail(
                 ErrorCode::InvalidArgument,
                 format!("inode {inode} is a {k:?} node, not a file"),
             ),
@@ -997,12 +994,6 @@ impl<'t> Tx<'t> {
             return match kind {
                 FileType::Dir => fail(ErrorCode::IsDir, format!("{name:?} is a directory")),
                 FileType::Symlink => fail(ErrorCode::Exists, format!("{name:?} is a symlink")),
-                k @ (FileType::Fifo
-                | FileType::Socket
-                | FileType::CharDevice
-                | FileType::BlockDevice) => {
-                    fail(ErrorCode::Exists, format!("{name:?} is a {k:?} node"))
-                }
                 FileType::File => {
                     let rec = need_inode(&self.inodes, child)?;
                     if let Some((c, s)) = session {
@@ -1010,6 +1001,7 @@ impl<'t> Tx<'t> {
                     }
                     Ok(MetaReply::Attr(rec.attr))
                 }
+                k => fail(ErrorCode::Exists, format!("{name:?} is a {k:?} node")),
             };
         }
         if let PlacementHint::Chain(_) | PlacementHint::HeadOnNode(_) = hint {
@@ -1328,17 +1320,13 @@ impl<'t> Tx<'t> {
                 FileType::Dir => {
                     return fail(ErrorCode::IsDir, format!("inode {inode} is a directory"));
                 }
-                k @ (FileType::Symlink
-                | FileType::Fifo
-                | FileType::Socket
-                | FileType::CharDevice
-                | FileType::BlockDevice) => {
+                FileType::File => {}
+                k => {
                     return fail(
                         ErrorCode::InvalidArgument,
                         format!("inode {inode} is a {k:?}, it has no size to set"),
                     );
                 }
-                FileType::File => {}
             }
             if size > FILE_BYTES_MAX {
                 return fail(ErrorCode::FileTooBig, format!("size {size}"));

@@ -172,6 +172,18 @@ impl H {
         }
     }
 
+    /// Every entry of `dir` (one page of up to 100).
+    fn list(&self, dir: InodeId) -> Vec<DirEntry> {
+        match self.r(MetaRequest::ReadDir {
+            dir,
+            after: None,
+            limit: 100,
+        }) {
+            Ok(MetaReply::Dir { entries, .. }) => entries,
+            r => panic!("readdir {dir}: {r:?}"),
+        }
+    }
+
     fn gc_inodes(&self) -> Vec<u64> {
         let txn = self.db.begin_read().unwrap();
         let t = txn.open_table(GC).unwrap();
@@ -521,14 +533,7 @@ fn readdir_pages_in_name_order() {
     // Entries of a neighbouring directory never leak in.
     let e = h.mkdir(ROOT, "e");
     h.create(e, "zzz");
-    let Ok(MetaReply::Dir { entries, .. }) = h.r(MetaRequest::ReadDir {
-        dir: d,
-        after: None,
-        limit: 100,
-    }) else {
-        panic!()
-    };
-    assert_eq!(entries.len(), 10);
+    assert_eq!(h.list(d).len(), 10);
     let f = h.lookup(d, "f1").unwrap();
     assert_eq!(
         h.r(MetaRequest::ReadDir {
@@ -1395,13 +1400,7 @@ fn mknod_makes_fifos_sockets_and_devices() {
         panic!()
     };
     assert_eq!(p2.rdev, 0);
-    let Ok(MetaReply::Dir { entries, .. }) = h.r(MetaRequest::ReadDir {
-        dir: d,
-        after: None,
-        limit: 100,
-    }) else {
-        panic!()
-    };
+    let entries = h.list(d);
     let kinds: Vec<_> = entries.iter().map(|e| (e.name.as_str(), e.kind)).collect();
     assert_eq!(
         kinds,
