@@ -596,8 +596,10 @@ impl Client {
             let _ = file.close().await;
             return Err(e);
         }
-        if mode.write
-            && truncate
+        // `O_TRUNC` truncates whatever the access mode: Linux does so for `O_RDONLY | O_TRUNC`
+        // (the caller needs write permission), and a FUSE kernel with atomic `O_TRUNC` has
+        // already dropped its cached size and pages when this open answers.
+        if truncate
             && (oi.size() > 0 || attr.size > 0)
             && let Err(e) = oi.truncate(0).await
         {

@@ -229,6 +229,27 @@ async fn reads_spread_over_replicas() {
 }
 
 #[tokio::test]
+async fn o_trunc_truncates_whatever_the_access_mode() {
+    let (c, _meta, _storage) = testkit::client().await;
+    for (name, mode) in [("/r", OpenOptions::read()), ("/w", OpenOptions::write())] {
+        c.write_file(name, &pattern(7, 10_000)).await.unwrap();
+        let f = c
+            .open(
+                name,
+                OpenOptions {
+                    truncate: true,
+                    ..mode
+                },
+            )
+            .await
+            .unwrap();
+        f.close().await.unwrap();
+        assert_eq!(c.stat(name).await.unwrap().size, 0, "{name}");
+        assert!(c.read_file(name).await.unwrap().is_empty(), "{name}");
+    }
+}
+
+#[tokio::test]
 async fn truncate_trims_chunks_and_extends_with_zeros() {
     let (c, meta, storage) = testkit::client().await;
     let data = pattern(8, 5 * TEST_CHUNK as usize);

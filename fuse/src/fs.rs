@@ -4,8 +4,15 @@
 //!   pond never reuses inode ids. `forget` needs no bookkeeping.
 //! - Permission checks are the kernel's (`default_permissions`): it knows the caller's
 //!   supplementary groups; this layer passes the caller's uid/gid to meta for new inodes.
-//! - Attributes and entries are cached by the kernel for `attr_ttl`/`entry_ttl`; page cache is
-//!   dropped at every open (no `FOPEN_KEEP_CACHE`): close-to-open consistency across clients.
+//! - Attributes and entries are cached by the kernel for `attr_ttl`/`entry_ttl`. An open keeps
+//!   the page cache (`FOPEN_KEEP_CACHE`) only while the file is at the version the cache holds
+//!   (size, mtime, truncate version from meta at this open); otherwise the kernel drops it:
+//!   close-to-open consistency across clients.
+//! - `O_TRUNC` is atomic (fuse3 always accepts the kernel's `FUSE_ATOMIC_O_TRUNC`): the open
+//!   truncates, for `O_RDONLY | O_TRUNC` too, and the kernel cuts its cached size and pages
+//!   when the open answers, *before* its own ETXTBSY check of a read-only `O_TRUNC` open. So
+//!   this layer refuses such an open of a file a process of this host is executing (an open
+//!   handle with the exec flag), or the exec would lose its pages mid-load.
 //! - Writes go through the client's write-behind buffer; `flush` (every `close(2)`) waits for
 //!   them and reports the length to meta, so `stat` after `close` is exact everywhere; `release`
 //!   closes the write session.
@@ -39,6 +46,8 @@ const READDIRPLUS_BATCH: usize = 48;
 const ZERO_STEP_BYTES: usize = 1 << 20;
 /// `FOPEN_KEEP_CACHE` of the FUSE protocol (fuse3 does not export the open flags).
 const FOPEN_KEEP_CACHE: u32 = 1 << 1;
+/// `__FMODE_EXEC` as it arrives in `FUSE_OPEN` flags: the kernel opened the file for execve.
+const FMODE_EXEC: i32 = 0x20;
 /// Inodes whose page-cache version this mount remembers; past it the table starts over (the
 /// next open of each forgotten file drops its cache once).
 const CACHE_KEYS_MAX: usize = 1 << 16;
@@ -69,6 +78,8 @@ pub(crate) struct FileHandle {
     /// (`open(O_CREAT)` + `close`, the common create) answers `flush` at once and leaves the
     /// session to `release`, which the kernel sends without making `close(2)` wait.
     dirty: AtomicBool,
+    /// Opened by the kernel for an execve (counted in `Shared::executing`).
+    exec: bool,
 }
 
 /// State shared by the filesystem and the mount handle (for a clean shutdown).
@@ -81,6 +92,8 @@ pub(crate) struct Shared {
     parents: Mutex<HashMap<u64, u64>>,
     /// File inode → the version its page cache in this mount holds (see `open`).
     cache_keys: Mutex<HashMap<u64, CacheKey>>,
+    /// File inode → handles open for execve (see the module notes on `O_TRUNC`).
+    executing: Mutex<HashMap<u64, u32>>,
     /// The kernel notification channel (from `ready`), for cache invalidation.
     notify: Mutex<Option<Notify>>,
     next_fh: AtomicU64,
@@ -95,6 +108,7 @@ impl Shared {
             dirs: Mutex::new(HashMap::new()),
             parents: Mutex::new(HashMap::new()),
             cache_keys: Mutex::new(HashMap::new()),
+            executing: Mutex::new(HashMap::new()),
             notify: Mutex::new(None),
             next_fh: AtomicU64::new(1),
         }
@@ -104,6 +118,7 @@ impl Shared {
     /// and write sessions closed.
     pub(crate) async fn close_all(&self) {
         let files: Vec<Arc<FileHandle>> = self.files.lock().drain().map(|(_, h)| h).collect();
+        self.executing.lock().clear();
         self.dirs.lock().clear();
         for h in files {
             if let Err(e) = h.file.close().await {
@@ -220,15 +235,39 @@ impl PondFs {
     }
 
     fn add_file(&self, file: File) -> u64 {
+        self.add_handle(file, false)
+    }
+
+    fn add_handle(&self, file: File, exec: bool) -> u64 {
         let fh = self.new_fh();
+        if exec {
+            *self.s.executing.lock().entry(file.inode().0).or_insert(0) += 1;
+        }
         self.s.files.lock().insert(
             fh,
             Arc::new(FileHandle {
                 file,
                 dirty: AtomicBool::new(false),
+                exec,
             }),
         );
         fh
+    }
+
+    /// Takes handle `fh` out of the table (release), with its exec count.
+    fn remove_handle(&self, fh: u64) -> Option<Arc<FileHandle>> {
+        let h = self.s.files.lock().remove(&fh)?;
+        if h.exec {
+            let mut ex = self.s.executing.lock();
+            let inode = h.file.inode().0;
+            if let Some(n) = ex.get_mut(&inode) {
+                *n -= 1;
+                if *n == 0 {
+                    ex.remove(&inode);
+                }
+            }
+        }
+        Some(h)
     }
 
     fn remember_parent(&self, a: &pond_proto::meta::InodeAttr, parent: u64) {
@@ -549,10 +588,15 @@ impl Filesystem for PondFs {
     async fn open(&self, _req: Request, inode: u64, flags: u32) -> Result<ReplyOpen> {
         let flags = flags as i32;
         let mode = OpenMode::from_flags(flags);
-        if mode.write {
+        let truncate = flags & libc::O_TRUNC != 0;
+        if mode.write || truncate {
             self.check_writable()?;
         }
-        let truncate = flags & libc::O_TRUNC != 0 && mode.write;
+        // The kernel checks a write open against running executables before it gets here, a
+        // read-only `O_TRUNC` open only after this open truncated (module notes).
+        if truncate && !mode.write && self.s.executing.lock().contains_key(&inode) {
+            return Err(libc::ETXTBSY.into());
+        }
         // Close-to-open: always meta's current attributes, never the cache's (one request:
         // the session open answers with them).
         let (file, attr) = self
@@ -571,7 +615,7 @@ impl Filesystem for PondFs {
             self.s.invalidate_attr_only(inode);
         }
         Ok(ReplyOpen {
-            fh: self.add_file(file),
+            fh: self.add_handle(file, flags & FMODE_EXEC != 0),
             flags: if keep { FOPEN_KEEP_CACHE } else { 0 },
         })
     }
@@ -644,8 +688,7 @@ impl Filesystem for PondFs {
         _lock_owner: u64,
         _flush: bool,
     ) -> Result<()> {
-        let h = self.s.files.lock().remove(&fh);
-        let Some(h) = h else {
+        let Some(h) = self.remove_handle(fh) else {
             return Err(libc::EBADF.into());
         };
         if let Err(e) = h.file.close().await {

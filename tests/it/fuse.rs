@@ -18,6 +18,7 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -163,6 +164,36 @@ fn posix_operations_and_errnos() {
         .unwrap();
     assert_eq!(fs::read(m.p("a")).unwrap(), b"x");
     assert_eq!(errno(fs::read(m.p("missing"))), libc::ENOENT);
+    // O_RDONLY | O_TRUNC truncates as well (Linux; the caller needs write permission).
+    fs::write(m.p("rt"), b"hello world").unwrap();
+    // SAFETY: open/close of a path we own.
+    let fd = unsafe { libc::open(cstr(&m.p("rt")).as_ptr(), libc::O_RDONLY | libc::O_TRUNC) };
+    assert!(fd >= 0, "open(O_RDONLY|O_TRUNC): errno {}", last_errno(fd));
+    unsafe { libc::close(fd) };
+    assert_eq!(fs::read(m.p("rt")).unwrap(), b"");
+    fs::remove_file(m.p("rt")).unwrap();
+
+    // A program copied into the mount (sendfile/copy_file_range, as cp does) runs from it, and
+    // while it runs the file is busy: ETXTBSY for a write open (the kernel's check) and for a
+    // read-only O_TRUNC open (the daemon's: with atomic O_TRUNC the kernel would cut its cached
+    // size and pages before its own check, and the exec still loading the file would die).
+    let exe = m.p("sleep-copy");
+    fs::copy("/bin/sleep", &exe).unwrap();
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+    for _ in 0..5 {
+        let mut child = std::process::Command::new(&exe).arg("30").spawn().unwrap();
+        let w = fs::OpenOptions::new().write(true).open(&exe);
+        assert_eq!(errno(w), libc::ETXTBSY);
+        // SAFETY: open of a path we own; no fd is left open on success (asserted below).
+        let fd = unsafe { libc::open(cstr(&exe).as_ptr(), libc::O_RDONLY | libc::O_TRUNC) };
+        assert_eq!((fd, last_errno(fd)), (-1, libc::ETXTBSY));
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        // Killed by us, not dead of a failed exec (SIGSEGV after the point of no return).
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    }
+    assert_eq!(fs::read(&exe).unwrap(), fs::read("/bin/sleep").unwrap());
+    fs::remove_file(&exe).unwrap();
 
     // Directories.
     fs::create_dir(m.p("d")).unwrap();
@@ -1107,8 +1138,7 @@ fn pjdfstest_bin() -> PathBuf {
 /// mknod, open, rename, rmdir, symlink, truncate, unlink, utimensat, posix_fallocate: errnos,
 /// permission checks as other users, link counts, time stamps), run against `pond mount`
 /// (the daemon as users run it) with a local directory as the second filesystem for EXDEV.
-/// Every case must pass but one known bug (`open::etxtbsy`, below); the suite skips the
-/// read-only-remount cases (they need `allow_remount`) and `link_count_max` (glibc cannot say
+/// Every case must pass; the suite skips the read-only-remount cases (they need `allow_remount`) and `link_count_max` (glibc cannot say
 /// what LINK_MAX a FUSE mount has).
 #[test]
 fn pjdfstest_posix_suite_passes_on_the_mount() {
@@ -1124,7 +1154,6 @@ fn pjdfstest_posix_suite_passes_on_the_mount() {
         &conf,
         "[features]\nposix_fallocate = {}\nutime_now = {}\nutimensat = {}\nrename_ctime = {}\n\
          [settings]\nnaptime = 0.02\nallow_remount = false\n\
-         expected_failures = [\"open::etxtbsy\"]\n\
          [dummy_auth]\nentries = [[\"nobody\", \"nogroup\"], [\"daemon\", \"daemon\"]]\n",
     )
     .unwrap();
@@ -1144,33 +1173,14 @@ fn pjdfstest_posix_suite_passes_on_the_mount() {
     wait_exit(&mut daemon, Duration::from_secs(30));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    // Known bug, listed as an expected failure and reported either way (docs/client.md,
-    // "pjdfstest"): `open::etxtbsy` execs a file right after writing and closing it through the
-    // mount, and that execve fails now and then with EFAULT after its point of no return (the
-    // child dies of SIGSEGV, so the open for writing that should be ETXTBSY succeeds). It
-    // fails in about one run in four; a pass shows up as "PASSED UNEXPECTEDLY", which the
-    // suite counts as a failure (summary and exit status): here only that case is let
-    // through, every other case must say "ok" or "skipped".
-    let known = |l: &str| l.starts_with("open::etxtbsy ");
-    for l in stdout.lines().filter(|l| known(l)) {
-        println!("pjdfstest known bug: {l}");
-    }
-    let failed: Vec<&str> = stdout
-        .lines()
-        .filter(|l| l.contains("FAILED") && !(known(l) && l.contains("PASSED UNEXPECTEDLY")))
-        .collect();
+    let failed: Vec<&str> = stdout.lines().filter(|l| l.contains("FAILED")).collect();
     let summary = stdout
         .lines()
         .find(|l| l.starts_with("Summary:"))
         .unwrap_or("(no summary line)");
     println!("pjdfstest: {summary}");
-    let only_known_off = out.status.success()
-        || stdout
-            .lines()
-            .filter(|l| l.contains("UNEXPECTEDLY"))
-            .all(known);
     assert!(
-        only_known_off && failed.is_empty() && summary.starts_with("Summary:"),
+        out.status.success() && failed.is_empty() && summary.starts_with("Summary: 0 failed"),
         "pjdfstest on the mount: {summary}\nfailed: {failed:#?}\n--- stdout ---\n{stdout}\n\
          --- stderr ---\n{stderr}"
     );
