@@ -116,3 +116,9 @@ const _: () = assert!(WRITE_BUFFER_BYTES_MAX <= WRITE_INFLIGHT_BYTES_MAX);
 const _: () = assert!(pond_proto::limits::CHUNK_BYTES_MAX as usize <= WRITE_INFLIGHT_BYTES_MAX);
 const _: () = assert!(READ_BATCH_ITEMS_MAX <= pond_proto::data::READ_BATCH_ITEMS_MAX);
 const _: () = assert!(RETRY_BACKOFF_MIN_MS <= RETRY_BACKOFF_MAX_MS);
+
+/// A chunk's preferred replica is read from while it has at most this many requests
+/// outstanding beyond the least-loaded replica of the chain (routing.rs): enough for a
+/// sequential reader's read-ahead within one chunk, few enough that a hot chunk's reads still
+/// spread over every replica.
+pub const READ_AFFINITY_SLACK: u32 = 8;
