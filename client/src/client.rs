@@ -592,7 +592,10 @@ impl Client {
             }
         };
         let file = File::new(oi.clone(), mode);
-        if let Err(e) = oi.ensure_session(session).await {
+        if !mode.write && !truncate && session.is_none() {
+            // Read-only: the session follows in the background (`OpenInode::session_later`).
+            oi.session_later();
+        } else if let Err(e) = oi.ensure_session(session).await {
             let _ = file.close().await;
             return Err(e);
         }
@@ -630,15 +633,16 @@ impl Client {
     }
 
     /// Opens `inode` and returns meta's current attributes with it (close-to-open), in one
-    /// meta request: `OpenSession` when the inode is not open here yet (it answers with the
-    /// attributes), `GetAttr` when it is (the session exists).
+    /// meta request: `OpenSession` for a write or truncating open of an inode not open here
+    /// yet (it answers with the attributes), else `GetAttr` (a lease read: the session exists,
+    /// or, read-only, follows in the background).
     pub async fn open_inode_fresh(
         &self,
         inode: InodeId,
         mode: OpenMode,
         truncate: bool,
     ) -> Result<(File, InodeAttr)> {
-        if self.open_file_of(inode).is_none() {
+        if self.open_file_of(inode).is_none() && (mode.write || truncate) {
             let session = self.core.new_session();
             let reply = self
                 .core
@@ -653,6 +657,8 @@ impl Client {
             file.open_inode().overlay(&mut attr);
             return Ok((file, attr));
         }
+        // Open here already (the session exists), or read-only (its session follows in the
+        // background): meta's current attributes from a lease read, no commit.
         let attr = self.getattr(inode).await?;
         let file = self.open_with(&attr, mode, truncate, None).await?;
         Ok((file, attr))

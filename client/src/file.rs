@@ -35,7 +35,7 @@ use std::collections::HashMap;
 use std::io::SeekFrom;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, oneshot};
 
 type Done = Shared<BoxFuture<'static, ()>>;
@@ -122,6 +122,11 @@ struct WState {
     handles: u32,
     /// Keep the session while any handle is open, even with no writer (open-unlinked files).
     pinned: bool,
+    /// A background registration of a read session is scheduled or running.
+    session_pending: bool,
+    /// Reads fail with ESTALE from this instant: the file was unlinked before a session held
+    /// it, so its chunks may be collected after meta's GC grace.
+    held_until: Option<tokio::time::Instant>,
 }
 
 pub struct OpenInode {
@@ -163,6 +168,8 @@ impl OpenInode {
                 writers: 0,
                 handles: 0,
                 pinned: false,
+                session_pending: false,
+                held_until: None,
             }),
             layout,
             core,
@@ -268,6 +275,88 @@ impl OpenInode {
                 self.st.lock().session = Some(s);
                 Ok(Some(attr))
             }
+        }
+    }
+
+    /// A read-only open: the session that keeps the file for this client's handles is
+    /// registered `READ_SESSION_DELAY_MS` later in the background, and only if a handle is
+    /// still open then (a short read costs no meta commit). Until it lands, meta's GC grace
+    /// keeps an unlinked file's chunks; if the file is gone by then, reads end
+    /// `READ_UNREGISTERED_SAFE_MS` after this open.
+    pub(crate) fn session_later(self: &Arc<Self>) {
+        let opened = tokio::time::Instant::now();
+        {
+            let mut st = self.st.lock();
+            if st.session.is_some() || st.session_pending {
+                return;
+            }
+            st.session_pending = true;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let safe_until = opened + Duration::from_millis(limits::READ_UNREGISTERED_SAFE_MS);
+            tokio::time::sleep(Duration::from_millis(limits::READ_SESSION_DELAY_MS)).await;
+            let mut backoff = Duration::from_millis(limits::RETRY_BACKOFF_MIN_MS);
+            loop {
+                match me.register_read_session().await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        let gone = e.code() == ErrorCode::NotFound;
+                        if gone || tokio::time::Instant::now() + backoff >= safe_until {
+                            tracing::debug!(inode = %me.inode, error = %e,
+                                "read session not registered; reads end at the GC grace");
+                            let mut st = me.st.lock();
+                            st.held_until =
+                                Some(st.held_until.map_or(safe_until, |t| t.min(safe_until)));
+                            break;
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff =
+                            (backoff * 2).min(Duration::from_millis(limits::RETRY_BACKOFF_MAX_MS));
+                    }
+                }
+            }
+            me.st.lock().session_pending = false;
+        });
+    }
+
+    /// `OpenSession` for the handles open now, unless none is open any more or a session
+    /// already holds the inode (under the session lock, so a closing handle and this never
+    /// cross: no session is left open without a handle).
+    async fn register_read_session(&self) -> Result<()> {
+        let _g = self.session_lock.lock().await;
+        {
+            let st = self.st.lock();
+            if st.handles == 0 || st.session.is_some() {
+                return Ok(());
+            }
+        }
+        let s = self.core.new_session();
+        let reply = self
+            .core
+            .meta_op(MetaRequest::OpenSession {
+                inode: self.inode,
+                client: self.core.client_id,
+                session: s,
+            })
+            .await?;
+        let mut attr = expect_attr("OpenSession", reply)?;
+        self.overlay(&mut attr);
+        self.st.lock().session = Some(s);
+        Ok(())
+    }
+
+    /// ESTALE once an unregistered handle's file may have been collected (`session_later`).
+    fn check_held(&self) -> Result<()> {
+        match self.st.lock().held_until {
+            Some(t) if tokio::time::Instant::now() >= t => Err(ClientError::new(
+                ErrorCode::StaleHandle,
+                format!(
+                    "inode {} was removed before this client's read session held it",
+                    self.inode
+                ),
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -581,6 +670,7 @@ impl OpenInode {
 
     /// Reads up to `len` bytes at `offset` (short at the end of the file).
     pub async fn read_at(self: &Arc<Self>, offset: u64, len: usize) -> Result<Bytes> {
+        self.check_held()?;
         let size = self.size();
         if offset >= size || len == 0 {
             return Ok(Bytes::new());
@@ -608,6 +698,7 @@ impl OpenInode {
 
     /// Reads into `buf` at `offset`; returns the bytes filled (short at the end of the file).
     pub async fn read_into(self: &Arc<Self>, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.check_held()?;
         let size = self.size();
         if offset >= size || buf.is_empty() {
             return Ok(0);

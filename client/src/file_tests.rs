@@ -496,6 +496,18 @@ async fn an_overwrite_in_place_moves_mtime() {
     assert!(a.mtime.sec > 1, "mtime moved: {:?}", a.mtime);
 }
 
+/// Waits (real time, bounded) until `cond` holds.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_file_unlinked_by_another_client_stays_readable_until_closed() {
     let (a, meta, storage) = testkit::client().await;
@@ -503,7 +515,11 @@ async fn a_file_unlinked_by_another_client_stays_readable_until_closed() {
     let data = pattern(6, 3 * TEST_CHUNK as usize + 5);
     a.write_file("/shared", &data).await.unwrap();
     let f = b.open("/shared", OpenOptions::read()).await.unwrap();
-    assert_eq!(meta.sessions(f.inode()), 1, "the reader holds a session");
+    // The read session follows the open in the background.
+    eventually("the reader holds a session", || {
+        meta.sessions(f.inode()) == 1
+    })
+    .await;
     a.unlink_path("/shared").await.unwrap();
     assert!(meta.attr(f.inode()).is_some(), "kept while open elsewhere");
     assert_eq!(f.pread(0, data.len()).await.unwrap(), data);
@@ -512,6 +528,62 @@ async fn a_file_unlinked_by_another_client_stays_readable_until_closed() {
         meta.attr(f.inode()).is_none(),
         "collected at the last close"
     );
+}
+
+#[tokio::test]
+async fn a_short_read_only_open_costs_no_session() {
+    let (c, meta, _storage) = testkit::client().await;
+    let data = pattern(8, 10_000);
+    c.write_file("/small", &data).await.unwrap();
+    let before = meta
+        .session_opens
+        .load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..5 {
+        let f = c.open("/small", OpenOptions::read()).await.unwrap();
+        assert_eq!(f.pread(0, data.len()).await.unwrap(), data);
+        f.close().await.unwrap();
+    }
+    // Past the registration delay: nothing was registered for handles already closed.
+    tokio::time::sleep(std::time::Duration::from_millis(
+        3 * crate::limits::READ_SESSION_DELAY_MS,
+    ))
+    .await;
+    let after = meta
+        .session_opens
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(after, before, "no OpenSession for open-read-close");
+    let ino = c.stat("/small").await.unwrap().inode;
+    assert_eq!(meta.sessions(ino), 0);
+}
+
+#[tokio::test]
+async fn a_reader_whose_file_went_before_its_session_reads_until_the_grace_then_estale() {
+    let (a, meta, storage) = testkit::client().await;
+    let b = testkit::client_of(&meta, &storage).await;
+    let data = pattern(9, 20_000);
+    a.write_file("/brief", &data).await.unwrap();
+    let f = b.open("/brief", OpenOptions::read()).await.unwrap();
+    // Unlinked by the other client before the reader's session could land.
+    a.unlink_path("/brief").await.unwrap();
+    assert!(meta.attr(f.inode()).is_none(), "no session held it");
+    // Meta's GC grace keeps the chunks: the reader reads on...
+    assert_eq!(f.pread(0, data.len()).await.unwrap(), data);
+    // ...its registration finds the file gone...
+    tokio::time::sleep(std::time::Duration::from_millis(
+        4 * crate::limits::READ_SESSION_DELAY_MS,
+    ))
+    .await;
+    assert_eq!(meta.sessions(f.inode()), 0);
+    assert_eq!(f.pread(0, 100).await.unwrap(), data[..100]);
+    // ...and past the safe window it answers ESTALE rather than chunks that may be gone.
+    tokio::time::pause();
+    tokio::time::advance(std::time::Duration::from_millis(
+        crate::limits::READ_UNREGISTERED_SAFE_MS,
+    ))
+    .await;
+    let e = f.pread(0, 100).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::StaleHandle, "{e}");
+    f.close().await.unwrap();
 }
 
 /// Reads `f` from `from` to its end in steps of `step` bytes (`pread`), returning the bytes.

@@ -122,3 +122,13 @@ const _: () = assert!(RETRY_BACKOFF_MIN_MS <= RETRY_BACKOFF_MAX_MS);
 /// sequential reader's read-ahead within one chunk, few enough that a hot chunk's reads still
 /// spread over every replica.
 pub const READ_AFFINITY_SLACK: u32 = 8;
+
+/// A file opened read-only is held in meta by a session registered this long after the open,
+/// in the background, if a handle is still open then: a short read (open, read, close) costs
+/// no meta commit at all. Until then the file is held by meta's GC grace
+/// (`pond_meta::limits::GC_GRACE`, 5 s: unlinked files' chunks are deleted no sooner).
+pub const READ_SESSION_DELAY_MS: u64 = 50;
+/// A read-only handle whose file was unlinked before its session could be registered reads on
+/// for at most this long after the open (inside meta's 5 s GC grace), then answers ESTALE
+/// instead of reading chunks that may be gone.
+pub const READ_UNREGISTERED_SAFE_MS: u64 = 4_000;

@@ -92,6 +92,8 @@ struct MetaState {
 pub struct FakeMeta {
     st: Mutex<MetaState>,
     pub ops: AtomicU64,
+    /// `OpenSession` and `OpenWrite` requests answered (commits in a real meta).
+    pub session_opens: AtomicU64,
 }
 
 fn err<T>(code: ErrorCode, m: &str) -> Result<T, PondError> {
@@ -132,6 +134,7 @@ impl FakeMeta {
                 routing: routing(1),
             }),
             ops: AtomicU64::new(0),
+            session_opens: AtomicU64::new(0),
         })
     }
 
@@ -387,6 +390,7 @@ impl FakeMeta {
                 Ok(MetaReply::Done)
             }
             MetaRequest::OpenWrite { inode, .. } | MetaRequest::OpenSession { inode, .. } => {
+                self.session_opens.fetch_add(1, Ordering::Relaxed);
                 let a = get(st, inode)?.attr;
                 *st.sessions.entry(inode).or_default() += 1;
                 Ok(MetaReply::Attr(a))

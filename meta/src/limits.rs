@@ -44,6 +44,15 @@ pub const COLLECTOR_INTERVAL: Duration = Duration::from_millis(200);
 /// GC tasks handed to one node per heartbeat; a node deletes a few hundred files' chunks per
 /// second, more only queues on the node.
 pub const GC_TASKS_PER_HEARTBEAT_MAX: usize = 256;
+/// Chunks of an unlinked file are handed out for deletion only once this leader has known the
+/// file's GC record this long (a new leader starts counting afresh). Clients open files for
+/// reading without waiting for a session and register it shortly after
+/// (`pond_client::limits::READ_SESSION_DELAY_MS`); a reader whose file was unlinked before its
+/// session landed reads on for `READ_UNREGISTERED_SAFE_MS` (4 s) at most, inside this grace.
+pub const GC_GRACE: Duration = Duration::from_secs(5);
+/// Most GC records whose first sighting a leader remembers; past it the table starts over
+/// (every record's grace starts again: later deletion, never earlier).
+pub const GC_SEEN_MAX: usize = 1 << 20;
 /// A GC task handed out but not reported done is handed out again after this long.
 pub const GC_TASK_REISSUE: Duration = Duration::from_secs(30);
 /// Used/capacity figures are proposed at most this often per node (they only feed statfs).

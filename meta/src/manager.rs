@@ -32,6 +32,8 @@ struct MgrState {
     last_seen: HashMap<NodeId, Instant>,
     last_usage: HashMap<NodeId, Instant>,
     gc_issued: HashMap<(InodeId, ChainId), Instant>,
+    /// When this leader first saw each GC record (`GC_GRACE`).
+    gc_first_seen: HashMap<InodeId, Instant>,
     /// Per syncing target, the routing version in which this leader first saw it syncing
     /// (the version that made it syncing, or a later one: never an earlier one). An "up to
     /// date" counts only from a node that has installed that table (`admitted_local`).
@@ -203,6 +205,7 @@ impl Manager {
                 .collect();
             st.last_usage.clear();
             st.gc_issued.clear();
+            st.gc_first_seen.clear();
             st.syncing_since.clear();
         }
         true
@@ -283,6 +286,7 @@ impl Manager {
                 let mut st = self.st.lock();
                 for t in &hb.gc_done {
                     st.gc_issued.remove(&(t.inode, t.chain));
+                    st.gc_first_seen.remove(&t.inode);
                 }
             }
             self.propose(ClusterCmd::GcDone {
@@ -322,6 +326,15 @@ impl Manager {
             let Ok(rec) = postcard::from_bytes::<GcRec>(v.value()) else {
                 continue;
             };
+            if !st.gc_first_seen.contains_key(&InodeId(k.value()))
+                && st.gc_first_seen.len() >= GC_SEEN_MAX
+            {
+                st.gc_first_seen.clear();
+            }
+            let first = *st.gc_first_seen.entry(InodeId(k.value())).or_insert(now);
+            if now.duration_since(first) < GC_GRACE {
+                continue;
+            }
             for chain in rec.pending {
                 let head = routing.write_targets(chain).first().map(|t| t.node);
                 if head != Some(node) {
