@@ -260,22 +260,26 @@ impl OpenInode {
                 self.st.lock().session = Some(s);
                 Ok(None)
             }
-            (None, None) => {
-                let s = self.core.new_session();
-                let reply = self
-                    .core
-                    .meta_op(MetaRequest::OpenSession {
-                        inode: self.inode,
-                        client: self.core.client_id,
-                        session: s,
-                    })
-                    .await?;
-                let mut attr = expect_attr("OpenSession", reply)?;
-                self.overlay(&mut attr);
-                self.st.lock().session = Some(s);
-                Ok(Some(attr))
-            }
+            (None, None) => self.open_session_locked().await.map(Some),
         }
+    }
+
+    /// `OpenSession` for this client; the caller holds `session_lock` and saw no session.
+    /// Returns meta's attributes, overlaid with this client's own writes.
+    async fn open_session_locked(&self) -> Result<InodeAttr> {
+        let s = self.core.new_session();
+        let reply = self
+            .core
+            .meta_op(MetaRequest::OpenSession {
+                inode: self.inode,
+                client: self.core.client_id,
+                session: s,
+            })
+            .await?;
+        let mut attr = expect_attr("OpenSession", reply)?;
+        self.overlay(&mut attr);
+        self.st.lock().session = Some(s);
+        Ok(attr)
     }
 
     /// A read-only open: the session that keeps the file for this client's handles is
@@ -331,33 +335,25 @@ impl OpenInode {
                 return Ok(());
             }
         }
-        let s = self.core.new_session();
-        let reply = self
-            .core
-            .meta_op(MetaRequest::OpenSession {
-                inode: self.inode,
-                client: self.core.client_id,
-                session: s,
-            })
-            .await?;
-        let mut attr = expect_attr("OpenSession", reply)?;
-        self.overlay(&mut attr);
-        self.st.lock().session = Some(s);
-        Ok(())
+        self.open_session_locked().await.map(|_| ())
     }
 
-    /// ESTALE once an unregistered handle's file may have been collected (`session_later`).
-    fn check_held(&self) -> Result<()> {
-        match self.st.lock().held_until {
-            Some(t) if tokio::time::Instant::now() >= t => Err(ClientError::new(
+    /// The size to read against (as `size`), or ESTALE once an unregistered handle's file may
+    /// have been collected (`session_later`): one look at the state per read.
+    fn size_for_read(&self) -> Result<u64> {
+        let st = self.st.lock();
+        if let Some(t) = st.held_until
+            && tokio::time::Instant::now() >= t
+        {
+            return Err(ClientError::new(
                 ErrorCode::StaleHandle,
                 format!(
                     "inode {} was removed before this client's read session held it",
                     self.inode
                 ),
-            )),
-            _ => Ok(()),
+            ));
         }
+        Ok(st.meta_size.max(st.written_end))
     }
 
     async fn close_session(&self, s: SessionId) -> Result<()> {
@@ -670,8 +666,7 @@ impl OpenInode {
 
     /// Reads up to `len` bytes at `offset` (short at the end of the file).
     pub async fn read_at(self: &Arc<Self>, offset: u64, len: usize) -> Result<Bytes> {
-        self.check_held()?;
-        let size = self.size();
+        let size = self.size_for_read()?;
         if offset >= size || len == 0 {
             return Ok(Bytes::new());
         }
@@ -698,8 +693,7 @@ impl OpenInode {
 
     /// Reads into `buf` at `offset`; returns the bytes filled (short at the end of the file).
     pub async fn read_into(self: &Arc<Self>, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        self.check_held()?;
-        let size = self.size();
+        let size = self.size_for_read()?;
         if offset >= size || buf.is_empty() {
             return Ok(0);
         }

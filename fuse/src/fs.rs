@@ -598,7 +598,7 @@ impl Filesystem for PondFs {
             return Err(libc::ETXTBSY.into());
         }
         // Close-to-open: always meta's current attributes, never the cache's (one request:
-        // the session open answers with them).
+        // the session open answers with them, or for a read-only open a lease-read `GetAttr`).
         let (file, attr) = self
             .s
             .client
