@@ -1343,7 +1343,7 @@ impl Node {
             }
             // Staged as a middle under an older chain: the tail of that chain may have
             // committed it and served it, so it must not be skipped now that we are the tail.
-            return self.settle_in_doubt(t, chunk, p).await;
+            return self.settle_in_doubt(t, view, chunk, p).await;
         }
         let addr = r.node_addr(tail.node).ok_or_else(|| {
             err(
@@ -1383,9 +1383,18 @@ impl Node {
     /// been committed by the old tail, or may be committed later by a re-drive): commits it,
     /// as any retry or re-drive from the predecessors would, and returns it. If an update of
     /// the chunk is in progress here, the read is retried instead.
+    ///
+    /// "Tail" here is the last *serving* target; a syncing target may follow it and receive
+    /// its writes. Then the version is first handed on (a re-drive, full replace) and only
+    /// then committed: committed here means committed on every write-receiving target after
+    /// us, which the head relies on when it acks a retry from the committed record. Before,
+    /// it was committed here alone; a syncing successor whose resync had already passed the
+    /// chunk never got it, the retry of its update was acked from our record, and after a
+    /// failover to that successor the acknowledged write was gone (chaos seed 3, netns).
     async fn settle_in_doubt(
         self: &Arc<Self>,
         t: &Arc<Target>,
+        view: &View,
         chunk: ChunkId,
         p: VersionInfo,
     ) -> Result<Option<VersionInfo>, PondError> {
@@ -1406,6 +1415,21 @@ impl Node {
             .unwrap_or_default();
         match now.pending {
             Some(q) if q.version == p.version && q.chain_version == p.chain_version => {
+                if view.successor().is_some() {
+                    // Only what the re-drive reads from `p` matters: a whole-chunk replace.
+                    let req = UpdateReq {
+                        at: view.at(&view.me),
+                        chunk,
+                        op: UpdateOp::Replace,
+                        chunk_bytes: CHUNK_BYTES_MAX,
+                        crc: 0,
+                        version: None,
+                        client: self.server_client(),
+                        request: self.next_request(),
+                    };
+                    tracing::info!(%chunk, version = %p.version, "tail hands an update staged under an older chain to its syncing successor");
+                    return self.redrive_pending(t, &req, q).await.map(Some);
+                }
                 tracing::info!(%chunk, version = %p.version, "tail commits an update staged under an older chain");
                 let c = on_store(&t.store, move |s| s.commit(chunk, p.version))
                     .await

@@ -1491,3 +1491,82 @@ async fn frozen_target_that_wakes_up_syncing_does_not_serve_its_old_copy() {
     assert_eq!(ok.version, ChunkVersion(2));
     assert_eq!(&got[..], &v2[..]);
 }
+
+/// The last serving target settles a pending version staged under an older chain (its update
+/// may have been acknowledged through the old tail) when a read finds it. A syncing target
+/// behind it receives writes: the version must reach that target before it counts as
+/// committed. Before, it was committed on the serving target alone; the syncing target's
+/// resync had already compared that chunk (committed versions only), the retry of the update
+/// was acknowledged from the committed record, and after a failover to the once-syncing
+/// target the acknowledged write was gone (chaos seed 3 under network namespaces: register
+/// read 1 s after its write's ack returned the value before it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn settled_in_doubt_version_reaches_a_syncing_successor() {
+    let cl = Cluster::start([None, None, None]).await;
+    let c = client();
+    let r = cl.routing();
+    let (addr, at) = head(&r);
+    let v1 = data(1, 500);
+    c.write_chunk(
+        &addr,
+        at,
+        chunk(0),
+        0,
+        CHUNK_BYTES,
+        v1.clone(),
+        c.next_request_id(),
+    )
+    .await
+    .unwrap();
+    // The head staged version 2 of a client update, and the chain broke before it went on.
+    let req = c.next_request_id();
+    let v2 = data(2, 500);
+    cl.store(1)
+        .stage(
+            chunk(0),
+            ChunkVersion(2),
+            r.chains[&CHAIN].version,
+            pond_storage::store::Mutation::Write {
+                offset: 0,
+                data: &v2,
+            },
+            Some((ClientId(42), req)),
+        )
+        .unwrap();
+    // Both successors fail; node 1 serves alone. Node 3 comes back and is resynced: the chunk's
+    // committed version (1) is the same on both sides, so nothing is copied.
+    cl.set_state(tid(2), PublicState::Offline);
+    cl.set_state(tid(3), PublicState::Offline);
+    cl.set_state(tid(3), PublicState::Waiting);
+    cl.set_state(tid(3), PublicState::Syncing);
+    let node3 = cl.node(3).node.clone();
+    wait_for("resync", || {
+        node3.local_states()[0].1 == LocalState::UpToDate
+    })
+    .await;
+    // A read at node 1 (the last serving target) settles version 2.
+    let r = cl.routing();
+    assert_eq!(r.serving_targets(CHAIN).last().unwrap().id, tid(1));
+    let (ok, got) = read_from(&c, &r, tid(1), chunk(0)).await.unwrap();
+    assert_eq!(ok.version, ChunkVersion(2));
+    assert_eq!(&got[..], &v2[..]);
+    assert_eq!(
+        cl.store(3).info(chunk(0)).unwrap().committed_version(),
+        ChunkVersion(2),
+        "version 2 was committed without reaching the syncing target behind the tail"
+    );
+    // The client's retry is acknowledged from the committed record...
+    let (addr, at) = head(&r);
+    let ack = c
+        .write_chunk(&addr, at, chunk(0), 0, CHUNK_BYTES, v2.clone(), req)
+        .await
+        .unwrap();
+    assert_eq!(ack.version, ChunkVersion(2));
+    // ...and survives a failover to the target that was syncing.
+    cl.set_state(tid(3), PublicState::Serving);
+    cl.set_state(tid(1), PublicState::Offline);
+    let r = cl.routing();
+    let (ok, got) = read_from(&c, &r, tid(3), chunk(0)).await.unwrap();
+    assert_eq!(ok.version, ChunkVersion(2));
+    assert_eq!(&got[..], &v2[..], "the acknowledged write is lost");
+}
