@@ -761,7 +761,11 @@ impl Node {
                 u
             }
         };
-        // 4. Store it as the pending version.
+        // 4. Store it as the pending version. A replica with a successor does not wait for
+        // its data sync here: the sync runs beside the forward, as part of making the pending
+        // record durable (step 5), so the chain's data syncs overlap instead of adding up.
+        // The pending version is visible at once (reads here ask the tail), and the reply
+        // still waits for the sync, so an ack means durable on every replica as before.
         let staged = self
             .stage(
                 &t,
@@ -771,6 +775,7 @@ impl Node {
                 data.clone(),
                 Some(origin),
                 pieces,
+                view.successor().is_none(),
             )
             .await?;
         if req.version.is_none() && self.test_bug() == Some(TestBug::EarlyAck) {
@@ -839,7 +844,10 @@ impl Node {
             Ok(c)
         })
         .await
-        .map_err(store_err)?;
+        .map_err(|e| {
+            self.offline_if_failed(&t);
+            store_err(e)
+        })?;
         debug_assert_eq!(c.version, staged.version);
         let r = UpdateReply {
             version: u,
@@ -847,6 +855,19 @@ impl Node {
         };
         t.dedupe.lock().put(key, r);
         Ok(r)
+    }
+
+    /// A target whose store can no longer make anything durable (a data sync failed) stops
+    /// serving for good: reported `offline`, meta takes it out of its chain. Its pending
+    /// versions were never acknowledged by it; the successors that committed them keep them.
+    fn offline_if_failed(&self, t: &Target) {
+        if t.store.failed() {
+            let mut local = t.local.lock();
+            if *local != LocalState::Offline {
+                tracing::error!(target = %t.id, "data sync failed; target goes offline");
+                *local = LocalState::Offline;
+            }
+        }
     }
 
     /// `TestBug::EarlyAck`: forwards and commits in the background (still holding the chunk
@@ -911,6 +932,7 @@ impl Node {
         data: Bytes,
         origin: Option<(ClientId, RequestId)>,
         payload_crcs: Vec<u32>,
+        sync: bool,
     ) -> Result<VersionInfo, PondError> {
         let (chunk, op) = (req.chunk, req.op);
         let res = on_store(&t.store, move |s| {
@@ -923,7 +945,11 @@ impl Node {
                 UpdateOp::Truncate { length } => Mutation::Truncate { length },
                 UpdateOp::Remove => unreachable!("remove is not staged"),
             };
-            s.stage_with(chunk, u, cv, m, origin, Some(&payload_crcs))
+            if sync {
+                s.stage_with(chunk, u, cv, m, origin, Some(&payload_crcs))
+            } else {
+                s.stage_unsynced(chunk, u, cv, m, origin, Some(&payload_crcs))
+            }
         })
         .await;
         res.map_err(|e| {

@@ -1570,3 +1570,103 @@ async fn settled_in_doubt_version_reaches_a_syncing_successor() {
     assert_eq!(ok.version, ChunkVersion(2));
     assert_eq!(&got[..], &v2[..], "the acknowledged write is lost");
 }
+
+/// A replica with a successor stages without waiting for its data sync (the sync runs beside
+/// the forward). When that sync fails, the update is not acknowledged, and the replica goes
+/// offline instead of ever making a record durable again (a later `fdatasync` can succeed
+/// after the failed write-back lost the pages). Once meta takes it out, writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_data_sync_at_a_middle_is_not_acked_and_takes_it_offline() {
+    use pond_storage::TargetSetup;
+    use pond_storage::store::engine::Engine;
+    use pond_storage::store::mem::MemBackend;
+    let backends: Vec<MemBackend> = (0..3).map(|_| MemBackend::new(1 << 30)).collect();
+    let meta = Arc::new(parking_lot::Mutex::new(Meta {
+        version: 1,
+        chain_version: 1,
+        order: (1..=3).map(tid).collect(),
+        states: (1..=3).map(|n| (tid(n), PublicState::Serving)).collect(),
+        addrs: BTreeMap::new(),
+    }));
+    let mut servers = Vec::new();
+    for n in 1..=3u32 {
+        let setup = TargetSetup {
+            id: tid(n),
+            store: Arc::new(Engine::open(backends[n as usize - 1].clone()).unwrap()),
+            member_marker: None,
+        };
+        let opts = ServerOptions {
+            node_id: NodeId(n),
+            listen: "127.0.0.1:0".into(),
+            advertise: None,
+            token: TOKEN.into(),
+            meta: vec![],
+            heartbeat_interval: Duration::from_secs(1),
+            scrub: None,
+        };
+        let s = StorageServer::start(opts, vec![setup]).await.unwrap();
+        meta.lock().addrs.insert(NodeId(n), s.data_addr.clone());
+        servers.push(Some(s));
+    }
+    let cl = Cluster {
+        dirs: Vec::new(),
+        caps: Vec::new(),
+        servers,
+        meta,
+    };
+    cl.push();
+    let c = client();
+    let v1 = data(1, 3000);
+    write_retrying(
+        &c,
+        &cl.meta,
+        chunk(0),
+        0,
+        v1.clone(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    // The middle's next data sync fails.
+    backends[1].fail_data_syncs(true);
+    let r = cl.routing();
+    let (addr, at) = head(&r);
+    let v2 = data(2, 3000);
+    let res = c
+        .write_chunk(
+            &addr,
+            at,
+            chunk(0),
+            0,
+            CHUNK_BYTES,
+            v2.clone(),
+            c.next_request_id(),
+        )
+        .await;
+    assert!(
+        res.is_err(),
+        "acknowledged without a durable middle: {res:?}"
+    );
+    assert_eq!(
+        cl.node(2).node.local_states(),
+        vec![(tid(2), LocalState::Offline)]
+    );
+    // Meta sees `offline` and takes it out; the chain goes on with the other two.
+    cl.set_state(tid(2), PublicState::Offline);
+    let v3 = data(3, 3000);
+    write_retrying(
+        &c,
+        &cl.meta,
+        chunk(0),
+        0,
+        v3.clone(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let r = cl.routing();
+    for n in [1, 3] {
+        let (_, got) = read_from(&c, &r, tid(n), chunk(0)).await.unwrap();
+        assert_eq!(&got[..], &v3[..], "target {n}");
+    }
+}

@@ -772,6 +772,61 @@ fn persist_records_is_a_group_commit_mem() {
     persist_records_is_a_group_commit(&mem(1 << 30));
 }
 
+/// Blocks staged without a data sync are synced by the next durable record commit, before
+/// it, and only then; a failed data sync stops the store from making anything durable.
+#[test]
+fn unsynced_stages_are_synced_before_a_durable_record_names_them() {
+    let b = MemBackend::new(1 << 30);
+    let e = Engine::open(b.clone()).unwrap();
+    let put = |c: u64, synced: bool| {
+        let m = Mutation::Replace { data: b"abc" };
+        if synced {
+            e.stage(cid(c), ChunkVersion(1), CV, m, None)
+        } else {
+            e.stage_unsynced(cid(c), ChunkVersion(1), CV, m, None, None)
+        }
+    };
+    let s0 = b.data_syncs();
+    put(1, false).unwrap();
+    assert_eq!(b.data_syncs(), s0, "an unsynced stage synced");
+    assert_eq!(
+        e.info(cid(1)).unwrap().pending.unwrap().version,
+        ChunkVersion(1),
+        "the pending version is visible at once"
+    );
+    e.persist_records().unwrap();
+    assert_eq!(
+        b.data_syncs(),
+        s0 + 1,
+        "the durable commit did not sync the data"
+    );
+    assert_eq!(e.deferred_data_syncs(), 1);
+    // A synced stage leaves nothing for the next durable commit to sync.
+    put(2, true).unwrap();
+    assert_eq!(b.data_syncs(), s0 + 2);
+    e.commit(cid(2), ChunkVersion(1)).unwrap();
+    assert_eq!(b.data_syncs(), s0 + 2, "a sync with nothing unsynced");
+    // Any durable change syncs what was staged unsynced before it.
+    put(3, false).unwrap();
+    e.commit(cid(1), ChunkVersion(1)).unwrap();
+    assert_eq!(b.data_syncs(), s0 + 3);
+    assert_eq!(e.deferred_data_syncs(), 2);
+    // A failed data sync: nothing is made durable any more, even once syncs work again.
+    b.fail_data_syncs(true);
+    put(4, false).unwrap();
+    assert!(!e.failed());
+    assert!(e.persist_records().is_err());
+    assert!(e.failed());
+    b.fail_data_syncs(false);
+    assert!(e.commit(cid(3), ChunkVersion(1)).is_err());
+    assert!(e.persist_records().is_err());
+    drop(e);
+    let e = Engine::open(b.clone()).unwrap();
+    assert!(!e.failed());
+    e.commit(cid(3), ChunkVersion(1)).unwrap();
+    assert_eq!(read_all(&e, cid(3)), b"abc");
+}
+
 /// A full target whose only free slots wait on a lazy commit makes the durable change itself
 /// instead of refusing the write.
 fn full_target_releases_lazy_slots<H: Harness>(h: &H) {

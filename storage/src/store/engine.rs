@@ -342,6 +342,17 @@ struct RecordSync {
     lock: Mutex<()>,
     /// Durable record commits made (each one fsync of the record database).
     durable_commits: std::sync::atomic::AtomicU64,
+    /// Blocks were written without a data sync (`stage_unsynced`) since the last one: the
+    /// next durable record commit syncs the data first, so no durable record ever names a
+    /// block that is not durable. Set after the blocks are written and before the record
+    /// naming them is published; swapped under `txns`.
+    data_dirty: std::sync::atomic::AtomicBool,
+    /// A data sync failed. Pages whose write-back failed may be gone while a later
+    /// `fdatasync` succeeds, so nothing is made durable any more: every durable commit fails
+    /// until the target is reopened (and resynced).
+    data_sync_failed: std::sync::atomic::AtomicBool,
+    /// Data syncs made for durable record commits (not those made while staging).
+    deferred_syncs: std::sync::atomic::AtomicU64,
 }
 
 static ZEROS: [u8; BLOCK_BYTES as usize] = [0; BLOCK_BYTES as usize];
@@ -471,6 +482,11 @@ impl<B: Backend> Engine<B> {
         self.sync.durable_commits.load(Ordering::Relaxed)
     }
 
+    /// Data syncs made by durable record commits for blocks staged without one.
+    pub fn deferred_data_syncs(&self) -> u64 {
+        self.sync.deferred_syncs.load(Ordering::Relaxed)
+    }
+
     pub fn backend(&self) -> &B {
         &self.backend
     }
@@ -515,12 +531,86 @@ impl<B: Backend> Engine<B> {
     /// Writes the planned blocks, syncs them, returns the new block list and sector CRCs. On
     /// error the allocated slots are returned to the allocator (except after an injected
     /// crash, where nothing runs any more, as in a killed process).
+    /// `stage_with`; with `sync` false the new blocks are written but not synced (see
+    /// `ChunkStore::stage_unsynced`).
+    #[allow(clippy::too_many_arguments)]
+    fn stage_inner(
+        &self,
+        chunk: ChunkId,
+        version: ChunkVersion,
+        chain_version: ChainVersion,
+        m: Mutation<'_>,
+        origin: Option<(ClientId, RequestId)>,
+        payload_crcs: Option<&[u32]>,
+        sync: bool,
+    ) -> Result<VersionInfo, StoreError> {
+        // 1. plan against the committed version (holding a reader guard: we read its blocks).
+        let (old, _guard) = self.reader(chunk);
+        let base = old.committed.as_deref();
+        let (base_blocks, base_len) = match base {
+            Some(c) => (c.blocks.as_slice(), c.length),
+            None => (&[][..], 0),
+        };
+        if let Mutation::Write { offset, data } = m
+            && offset as u64 + data.len() as u64 > pond_proto::limits::CHUNK_BYTES_MAX as u64
+        {
+            return Err(StoreError::OutOfRange(format!(
+                "write end {}",
+                offset as u64 + data.len() as u64
+            )));
+        }
+        let (plans, new_len) = Self::plan(base_blocks, base_len, m)?;
+        let payload = match m {
+            Mutation::Write { offset, data } => Some((offset as u64, data.len())),
+            Mutation::Replace { data } => Some((0, data.len())),
+            Mutation::Truncate { .. } => None,
+        }
+        .map(|(offset, n)| Payload {
+            offset,
+            // Used only if they describe this payload's pieces.
+            crcs: payload_crcs.filter(|c| c.len() == crc::pieces(offset, n as u64).count()),
+        });
+        // 2. write (+ sync, unless deferred) the new blocks.
+        let (blocks, sectors, fresh) = self.materialize(chunk, plans, base, payload, sync)?;
+        let mut recent = base.map(|b| b.recent.clone()).unwrap_or_default();
+        if let Some((c, r)) = origin {
+            recent.retain(|a| (a.client, a.request) != (c.0, r.0));
+            recent.push(Applied {
+                client: c.0,
+                request: r.0,
+                version: version.0,
+                length: new_len,
+            });
+            let extra = recent.len().saturating_sub(RECENT_UPDATES_MAX);
+            recent.drain(..extra);
+        }
+        let rec = Self::version_rec(
+            version,
+            chain_version,
+            (blocks, sectors),
+            new_len,
+            origin,
+            recent,
+        );
+        let info = rec.info();
+        // 3.+4. the pending version replaces any previous pending one.
+        let new = Entry {
+            committed: old.committed.clone(),
+            pending: Some(Arc::new(rec)),
+        };
+        // Not durable yet: a pending version lost in a crash is allowed; `commit` (or
+        // `persist_records`) is durable and makes this record durable with it.
+        self.publish(chunk, &old, new, fresh, Publish::NotDurable)?;
+        Ok(info)
+    }
+
     fn materialize(
         &self,
         chunk: ChunkId,
         plans: Vec<Plan<'_>>,
         base: Option<&VersionRec>,
         payload: Option<Payload<'_>>,
+        sync: bool,
     ) -> Result<Materialized, StoreError> {
         let fresh = plans
             .iter()
@@ -535,7 +625,7 @@ impl<B: Backend> Engine<B> {
             }
             r => r?,
         };
-        let res = self.write_plans(chunk, plans, &slots, base, payload);
+        let res = self.write_plans(chunk, plans, &slots, base, payload, sync);
         match res {
             Ok((blocks, sectors)) => Ok((blocks, sectors, slots)),
             Err(e) => {
@@ -554,6 +644,7 @@ impl<B: Backend> Engine<B> {
         slots: &[u32],
         base: Option<&VersionRec>,
         payload: Option<Payload<'_>>,
+        sync: bool,
     ) -> Result<(Vec<BlockRef>, Vec<u32>), StoreError> {
         self.crash(CrashPoint::BeforeDataWrite)?;
         let mut out = Vec::with_capacity(plans.len());
@@ -657,7 +748,7 @@ impl<B: Backend> Engine<B> {
         if self.failpoint.lock().is_none() {
             // All blocks in one request and the data sync right behind them.
             if !writes.is_empty() {
-                self.backend.write_blocks(&writes, true)?;
+                self.backend.write_blocks(&writes, sync)?;
             }
         } else {
             // With a failpoint set, in steps, so a crash can land between them: half of the
@@ -669,10 +760,13 @@ impl<B: Backend> Engine<B> {
             }
             self.backend.write_blocks(&writes[half..], false)?;
             self.crash(CrashPoint::AfterDataWrite)?;
-            if !writes.is_empty() {
+            if !writes.is_empty() && sync {
                 self.backend.sync_data()?;
             }
             self.crash(CrashPoint::AfterDataSync)?;
+        }
+        if !sync && !writes.is_empty() {
+            self.sync.data_dirty.store(true, Ordering::SeqCst);
         }
         Ok((out, sectors))
     }
@@ -746,6 +840,20 @@ impl<B: Backend> Engine<B> {
         durable: bool,
     ) -> Result<(), StoreError> {
         let mut n = self.sync.txns.lock();
+        if durable {
+            if self.sync.data_sync_failed.load(Ordering::SeqCst) {
+                return Err(StoreError::Io(std::io::Error::other(
+                    "an earlier data sync failed; nothing more is made durable on this target",
+                )));
+            }
+            if self.sync.data_dirty.swap(false, Ordering::SeqCst) {
+                self.sync.deferred_syncs.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = self.backend.sync_data() {
+                    self.sync.data_sync_failed.store(true, Ordering::SeqCst);
+                    return Err(StoreError::Io(e));
+                }
+            }
+        }
         self.backend.commit_meta(batch, durable)?;
         *n += 1;
         self.sync.published.store(*n, Ordering::SeqCst);
@@ -975,64 +1083,31 @@ impl<B: Backend> ChunkStore for Engine<B> {
         origin: Option<(ClientId, RequestId)>,
         payload_crcs: Option<&[u32]>,
     ) -> Result<VersionInfo, StoreError> {
-        // 1. plan against the committed version (holding a reader guard: we read its blocks).
-        let (old, _guard) = self.reader(chunk);
-        let base = old.committed.as_deref();
-        let (base_blocks, base_len) = match base {
-            Some(c) => (c.blocks.as_slice(), c.length),
-            None => (&[][..], 0),
-        };
-        if let Mutation::Write { offset, data } = m
-            && offset as u64 + data.len() as u64 > pond_proto::limits::CHUNK_BYTES_MAX as u64
-        {
-            return Err(StoreError::OutOfRange(format!(
-                "write end {}",
-                offset as u64 + data.len() as u64
-            )));
-        }
-        let (plans, new_len) = Self::plan(base_blocks, base_len, m)?;
-        let payload = match m {
-            Mutation::Write { offset, data } => Some((offset as u64, data.len())),
-            Mutation::Replace { data } => Some((0, data.len())),
-            Mutation::Truncate { .. } => None,
-        }
-        .map(|(offset, n)| Payload {
-            offset,
-            // Used only if they describe this payload's pieces.
-            crcs: payload_crcs.filter(|c| c.len() == crc::pieces(offset, n as u64).count()),
-        });
-        // 2. write + sync the new blocks.
-        let (blocks, sectors, fresh) = self.materialize(chunk, plans, base, payload)?;
-        let mut recent = base.map(|b| b.recent.clone()).unwrap_or_default();
-        if let Some((c, r)) = origin {
-            recent.retain(|a| (a.client, a.request) != (c.0, r.0));
-            recent.push(Applied {
-                client: c.0,
-                request: r.0,
-                version: version.0,
-                length: new_len,
-            });
-            let extra = recent.len().saturating_sub(RECENT_UPDATES_MAX);
-            recent.drain(..extra);
-        }
-        let rec = Self::version_rec(
+        self.stage_inner(chunk, version, chain_version, m, origin, payload_crcs, true)
+    }
+
+    fn failed(&self) -> bool {
+        self.sync.data_sync_failed.load(Ordering::SeqCst)
+    }
+
+    fn stage_unsynced(
+        &self,
+        chunk: ChunkId,
+        version: ChunkVersion,
+        chain_version: ChainVersion,
+        m: Mutation<'_>,
+        origin: Option<(ClientId, RequestId)>,
+        payload_crcs: Option<&[u32]>,
+    ) -> Result<VersionInfo, StoreError> {
+        self.stage_inner(
+            chunk,
             version,
             chain_version,
-            (blocks, sectors),
-            new_len,
+            m,
             origin,
-            recent,
-        );
-        let info = rec.info();
-        // 3.+4. the pending version replaces any previous pending one.
-        let new = Entry {
-            committed: old.committed.clone(),
-            pending: Some(Arc::new(rec)),
-        };
-        // Not durable yet: a pending version lost in a crash is allowed; `commit` (or
-        // `persist_records`) is durable and makes this record durable with it.
-        self.publish(chunk, &old, new, fresh, Publish::NotDurable)?;
-        Ok(info)
+            payload_crcs,
+            false,
+        )
     }
 
     fn applied(
@@ -1103,7 +1178,7 @@ impl<B: Backend> ChunkStore for Engine<B> {
             offset: 0,
             crcs: None,
         };
-        let (blocks, sectors, fresh) = self.materialize(chunk, plans, None, Some(payload))?;
+        let (blocks, sectors, fresh) = self.materialize(chunk, plans, None, Some(payload), true)?;
         let rec = Self::version_rec(
             version,
             chain_version,

@@ -13,6 +13,9 @@ use std::sync::Arc;
 struct Inner {
     blocks: Mutex<HashMap<u32, Bytes>>,
     meta: Mutex<BTreeMap<ChunkId, ChunkRec>>,
+    /// Data syncs asked for, and whether they fail (tests of the sync rules).
+    syncs: std::sync::atomic::AtomicU64,
+    fail_syncs: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone)]
@@ -27,6 +30,18 @@ impl MemBackend {
             inner: Arc::default(),
             capacity_slots: capacity_bytes / crate::limits::BLOCK_BYTES as u64,
         }
+    }
+
+    /// Data syncs asked of this backend so far.
+    pub fn data_syncs(&self) -> u64 {
+        self.inner.syncs.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Makes every later data sync fail (`true`) or succeed again.
+    pub fn fail_data_syncs(&self, fail: bool) {
+        self.inner
+            .fail_syncs
+            .store(fail, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Flips one byte of a stored block (scrub and repair tests).
@@ -83,6 +98,11 @@ impl Backend for MemBackend {
     }
 
     fn sync_data(&self) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        self.inner.syncs.fetch_add(1, Ordering::SeqCst);
+        if self.inner.fail_syncs.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected data sync failure"));
+        }
         Ok(())
     }
 

@@ -205,6 +205,30 @@ pub trait ChunkStore: Send + Sync + 'static {
         self.stage(chunk, version, chain_version, m, origin)
     }
 
+    /// `stage_with`, except that the new data need not be durable when it returns: it is
+    /// made durable by the next durable record change (`persist_records`, `commit`, ...),
+    /// which syncs the data before the records, so no durable record ever names data that is
+    /// not. For a replica that forwards the update meanwhile and makes the version durable
+    /// (`persist_records`) before it replies. The pending version is visible to `info` at
+    /// once. If that data sync fails, the store makes nothing durable any more (every later
+    /// durable change fails). Default: `stage_with`.
+    fn stage_unsynced(
+        &self,
+        chunk: ChunkId,
+        version: ChunkVersion,
+        chain_version: ChainVersion,
+        m: Mutation<'_>,
+        origin: Option<(ClientId, RequestId)>,
+        payload_crcs: Option<&[u32]>,
+    ) -> Result<VersionInfo, StoreError> {
+        self.stage_with(chunk, version, chain_version, m, origin, payload_crcs)
+    }
+
+    /// Whether the store stopped making changes durable after a failed data sync.
+    fn failed(&self) -> bool {
+        false
+    }
+
     /// `read` plus the CRC32C of the returned bytes.
     fn read_crc(
         &self,
