@@ -209,11 +209,24 @@ async fn checksum_errors_are_read_from_another_replica() {
 }
 
 #[tokio::test]
-async fn reads_spread_over_replicas() {
+async fn a_chunk_is_read_from_one_replica_when_idle_and_from_all_under_load() {
     let (c, _meta, storage) = testkit::client().await;
     let data = pattern(6, 4096);
     c.write_file("/hot", &data).await.unwrap();
     let f = c.open("/hot", OpenOptions::read()).await.unwrap();
+    // One read at a time: every one goes to the chunk's preferred replica (its page cache).
+    for k in 0..20 {
+        f.pread((k % 4) * 1024, 1024).await.unwrap();
+    }
+    let by = storage.reads_by_target.lock().clone();
+    assert_eq!(
+        by.len(),
+        1,
+        "idle reads of one chunk on one replica: {by:?}"
+    );
+    // Many at once, each answered after a delay: past the slack they spread over all three.
+    storage.reads_by_target.lock().clear();
+    storage.faults.lock().jitter_ms = 3;
     let reads = (0..300).map(|k| f.pread((k % 4) * 1024, 1024));
     for r in futures::future::join_all(reads).await {
         r.unwrap();

@@ -313,10 +313,13 @@ impl DataPath {
         self.read_chunks(&reads).await
     }
 
-    /// One attempt at one piece on the least-loaded replica. `Err(Some(target))`: that replica
+    /// One attempt at one piece on its preferred or the least-loaded replica. `Err(Some(target))`: that replica
     /// failed it; `Err(None)`: no attempt was made.
     async fn read_one(&self, p: &ChunkRead) -> std::result::Result<Bytes, Option<TargetId>> {
-        let route = self.routing.reader(p.chain, &[]).map_err(|_| None)?;
+        let route = self
+            .routing
+            .reader(p.chain, &[], Some(p.chunk))
+            .map_err(|_| None)?;
         let target = route.at.target;
         let _g = self.routing.begin(target);
         let item = ReadItem {
@@ -365,7 +368,10 @@ impl DataPath {
             let mut failed: Vec<(usize, ClientError)> = Vec::new();
             for &k in &todo {
                 let chain = pieces[k].chain;
-                match self.routing.reader(chain, &excluded[k]) {
+                match self
+                    .routing
+                    .reader(chain, &excluded[k], Some(pieces[k].chunk))
+                {
                     Ok(route) => {
                         let g = self.routing.begin(route.at.target);
                         let groups = batches.entry(route.addr.clone()).or_default();

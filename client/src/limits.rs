@@ -117,6 +117,12 @@ const _: () = assert!(pond_proto::limits::CHUNK_BYTES_MAX as usize <= WRITE_INFL
 const _: () = assert!(READ_BATCH_ITEMS_MAX <= pond_proto::data::READ_BATCH_ITEMS_MAX);
 const _: () = assert!(RETRY_BACKOFF_MIN_MS <= RETRY_BACKOFF_MAX_MS);
 
+/// A chunk's preferred replica is read from while it has at most this many requests
+/// outstanding beyond the least-loaded replica of the chain (routing.rs): enough for a
+/// sequential reader's read-ahead within one chunk, few enough that a hot chunk's reads still
+/// spread over every replica.
+pub const READ_AFFINITY_SLACK: u32 = 8;
+
 /// A file opened read-only is held in meta by a session registered this long after the open,
 /// in the background, if a handle is still open then: a short read (open, read, close) costs
 /// no meta commit at all. Until then the file is held by meta's GC grace

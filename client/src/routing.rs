@@ -5,9 +5,14 @@
 //!   version), and refreshed at once when a storage node says our chain version is stale or the
 //!   target is not serving.
 //! - Writes go to the chain head (`write_targets()[0]`).
-//! - Reads go to the serving replica with the fewest requests outstanding from this client,
-//!   skipping replicas that failed a call in the last `REPLICA_PENALTY_MS` (unless none is
-//!   left), with a rotating tie-break so equal replicas share the load.
+//! - Reads of a chunk go to its *preferred* replica (chosen by a hash of the chunk id among
+//!   the chain's serving replicas) unless that one has more than `READ_AFFINITY_SLACK`
+//!   requests outstanding beyond the least-loaded one; then to the least-loaded replica, with
+//!   a rotating tie-break. Replicas that failed a call in the last `REPLICA_PENALTY_MS` are
+//!   skipped unless none is left. The preference keeps one chunk's reads on one node: its page
+//!   cache holds the chunk once instead of in three places, a second pass finds it there, and
+//!   a sequential reader's ranges arrive at that node in order (docs/storage.md, "Cold
+//!   sequential reads").
 
 use crate::error::{ClientError, Result};
 use crate::limits;
@@ -16,7 +21,7 @@ use parking_lot::{Mutex, RwLock};
 use pond_proto::cluster::{RoutingInfo, TargetInfo};
 use pond_proto::data::ChainRef;
 use pond_proto::meta::{ClusterReply, ClusterRequest};
-use pond_proto::{ChainId, ErrorCode, NodeId, PondError, RoutingVersion, TargetId};
+use pond_proto::{ChainId, ChunkId, ErrorCode, NodeId, PondError, RoutingVersion, TargetId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -148,12 +153,19 @@ impl RoutingCache {
 
     /// A serving replica of `chain` for a read, avoiding `exclude` (replicas that already failed
     /// this request).
-    pub fn reader(&self, chain: ChainId, exclude: &[TargetId]) -> Result<Route> {
+    /// `chunk`: the chunk read, whose preferred replica is tried first (`None`: least-loaded).
+    pub fn reader(
+        &self,
+        chain: ChainId,
+        exclude: &[TargetId],
+        chunk: Option<ChunkId>,
+    ) -> Result<Route> {
         let info = self.current();
         let now = Instant::now();
         let rot = self.rotate.fetch_add(1, Ordering::Relaxed);
         let load = self.load.lock();
-        let t = choose_replica(&info, chain, exclude, now, rot, |t| {
+        let prefer = chunk.map(affinity);
+        let t = choose_replica(&info, chain, exclude, now, rot, prefer, |t| {
             load.get(&t).copied().unwrap_or_default()
         })
         .ok_or_else(|| {
@@ -241,14 +253,29 @@ fn route_to(info: &RoutingInfo, chain: ChainId, target: TargetId) -> Result<Rout
     })
 }
 
-/// Least-outstanding choice among the serving replicas of `chain` not in `exclude`; penalised
-/// replicas only when nothing else is left. `rot` breaks ties in rotation.
+/// A well-mixed hash of a chunk id, choosing its preferred replica.
+fn affinity(chunk: ChunkId) -> u64 {
+    let (a, b) = chunk.0.split_at(8);
+    let a = u64::from_be_bytes(a.try_into().expect("8 bytes"));
+    let b = u64::from_be_bytes(b.try_into().expect("8 bytes"));
+    // splitmix64's finaliser over both halves.
+    let mut z = a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Choice among the serving replicas of `chain` not in `exclude`; penalised replicas only when
+/// nothing else is left. With `prefer`, the replica it picks (by target id order) unless it has
+/// more than `READ_AFFINITY_SLACK` requests outstanding beyond the least-loaded one; otherwise
+/// the least-loaded, `rot` breaking ties in rotation.
 fn choose_replica(
     info: &RoutingInfo,
     chain: ChainId,
     exclude: &[TargetId],
     now: Instant,
     rot: u64,
+    prefer: Option<u64>,
     load: impl Fn(TargetId) -> Load,
 ) -> Option<TargetId> {
     let cands: Vec<&TargetInfo> = info
@@ -267,6 +294,14 @@ fn choose_replica(
         .map(|t| load(t.id).outstanding)
         .min()
         .expect("pool is not empty");
+    if let Some(key) = prefer {
+        let mut ids: Vec<TargetId> = pool.iter().map(|t| t.id).collect();
+        ids.sort();
+        let p = ids[(key % ids.len() as u64) as usize];
+        if load(p).outstanding <= min + limits::READ_AFFINITY_SLACK {
+            return Some(p);
+        }
+    }
     let best: Vec<&TargetInfo> = pool
         .into_iter()
         .filter(|t| load(t.id).outstanding == min)
@@ -372,18 +407,63 @@ mod tests {
         // 13 is syncing: never read from it even though it is idle.
         for rot in 0..4 {
             assert_eq!(
-                choose_replica(&info, ChainId(1), &[], now, rot, l),
+                choose_replica(&info, ChainId(1), &[], now, rot, None, l),
                 Some(TargetId(12))
             );
         }
         assert_eq!(
-            choose_replica(&info, ChainId(1), &[TargetId(12)], now, 0, l),
+            choose_replica(&info, ChainId(1), &[TargetId(12)], now, 0, None, l),
             Some(TargetId(11))
         );
         assert_eq!(
-            choose_replica(&info, ChainId(1), &[TargetId(11), TargetId(12)], now, 0, l),
+            choose_replica(
+                &info,
+                ChainId(1),
+                &[TargetId(11), TargetId(12)],
+                now,
+                0,
+                None,
+                l
+            ),
             None
         );
+    }
+
+    #[test]
+    fn a_chunk_keeps_its_preferred_replica_until_it_is_busier_than_the_slack() {
+        let info = table(1, [Serving, Serving, Serving]);
+        let now = Instant::now();
+        let idle = |_| Load::default();
+        // Every rotation picks the same replica for one chunk; chunks spread over all three.
+        let mut seen = std::collections::BTreeSet::new();
+        for index in 0..64 {
+            let key = affinity(ChunkId::new(pond_proto::InodeId(7), index));
+            let picks: std::collections::BTreeSet<_> = (0..6)
+                .filter_map(|r| choose_replica(&info, ChainId(1), &[], now, r, Some(key), idle))
+                .collect();
+            assert_eq!(picks.len(), 1, "chunk {index}: {picks:?}");
+            seen.extend(picks);
+        }
+        assert_eq!(seen.len(), 3, "chunks spread over every replica: {seen:?}");
+        // Busy beyond the slack: the least-loaded replica instead; at the slack: still preferred.
+        let key = affinity(ChunkId::new(pond_proto::InodeId(7), 0));
+        let pref = choose_replica(&info, ChainId(1), &[], now, 0, Some(key), idle).unwrap();
+        let busy = |n: u32| {
+            move |t: TargetId| Load {
+                outstanding: if t == pref { n } else { 0 },
+                penalty_until: None,
+            }
+        };
+        let slack = limits::READ_AFFINITY_SLACK;
+        assert_eq!(
+            choose_replica(&info, ChainId(1), &[], now, 0, Some(key), busy(slack)),
+            Some(pref)
+        );
+        let other = choose_replica(&info, ChainId(1), &[], now, 0, Some(key), busy(slack + 1));
+        assert!(other.is_some() && other != Some(pref));
+        // An excluded (failed) preferred replica is never chosen.
+        let alt = choose_replica(&info, ChainId(1), &[pref], now, 0, Some(key), idle);
+        assert!(alt.is_some() && alt != Some(pref));
     }
 
     #[test]
@@ -392,7 +472,7 @@ mod tests {
         let now = Instant::now();
         let idle = |_| Load::default();
         let picks: std::collections::BTreeSet<_> = (0..3)
-            .filter_map(|r| choose_replica(&info, ChainId(1), &[], now, r, idle))
+            .filter_map(|r| choose_replica(&info, ChainId(1), &[], now, r, None, idle))
             .collect();
         assert_eq!(picks.len(), 3, "ties spread over every replica");
         let later = now + Duration::from_secs(1);
@@ -402,16 +482,16 @@ mod tests {
         };
         for rot in 0..3 {
             assert_eq!(
-                choose_replica(&info, ChainId(1), &[], now, rot, pen),
+                choose_replica(&info, ChainId(1), &[], now, rot, None, pen),
                 Some(TargetId(13))
             );
         }
         // Only penalised replicas left: still read (better than failing).
-        assert!(choose_replica(&info, ChainId(1), &[TargetId(13)], now, 0, pen).is_some());
+        assert!(choose_replica(&info, ChainId(1), &[TargetId(13)], now, 0, None, pen).is_some());
         // Penalties expire.
         let after = later + Duration::from_millis(1);
         let picks: std::collections::BTreeSet<_> = (0..3)
-            .filter_map(|r| choose_replica(&info, ChainId(1), &[], after, r, pen))
+            .filter_map(|r| choose_replica(&info, ChainId(1), &[], after, r, None, pen))
             .collect();
         assert_eq!(picks.len(), 3);
     }
@@ -482,17 +562,17 @@ mod tests {
         .await
         .unwrap();
         poller.abort();
-        let r1 = cache.reader(ChainId(1), &[]).unwrap();
+        let r1 = cache.reader(ChainId(1), &[], None).unwrap();
         let g = cache.begin(r1.at.target);
         assert_eq!(cache.outstanding(r1.at.target), 1);
-        let r2 = cache.reader(ChainId(1), &[]).unwrap();
+        let r2 = cache.reader(ChainId(1), &[], None).unwrap();
         assert_ne!(r1.at.target, r2.at.target, "busy replica avoided");
         drop(g);
         assert_eq!(cache.outstanding(r1.at.target), 0);
         cache.penalize(TargetId(11));
         for _ in 0..5 {
             assert_ne!(
-                cache.reader(ChainId(1), &[]).unwrap().at.target,
+                cache.reader(ChainId(1), &[], None).unwrap().at.target,
                 TargetId(11)
             );
         }
