@@ -421,7 +421,13 @@ impl Backend for FileBackend {
             }
             return Ok(Bytes::from(out));
         };
-        let mut buf = AlignedBuf::zeroed(total);
+        // A reused buffer: what no segment fills (holes between them) is zeroed once the
+        // reads are done (after them: an O_DIRECT read may write past its segment's end).
+        let mut buf = AlignedBuf::for_overwrite(total);
+        let mut filled: Vec<(usize, usize)> = segs
+            .iter()
+            .map(|s| (s.dst, s.dst + s.len as usize))
+            .collect();
         let mut missing = Vec::new();
         let segs = if self.opts.cache_first {
             // What the page cache holds is copied on this thread, without a hop to the ring
@@ -442,6 +448,7 @@ impl Backend for FileBackend {
             }
             if missing.is_empty() {
                 self.count_read(0);
+                buf.zero_outside(&mut filled);
                 return Ok(Bytes::from_owner(buf));
             }
             if self.opts.pread_misses && self.opts.direct_reads_from.is_none() {
@@ -451,6 +458,7 @@ impl Backend for FileBackend {
                     let dst = &mut buf.room_mut()[s.dst..s.dst + s.len as usize];
                     self.data.read_exact_at(dst, off)?;
                 }
+                buf.zero_outside(&mut filled);
                 return Ok(Bytes::from_owner(buf));
             }
             &missing[..]
@@ -499,6 +507,7 @@ impl Backend for FileBackend {
             .collect();
         // SAFETY: `buf` is owned here and outlives the call; the segments do not overlap.
         unsafe { ring.run(ops, None) }?;
+        buf.zero_outside(&mut filled);
         Ok(Bytes::from_owner(buf))
     }
 
