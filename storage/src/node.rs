@@ -1441,29 +1441,39 @@ impl Node {
             .unwrap_or_default();
         match now.pending {
             Some(q) if q.version == p.version && q.chain_version == p.chain_version => {
-                if view.successor().is_some() {
-                    // Only what the re-drive reads from `p` matters: a whole-chunk replace.
-                    let req = UpdateReq {
-                        at: view.at(&view.me),
-                        chunk,
-                        op: UpdateOp::Replace,
-                        chunk_bytes: CHUNK_BYTES_MAX,
-                        crc: 0,
-                        version: None,
-                        client: self.server_client(),
-                        request: self.next_request(),
-                    };
-                    tracing::info!(%chunk, version = %p.version, "tail hands an update staged under an older chain to its syncing successor");
-                    return self.redrive_pending(t, &req, q).await.map(Some);
-                }
-                tracing::info!(%chunk, version = %p.version, "tail commits an update staged under an older chain");
-                let c = on_store(&t.store, move |s| s.commit(chunk, p.version))
-                    .await
-                    .map_err(store_err)?;
-                Ok(Some(c))
+                self.settle_locked(t, view, chunk, q).await.map(Some)
             }
             _ => Err(busy()),
         }
+    }
+
+    /// `settle_in_doubt` with the chunk lock held and `p` known to be the pending version.
+    async fn settle_locked(
+        self: &Arc<Self>,
+        t: &Arc<Target>,
+        view: &View,
+        chunk: ChunkId,
+        p: VersionInfo,
+    ) -> Result<VersionInfo, PondError> {
+        if view.successor().is_some() {
+            // Only what the re-drive reads from `p` matters: a whole-chunk replace.
+            let req = UpdateReq {
+                at: view.at(&view.me),
+                chunk,
+                op: UpdateOp::Replace,
+                chunk_bytes: CHUNK_BYTES_MAX,
+                crc: 0,
+                version: None,
+                client: self.server_client(),
+                request: self.next_request(),
+            };
+            tracing::info!(%chunk, version = %p.version, "tail hands an update staged under an older chain to its syncing successor");
+            return self.redrive_pending(t, &req, p).await;
+        }
+        tracing::info!(%chunk, version = %p.version, "tail commits an update staged under an older chain");
+        on_store(&t.store, move |s| s.commit(chunk, p.version))
+            .await
+            .map_err(store_err)
     }
 
     async fn handle_read(
@@ -1919,7 +1929,20 @@ impl Node {
             for (c, _) in page {
                 let _gate = t.resync_gate.read().await;
                 let _g = t.lock(c).await;
-                let info = t.store.info(c).unwrap_or_default();
+                let mut info = t.store.info(c).unwrap_or_default();
+                // An update staged here under an older chain is in doubt: it may have been
+                // acknowledged (committed by the tail of that chain), and the copy below
+                // compares committed versions only, while `SyncDone` drops such leftovers on
+                // the other side. Settle it first, as a read here would (it reaches the
+                // syncing target as a full replace): before, a whole chain restarted under
+                // load lost an acknowledged write this way (chaos seed 3, netns: every
+                // replica held it only as pending or was resynced from one that did).
+                if let Some(p) = info.pending
+                    && p.chain_version != view.chain_version
+                {
+                    self.settle_locked(t, view, c, p).await?;
+                    info = t.store.info(c).unwrap_or_default();
+                }
                 let other = theirs.remove(&c);
                 let Some(mine) = info.summary(c) else {
                     continue;

@@ -1670,3 +1670,69 @@ async fn failed_data_sync_at_a_middle_is_not_acked_and_takes_it_offline() {
         assert_eq!(&got[..], &v3[..], "target {n}");
     }
 }
+
+/// A whole chain restarted under load: the one serving replica and the returning one both
+/// hold an update only as a pending version staged under the old chain (head and middle
+/// lazily committed it before the crash; it may have been acknowledged). The resync compares
+/// committed versions only and `SyncDone` drops the returning side's leftovers, so the update
+/// must be settled before the copy. Before, the resync sent nothing, the returning target
+/// dropped its copy, and once the sender was resynced in turn the acknowledged write was
+/// gone (chaos seed 3, netns, with every replica of chain 3 killed within 6 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resync_settles_in_doubt_versions_before_it_copies() {
+    let cl = Cluster::start([None, None, None]).await;
+    let c = client();
+    let r = cl.routing();
+    let (addr, at) = head(&r);
+    let v1 = data(1, 700);
+    c.write_chunk(
+        &addr,
+        at,
+        chunk(0),
+        0,
+        CHUNK_BYTES,
+        v1.clone(),
+        c.next_request_id(),
+    )
+    .await
+    .unwrap();
+    let v2 = data(2, 700);
+    for n in [1, 3] {
+        cl.store(n)
+            .stage(
+                chunk(0),
+                ChunkVersion(2),
+                r.chains[&CHAIN].version,
+                pond_storage::store::Mutation::Write {
+                    offset: 0,
+                    data: &v2,
+                },
+                Some((ClientId(42), RequestId(777))),
+            )
+            .unwrap();
+    }
+    cl.set_state(tid(2), PublicState::Offline);
+    cl.set_state(tid(3), PublicState::Offline);
+    cl.set_state(tid(3), PublicState::Waiting);
+    cl.set_state(tid(3), PublicState::Syncing);
+    let node3 = cl.node(3).node.clone();
+    wait_for("resync", || {
+        node3.local_states()[0].1 == LocalState::UpToDate
+    })
+    .await;
+    // No read or write touched the chunk: only the resync can have settled it.
+    let got = cl.store(3).info(chunk(0)).unwrap();
+    assert_eq!(
+        got.committed_version(),
+        ChunkVersion(2),
+        "the in-doubt version did not survive the resync (pending there: {:?})",
+        got.pending.map(|p| p.version)
+    );
+    // The once-syncing target takes over alone and serves it.
+    cl.set_state(tid(3), PublicState::Serving);
+    cl.set_state(tid(1), PublicState::Offline);
+    let r = cl.routing();
+    let (ok, bytes) = read_from(&c, &r, tid(3), chunk(0)).await.unwrap();
+    assert_eq!(ok.version, ChunkVersion(2));
+    assert_eq!(&bytes[..], &v2[..]);
+}
