@@ -1542,29 +1542,58 @@ impl Node {
             .await;
             jobs.push(job);
         }
-        // 2. Read (one blocking task for the whole batch) and verify.
-        let any_blocking = jobs
-            .iter()
-            .any(|j| matches!(j, Ok(Some((t, ..))) if t.store.blocking()));
-        let run = move || {
-            jobs.into_iter()
-                .map(|j| {
-                    j.map(|o| {
-                        o.map(|(t, c, v, off, len, cv, clen)| {
-                            let res = t.store.read_crc(c, v, off, len);
-                            (t, c, v, cv, clen, res)
-                        })
+        // 2. Read and verify: what the page cache (or memory) holds right here, the rest in
+        // one blocking task for the batch. A hop to a blocking thread for every read cost a
+        // cached 4 KiB read most of its time on this 2-core machine.
+        type Done = Result<
+            Option<(
+                Arc<Target>,
+                ChunkId,
+                ChunkVersion,
+                ChainVersion,
+                u32,
+                Result<(Bytes, u32), StoreError>,
+            )>,
+            PondError,
+        >;
+        let mut done: Vec<Option<Done>> = Vec::with_capacity(jobs.len());
+        let mut waiting = Vec::new();
+        for (i, j) in jobs.into_iter().enumerate() {
+            match j {
+                Ok(Some((t, c, v, off, len, cv, clen))) => {
+                    let now = if t.store.blocking() {
+                        t.store.read_crc_nowait(c, v, off, len)
+                    } else {
+                        Some(t.store.read_crc(c, v, off, len))
+                    };
+                    match now {
+                        Some(res) => done.push(Some(Ok(Some((t, c, v, cv, clen, res))))),
+                        None => {
+                            done.push(None);
+                            waiting.push((i, (t, c, v, off, len, cv, clen)));
+                        }
+                    }
+                }
+                other => done.push(Some(other.map(|_| None))),
+            }
+        }
+        if !waiting.is_empty() {
+            let read = tokio::task::spawn_blocking(move || {
+                waiting
+                    .into_iter()
+                    .map(|(i, (t, c, v, off, len, cv, clen))| {
+                        let res = t.store.read_crc(c, v, off, len);
+                        (i, (t, c, v, cv, clen, res))
                     })
-                })
-                .collect::<Vec<_>>()
-        };
-        let done = if any_blocking {
-            tokio::task::spawn_blocking(run)
-                .await
-                .expect("read task panicked")
-        } else {
-            run()
-        };
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .expect("read task panicked");
+            for (i, d) in read {
+                done[i] = Some(Ok(Some(d)));
+            }
+        }
+        let done = done.into_iter().map(|d| d.expect("every item read"));
         // The data must have been read while the lease held: a node frozen between the role
         // check and here may have been replaced meanwhile.
         self.fence_check()?;

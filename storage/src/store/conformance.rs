@@ -772,6 +772,63 @@ fn persist_records_is_a_group_commit_mem() {
     persist_records_is_a_group_commit(&mem(1 << 30));
 }
 
+/// `read_crc_nowait` answers exactly what `read_crc` does whenever it answers (holes, block
+/// spans, edges), and answers from the page cache on a buffered file backend.
+fn nowait_reads_match_waiting_reads<H: Harness>(h: &H, expect_answers: bool) {
+    let e = h.open();
+    let bb = BLOCK_BYTES as usize;
+    let v = pattern(7, 3 * bb + 5000);
+    write(&e, cid(1), Mutation::Replace { data: &v[..bb] });
+    // A hole in block 1, data in blocks 2 and 3.
+    let ver = write(
+        &e,
+        cid(1),
+        Mutation::Write {
+            offset: (2 * bb) as u32,
+            data: &v[2 * bb..],
+        },
+    )
+    .version;
+    let mut answered = 0;
+    for (off, len) in [
+        (0u32, 4096u32),
+        (100, 10),
+        (bb as u32 - 10, 20),
+        (0, (3 * bb + 5000) as u32),
+        (bb as u32 + 7, bb as u32),
+        ((3 * bb) as u32, u32::MAX),
+        ((5 * bb) as u32, 100),
+    ] {
+        let want = e.read_crc(cid(1), ver, off, len).unwrap();
+        if let Some(got) = e.read_crc_nowait(cid(1), ver, off, len) {
+            assert_eq!(got.unwrap(), want, "range {off}+{len}");
+            // (A range past the end is answered without any I/O on every backend.)
+            answered += usize::from(!want.0.is_empty());
+        }
+    }
+    assert_eq!(answered > 0, expect_answers, "{answered} answered");
+}
+
+#[test]
+fn nowait_reads_match_waiting_reads_file() {
+    nowait_reads_match_waiting_reads(&file(None), true);
+}
+
+#[test]
+fn nowait_reads_match_waiting_reads_file_sync() {
+    nowait_reads_match_waiting_reads(&file_sync(None), true);
+}
+
+#[test]
+fn nowait_reads_match_waiting_reads_direct() {
+    nowait_reads_match_waiting_reads(&file_direct(None), false);
+}
+
+#[test]
+fn nowait_reads_match_waiting_reads_mem() {
+    nowait_reads_match_waiting_reads(&mem(1 << 30), true);
+}
+
 /// Blocks staged without a data sync are synced by the next durable record commit, before
 /// it, and only then; a failed data sync stops the store from making anything durable.
 #[test]

@@ -191,6 +191,19 @@ pub trait Backend: Send + Sync + 'static {
         }
         Ok(out.freeze())
     }
+    /// `read_segments` if it can be done without waiting for the disk (everything is in
+    /// memory: the page cache, or the backend's own), else `Ok(None)` — nothing is waited
+    /// for. Default: backends that never wait read as usual.
+    fn read_segments_nowait(
+        &self,
+        segs: &[ReadSeg],
+        total: usize,
+    ) -> std::io::Result<Option<Bytes>> {
+        if self.blocking() {
+            return Ok(None);
+        }
+        self.read_segments(segs, total).map(Some)
+    }
     /// Bytes `at..at + len` of a slot (`UnexpectedEof` if they were never written).
     fn read_range(&self, slot: u32, at: u32, len: u32) -> std::io::Result<Bytes>;
     /// Reads bytes `at..at + buf.len()` of a slot into `buf`, for reads that span blocks and
@@ -604,6 +617,125 @@ impl<B: Backend> Engine<B> {
         Ok(info)
     }
 
+    /// `read_crc`; with `nowait`, `Ok(None)` instead of waiting for the disk.
+    fn read_crc_inner(
+        &self,
+        chunk: ChunkId,
+        version: ChunkVersion,
+        offset: u32,
+        length: u32,
+        nowait: bool,
+    ) -> Result<Option<(Bytes, u32)>, StoreError> {
+        let (entry, _guard) = self.reader(chunk);
+        // Pending first: it only shares a number with the committed version while it replaces
+        // a diverged copy, and then it is the content wanted.
+        let v = [entry.pending.as_ref(), entry.committed.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|v| v.version == version.0)
+            .ok_or(StoreError::NoSuchVersion { chunk, version })?;
+        let start = (offset as u64).min(v.length as u64);
+        let end = (offset as u64 + length as u64).min(v.length as u64);
+        if start == end {
+            return Ok(Some((Bytes::new(), 0)));
+        }
+        let bb = BLOCK_BYTES as u64;
+        // Only the sectors holding the range are read and verified.
+        let (s0, s1) = (start / SB, (end - 1) / SB);
+        let (rs, re) = (s0 * SB, ((s1 + 1) * SB).min(v.length as u64));
+        let (b0, b1) = (rs / bb, (re - 1) / bb);
+        let data = if b0 == b1 {
+            let b = &v.blocks[b0 as usize];
+            let at = (rs - b0 * bb) as usize;
+            if b.slot == HOLE {
+                Bytes::from_static(&ZEROS[at..at + (re - rs) as usize])
+            } else if nowait {
+                let seg = ReadSeg {
+                    slot: b.slot,
+                    at: at as u32,
+                    len: (re - rs) as u32,
+                    dst: 0,
+                };
+                match self
+                    .backend
+                    .read_segments_nowait(&[seg], (re - rs) as usize)
+                    .map_err(Self::eof_is_damage(chunk, b0))?
+                {
+                    Some(d) => d,
+                    None => return Ok(None),
+                }
+            } else {
+                self.backend
+                    .read_range(b.slot, at as u32, (re - rs) as u32)
+                    .map_err(Self::eof_is_damage(chunk, b0))?
+            }
+        } else {
+            // Spanning blocks: one buffer, every block's piece read into place (together,
+            // where the backend can); holes stay zeros. The reply is a slice of it.
+            let segs: Vec<ReadSeg> = (b0..=b1)
+                .filter(|i| v.blocks[*i as usize].slot != HOLE)
+                .map(|i| {
+                    let b = &v.blocks[i as usize];
+                    let lo = rs.max(i * bb);
+                    let hi = re.min(i * bb + b.len as u64);
+                    ReadSeg {
+                        slot: b.slot,
+                        at: (lo - i * bb) as u32,
+                        len: (hi - lo) as u32,
+                        dst: (lo - rs) as usize,
+                    }
+                })
+                .collect();
+            if nowait {
+                match self
+                    .backend
+                    .read_segments_nowait(&segs, (re - rs) as usize)
+                    .map_err(Self::eof_is_damage(chunk, b0))?
+                {
+                    Some(d) => d,
+                    None => return Ok(None),
+                }
+            } else {
+                self.backend
+                    .read_segments(&segs, (re - rs) as usize)
+                    .map_err(Self::eof_is_damage(chunk, b0))?
+            }
+        };
+        if data.len() as u64 != re - rs {
+            return Err(StoreError::Checksum {
+                chunk,
+                block: b0 as u32,
+            });
+        }
+        let spb = SECTORS_PER_BLOCK as u64;
+        let mut acc = 0;
+        for s in s0..=s1 {
+            let (ss, se) = (s * SB, ((s + 1) * SB).min(v.length as u64));
+            let stored = v.sectors[s as usize];
+            if v.blocks[(s / spb) as usize].slot != HOLE
+                && crc32c::crc32c(&data[(ss - rs) as usize..(se - rs) as usize]) != stored
+            {
+                return Err(StoreError::Checksum {
+                    chunk,
+                    block: (s / spb) as u32,
+                });
+            }
+            // The reply's CRC from the verified sector CRCs; only partial edge sectors are
+            // checksummed again (at most two pieces under 4 KiB).
+            let (ps, pe) = (ss.max(start), se.min(end));
+            let c = if (ps, pe) == (ss, se) {
+                stored
+            } else {
+                crc32c::crc32c(&data[(ps - rs) as usize..(pe - rs) as usize])
+            };
+            acc = crc::combine(acc, c, pe - ps);
+        }
+        Ok(Some((
+            data.slice((start - rs) as usize..(end - rs) as usize),
+            acc,
+        )))
+    }
+
     fn materialize(
         &self,
         chunk: ChunkId,
@@ -982,85 +1114,19 @@ impl<B: Backend> ChunkStore for Engine<B> {
         offset: u32,
         length: u32,
     ) -> Result<(Bytes, u32), StoreError> {
-        let (entry, _guard) = self.reader(chunk);
-        // Pending first: it only shares a number with the committed version while it replaces
-        // a diverged copy, and then it is the content wanted.
-        let v = [entry.pending.as_ref(), entry.committed.as_ref()]
-            .into_iter()
-            .flatten()
-            .find(|v| v.version == version.0)
-            .ok_or(StoreError::NoSuchVersion { chunk, version })?;
-        let start = (offset as u64).min(v.length as u64);
-        let end = (offset as u64 + length as u64).min(v.length as u64);
-        if start == end {
-            return Ok((Bytes::new(), 0));
-        }
-        let bb = BLOCK_BYTES as u64;
-        // Only the sectors holding the range are read and verified.
-        let (s0, s1) = (start / SB, (end - 1) / SB);
-        let (rs, re) = (s0 * SB, ((s1 + 1) * SB).min(v.length as u64));
-        let (b0, b1) = (rs / bb, (re - 1) / bb);
-        let data = if b0 == b1 {
-            let b = &v.blocks[b0 as usize];
-            let at = (rs - b0 * bb) as usize;
-            if b.slot == HOLE {
-                Bytes::from_static(&ZEROS[at..at + (re - rs) as usize])
-            } else {
-                self.backend
-                    .read_range(b.slot, at as u32, (re - rs) as u32)
-                    .map_err(Self::eof_is_damage(chunk, b0))?
-            }
-        } else {
-            // Spanning blocks: one buffer, every block's piece read into place (together,
-            // where the backend can); holes stay zeros. The reply is a slice of it.
-            let segs: Vec<ReadSeg> = (b0..=b1)
-                .filter(|i| v.blocks[*i as usize].slot != HOLE)
-                .map(|i| {
-                    let b = &v.blocks[i as usize];
-                    let lo = rs.max(i * bb);
-                    let hi = re.min(i * bb + b.len as u64);
-                    ReadSeg {
-                        slot: b.slot,
-                        at: (lo - i * bb) as u32,
-                        len: (hi - lo) as u32,
-                        dst: (lo - rs) as usize,
-                    }
-                })
-                .collect();
-            self.backend
-                .read_segments(&segs, (re - rs) as usize)
-                .map_err(Self::eof_is_damage(chunk, b0))?
-        };
-        if data.len() as u64 != re - rs {
-            return Err(StoreError::Checksum {
-                chunk,
-                block: b0 as u32,
-            });
-        }
-        let spb = SECTORS_PER_BLOCK as u64;
-        let mut acc = 0;
-        for s in s0..=s1 {
-            let (ss, se) = (s * SB, ((s + 1) * SB).min(v.length as u64));
-            let stored = v.sectors[s as usize];
-            if v.blocks[(s / spb) as usize].slot != HOLE
-                && crc32c::crc32c(&data[(ss - rs) as usize..(se - rs) as usize]) != stored
-            {
-                return Err(StoreError::Checksum {
-                    chunk,
-                    block: (s / spb) as u32,
-                });
-            }
-            // The reply's CRC from the verified sector CRCs; only partial edge sectors are
-            // checksummed again (at most two pieces under 4 KiB).
-            let (ps, pe) = (ss.max(start), se.min(end));
-            let c = if (ps, pe) == (ss, se) {
-                stored
-            } else {
-                crc32c::crc32c(&data[(ps - rs) as usize..(pe - rs) as usize])
-            };
-            acc = crc::combine(acc, c, pe - ps);
-        }
-        Ok((data.slice((start - rs) as usize..(end - rs) as usize), acc))
+        self.read_crc_inner(chunk, version, offset, length, false)
+            .map(|o| o.expect("a waiting read always returns data"))
+    }
+
+    fn read_crc_nowait(
+        &self,
+        chunk: ChunkId,
+        version: ChunkVersion,
+        offset: u32,
+        length: u32,
+    ) -> Option<Result<(Bytes, u32), StoreError>> {
+        self.read_crc_inner(chunk, version, offset, length, true)
+            .transpose()
     }
 
     fn stage(

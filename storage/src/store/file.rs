@@ -406,6 +406,32 @@ impl Backend for FileBackend {
         }
     }
 
+    fn read_segments_nowait(
+        &self,
+        segs: &[ReadSeg],
+        total: usize,
+    ) -> std::io::Result<Option<Bytes>> {
+        // Only where reads use the page cache (not the O_DIRECT-read setups). A kernel
+        // without `RWF_NOWAIT` answers every such read short, which sends it to `read_segments`.
+        if self.opts.direct_reads_from.is_some() {
+            return Ok(None);
+        }
+        let merged = coalesce(segs);
+        let mut buf = AlignedBuf::for_overwrite(total);
+        let mut filled = Vec::with_capacity(merged.len());
+        for s in &merged {
+            let off = Self::slot_offset(s.slot) + s.at as u64;
+            let dst = &mut buf.room_mut()[s.dst..s.dst + s.len as usize];
+            if cached_read(&self.data, dst, off) < s.len as usize {
+                return Ok(None);
+            }
+            filled.push((s.dst, s.dst + s.len as usize));
+        }
+        self.count_read(0);
+        buf.zero_outside(&mut filled);
+        Ok(Some(Bytes::from_owner(buf)))
+    }
+
     fn read_segments(&self, segs: &[ReadSeg], total: usize) -> std::io::Result<Bytes> {
         // Blocks of a chunk written in order usually sit in consecutive slots: one read each
         // run instead of one per 64 KiB block (fewer syscalls, and one disk request per run).

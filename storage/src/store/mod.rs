@@ -242,6 +242,21 @@ pub trait ChunkStore: Send + Sync + 'static {
         Ok((b, c))
     }
 
+    /// `read_crc` if it can be answered without waiting for the disk (from memory or the
+    /// page cache), else `None` (nothing was waited for): lets a caller on an async thread
+    /// answer cached reads at once and hand only the rest to a blocking thread. Default:
+    /// `None` (always ask `read_crc`).
+    fn read_crc_nowait(
+        &self,
+        chunk: ChunkId,
+        version: ChunkVersion,
+        offset: u32,
+        length: u32,
+    ) -> Option<Result<(Bytes, u32), StoreError>> {
+        let _ = (chunk, version, offset, length);
+        None
+    }
+
     /// The committed result of client request `(client, request)` on `chunk`, if it is one of
     /// the updates the chunk's record remembers (exactly-once retries, also after a restart).
     fn applied(
