@@ -1,0 +1,58 @@
+//! Times the steps of a FUSE-style create through the client library against a running
+//! cluster, one at a time: `Lookup` of the (missing) name, `create_open` (meta `Create` with a
+//! session), and `close`. Shows how much of a FUSE create is the client library's own work.
+//! `client_create CLUSTER_TOML [FILES]`.
+
+use pond_client::OpenMode;
+use pond_proto::layout::PlacementHint;
+use pond_proto::meta::Caller;
+use std::time::{Duration, Instant};
+
+fn p50(v: &mut [Duration]) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64() * 1e3
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let cluster = args.next().ok_or_else(|| anyhow::anyhow!("cluster file"))?;
+    let n: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(300);
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let client = pond_client::Client::from_cluster_file(std::path::Path::new(&cluster)).await?;
+        let dir = format!("/client-create-{}", std::process::id());
+        client.mkdir_all(&dir, 0o755).await?;
+        let parent = client.stat(&dir).await?.inode;
+        let (mut look, mut create, mut close) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..n {
+            let name = format!("f{i}");
+            let t = Instant::now();
+            let missing = client.lookup(parent, &name).await.is_err();
+            look.push(t.elapsed());
+            assert!(missing, "{name} exists");
+            let t = Instant::now();
+            let (_, f) = client
+                .create_open(
+                    parent,
+                    &name,
+                    0o644,
+                    Caller::default(),
+                    true,
+                    PlacementHint::Any,
+                    OpenMode::WRITE,
+                )
+                .await?;
+            create.push(t.elapsed());
+            let t = Instant::now();
+            f.close().await?;
+            close.push(t.elapsed());
+        }
+        println!(
+            "{n} creates, p50: lookup {:.2} ms, create_open {:.2} ms, close {:.2} ms",
+            p50(&mut look),
+            p50(&mut create),
+            p50(&mut close)
+        );
+        anyhow::Ok(())
+    })
+}
