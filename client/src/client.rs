@@ -460,7 +460,6 @@ impl Client {
         caller: Caller,
     ) -> Result<InodeAttr> {
         validate_name(name)?;
-        let (caller, mode) = self.inherit(parent, caller, mode, true).await?;
         self.attr_op(
             "Mkdir",
             MetaRequest::Mkdir {
@@ -483,7 +482,6 @@ impl Client {
         exclusive: bool,
     ) -> Result<InodeAttr> {
         validate_name(name)?;
-        let (caller, mode) = self.inherit(parent, caller, mode, false).await?;
         self.attr_op(
             "Create",
             MetaRequest::Create {
@@ -513,7 +511,6 @@ impl Client {
         mode: OpenMode,
     ) -> Result<(InodeAttr, File)> {
         validate_name(name)?;
-        let (caller, perm) = self.inherit(parent, caller, perm, false).await?;
         let session = self.core.new_session();
         let mut attr = expect_attr(
             "Create",
@@ -686,7 +683,6 @@ impl Client {
         caller: Caller,
     ) -> Result<InodeAttr> {
         validate_name(name)?;
-        let (caller, _) = self.inherit(parent, caller, 0o777, false).await?;
         self.attr_op(
             "Symlink",
             MetaRequest::Symlink {
@@ -711,7 +707,6 @@ impl Client {
         caller: Caller,
     ) -> Result<InodeAttr> {
         validate_name(name)?;
-        let (caller, mode) = self.inherit(parent, caller, mode, false).await?;
         // Meta refuses a kind that is not special (InvalidArgument).
         self.attr_op(
             "Mknod",
@@ -895,24 +890,6 @@ impl Client {
 
     /// Set-group-ID directories give new entries their group; new subdirectories inherit the
     /// bit itself.
-    async fn inherit(
-        &self,
-        parent: InodeId,
-        caller: Caller,
-        mode: u32,
-        dir: bool,
-    ) -> Result<(Caller, u32)> {
-        // Mode and group of the parent, as recent as the cache TTL allows (the kernel's own
-        // attribute cache makes the same trade for permission checks).
-        let (p, _) = self.getattr_cached(parent).await?;
-        if p.kind != FileType::Dir {
-            return Err(ClientError::new(
-                ErrorCode::NotDir,
-                format!("inode {parent} is not a directory"),
-            ));
-        }
-        Ok(inherit_from(&p, caller, mode, dir))
-    }
 
     // ------------------------------------------------------------------------------------
     // Namespace by path.
@@ -1327,19 +1304,6 @@ impl Client {
         c?;
         Ok(total)
     }
-}
-
-/// Group and set-group-ID inheritance from a parent directory (pure; unit-tested).
-pub fn inherit_from(parent: &InodeAttr, caller: Caller, mode: u32, dir: bool) -> (Caller, u32) {
-    let sgid = libc::S_ISGID;
-    if parent.mode & sgid == 0 {
-        return (caller, mode);
-    }
-    let c = Caller {
-        uid: caller.uid,
-        gid: parent.gid,
-    };
-    (c, if dir { mode | sgid } else { mode })
 }
 
 impl std::fmt::Debug for Client {

@@ -386,38 +386,6 @@ async fn chown_clears_setuid_and_readdir_streams_pages() {
     let _ = ChainId(1);
 }
 
-#[test]
-fn setgid_directories_pass_their_group_on() {
-    let mut parent = testkit_attr();
-    parent.mode = 0o2775;
-    parent.gid = 77;
-    let (c, m) = crate::client::inherit_from(&parent, Caller { uid: 5, gid: 6 }, 0o755, true);
-    assert_eq!((c.uid, c.gid, m), (5, 77, 0o2755));
-    let (c, m) = crate::client::inherit_from(&parent, Caller { uid: 5, gid: 6 }, 0o644, false);
-    assert_eq!((c.gid, m), (77, 0o644));
-    parent.mode = 0o775;
-    let (c, m) = crate::client::inherit_from(&parent, Caller { uid: 5, gid: 6 }, 0o755, true);
-    assert_eq!((c.gid, m), (6, 0o755));
-}
-
-fn testkit_attr() -> pond_proto::meta::InodeAttr {
-    pond_proto::meta::InodeAttr {
-        inode: InodeId(9),
-        kind: pond_proto::meta::FileType::Dir,
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-        nlink: 2,
-        size: 0,
-        atime: Default::default(),
-        mtime: Default::default(),
-        ctime: Default::default(),
-        layout: None,
-        truncate_version: 0,
-        rdev: 0,
-    }
-}
-
 #[tokio::test]
 async fn a_small_file_written_and_closed_costs_one_meta_request_after_create() {
     use std::sync::atomic::Ordering;

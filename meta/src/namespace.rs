@@ -456,6 +456,36 @@ impl<'t> Tx<'t> {
         }
     }
 
+    /// `new_attr` for a new entry of directory `parent`, with POSIX setgid-directory
+    /// inheritance applied here, against the parent as the log orders it: in a setgid
+    /// directory the new node takes the directory's group, and a new directory keeps the
+    /// setgid bit. (Clients used to apply it from their cached parent attributes before
+    /// sending, which cost a `GetAttr` round trip per create once their own previous create
+    /// had dropped the parent from their cache; applying it twice changes nothing.)
+    fn new_child_attr(
+        &self,
+        parent: &InodeAttr,
+        inode: InodeId,
+        kind: FileType,
+        mode: u32,
+        caller: Caller,
+    ) -> InodeAttr {
+        const SGID: u32 = 0o2000;
+        if parent.mode & SGID == 0 {
+            return self.new_attr(inode, kind, mode, caller);
+        }
+        let caller = Caller {
+            uid: caller.uid,
+            gid: parent.gid,
+        };
+        let mode = if kind == FileType::Dir {
+            mode | SGID
+        } else {
+            mode
+        };
+        self.new_attr(inode, kind, mode, caller)
+    }
+
     fn alloc_inode(&mut self) -> InodeId {
         let id = self.counters.next_inode;
         self.counters.next_inode = id.checked_add(1).expect("inode ids exhausted");
@@ -959,7 +989,7 @@ impl<'t> Tx<'t> {
             );
         }
         let id = self.alloc_inode();
-        let attr = self.new_attr(id, FileType::Dir, mode, caller);
+        let attr = self.new_child_attr(&p.attr, id, FileType::Dir, mode, caller);
         let rec = InodeRec {
             attr,
             parent,
@@ -1009,7 +1039,7 @@ impl<'t> Tx<'t> {
         }
         let layout = self.choose_layout(p.dir_layout.as_ref(), hint)?;
         let id = self.alloc_inode();
-        let mut attr = self.new_attr(id, FileType::File, mode, caller);
+        let mut attr = self.new_child_attr(&p.attr, id, FileType::File, mode, caller);
         attr.layout = layout;
         let attr = self.add_leaf(&mut p, name, attr, None)?;
         if let Some((c, s)) = session {
@@ -1062,7 +1092,7 @@ impl<'t> Tx<'t> {
         }
         let mut p = self.check_new_entry(parent, name)?;
         let id = self.alloc_inode();
-        let mut attr = self.new_attr(id, FileType::Symlink, 0o777, caller);
+        let mut attr = self.new_child_attr(&p.attr, id, FileType::Symlink, 0o777, caller);
         attr.size = target.len() as u64;
         let attr = self.add_leaf(&mut p, name, attr, Some(target.to_string()))?;
         Ok(MetaReply::Attr(attr))
@@ -1086,7 +1116,7 @@ impl<'t> Tx<'t> {
         }
         let mut p = self.check_new_entry(parent, name)?;
         let id = self.alloc_inode();
-        let mut attr = self.new_attr(id, kind, mode, caller);
+        let mut attr = self.new_child_attr(&p.attr, id, kind, mode, caller);
         if matches!(kind, FileType::CharDevice | FileType::BlockDevice) {
             attr.rdev = rdev;
         }

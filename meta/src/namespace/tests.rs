@@ -1488,3 +1488,84 @@ fn mknod_makes_fifos_sockets_and_devices() {
         ErrorCode::NotDir
     );
 }
+
+/// Setgid directories pass their group on to every new node, and the bit to new
+/// directories; applied by meta against the parent as the log orders it.
+#[test]
+fn setgid_directories_pass_their_group_on() {
+    let mut h = H::new();
+    let g = h.mkdir(ROOT, "g");
+    let Ok(MetaReply::Attr(_)) = h.w(MetaRequest::SetAttr {
+        inode: g,
+        set: SetAttr {
+            mode: Some(0o2775),
+            gid: Some(77),
+            ..Default::default()
+        },
+    }) else {
+        panic!("setattr");
+    };
+    let who = Caller { uid: 5, gid: 6 };
+    let Ok(MetaReply::Attr(d)) = h.w(MetaRequest::Mkdir {
+        parent: g,
+        name: "d".into(),
+        mode: 0o755,
+        caller: who,
+    }) else {
+        panic!("mkdir");
+    };
+    assert_eq!((d.uid, d.gid, d.mode), (5, 77, 0o2755));
+    let Ok(MetaReply::Attr(f)) = h.w(MetaRequest::Create {
+        parent: g,
+        name: "f".into(),
+        mode: 0o644,
+        caller: who,
+        exclusive: true,
+        hint: PlacementHint::Any,
+        session: None,
+    }) else {
+        panic!("create");
+    };
+    assert_eq!((f.uid, f.gid, f.mode), (5, 77, 0o644));
+    let Ok(MetaReply::Attr(l)) = h.w(MetaRequest::Symlink {
+        parent: g,
+        name: "l".into(),
+        target: "f".into(),
+        caller: who,
+    }) else {
+        panic!("symlink");
+    };
+    assert_eq!(l.gid, 77);
+    let Ok(MetaReply::Attr(n)) = h.w(MetaRequest::Mknod {
+        parent: g,
+        name: "p".into(),
+        kind: FileType::Fifo,
+        mode: 0o600,
+        rdev: 0,
+        caller: who,
+    }) else {
+        panic!("mknod");
+    };
+    assert_eq!(n.gid, 77);
+    // A new directory of the setgid one is setgid too, and passes the group on again.
+    let Ok(MetaReply::Attr(e)) = h.w(MetaRequest::Mkdir {
+        parent: d.inode,
+        name: "e".into(),
+        mode: 0o700,
+        caller: who,
+    }) else {
+        panic!("mkdir");
+    };
+    assert_eq!((e.gid, e.mode), (77, 0o2700));
+    // A directory without the bit: the caller's group.
+    let plain = h.mkdir(ROOT, "plain");
+    let Ok(MetaReply::Attr(x)) = h.w(MetaRequest::Mkdir {
+        parent: plain,
+        name: "x".into(),
+        mode: 0o755,
+        caller: who,
+    }) else {
+        panic!("mkdir");
+    };
+    assert_eq!((x.gid, x.mode), (6, 0o755));
+}
