@@ -69,7 +69,27 @@ struct Topology {
     launch: Vec<String>,
 }
 
+/// A port for a role to listen on, chosen now and bound by the role later. Chosen below the
+/// kernel's ephemeral range: a port the kernel hands out for `bind(0)` comes from that range
+/// and, once released, can be taken as the source port of any outgoing connection before the
+/// role binds it (a CI run saw a storage node fail to start with many clusters running in
+/// parallel). Below the range only another explicit bind can take it.
 fn free_port() -> Result<u16> {
+    use rand::Rng;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const LOW: u16 = 10_000;
+    if ephemeral_low > LOW + 1_000 {
+        let mut rng = rand::rng();
+        for _ in 0..256 {
+            let p = rng.random_range(LOW..ephemeral_low);
+            if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+                return Ok(p);
+            }
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("bind a free port")?;
     Ok(l.local_addr()?.port())
 }
