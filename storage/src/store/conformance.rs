@@ -1265,12 +1265,14 @@ fn cold_reads(h: &FileH) {
         assert_eq!(p, Default::default());
     } else if o.cache_first && o.pread_misses {
         // Cold reads with `pread` on this thread (the default); a range the 1-byte read warmed
-        // from the cache; nothing through the ring.
-        assert!(p.cached >= 1 && p.pread >= 6, "{p:?}");
+        // from the cache; nothing through the ring. (`POSIX_FADV_DONTNEED` can leave pages
+        // that sit in another CPU's LRU batch: on a busy machine a CI run saw 4 of the 6
+        // evicted ranges miss, hence at least half.)
+        assert!(p.cached >= 1 && p.pread >= 3, "{p:?}");
         assert_eq!((p.ring_buffered, p.ring_direct), (0, 0), "{p:?}");
     } else if o.cache_first {
         // Cold reads through the ring, buffered; a range the 1-byte read warmed from the cache.
-        assert!(p.cached >= 1 && p.ring_buffered >= 6, "{p:?}");
+        assert!(p.cached >= 1 && p.ring_buffered >= 3, "{p:?}");
         assert_eq!((p.ring_direct, p.pread), (0, 0), "{p:?}");
     } else {
         assert_eq!(p.cached, 0, "{p:?}");
