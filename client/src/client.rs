@@ -888,9 +888,6 @@ impl Client {
         )?)
     }
 
-    /// Set-group-ID directories give new entries their group; new subdirectories inherit the
-    /// bit itself.
-
     // ------------------------------------------------------------------------------------
     // Namespace by path.
     // ------------------------------------------------------------------------------------
