@@ -1942,8 +1942,21 @@ impl Node {
                 break;
             }
         }
-        // 3. Send what is missing or different; delete what only they have.
+        // 3. Delete what only they have, then send what is missing or different. Deleting
+        // first matters when the returning target is full: what it missed while away includes
+        // the removal of chunks (GC of deleted files, truncates) whose space the copies need;
+        // sending first failed with no space on every retry and the chain never healed (chaos
+        // seed 1: a capped node killed after its filler file was unlinked).
         let (mut sent, mut removed) = (0u64, 0u64);
+        let only_theirs: Vec<ChunkId> = theirs
+            .keys()
+            .copied()
+            .filter(|c| t.store.info(*c).is_none())
+            .collect();
+        for c in only_theirs {
+            removed += self.sync_remove_if_absent(t, &addr, at, c).await?;
+            theirs.remove(&c);
+        }
         let mut from = Bound::Unbounded;
         loop {
             if !still_current(self) {
@@ -2003,20 +2016,10 @@ impl Node {
                 sent += 1;
             }
         }
+        // What is left of their list: chunks this target does not list (gone here while the
+        // copy ran, or only ever pending).
         for (c, _) in theirs {
-            let _g = t.lock(c).await;
-            if t.store.info(c).and_then(|i| i.committed).is_some() {
-                continue; // created meanwhile: it was forwarded to them as a full replace
-            }
-            self.peers
-                .call(
-                    &addr,
-                    DataRequest::SyncRemove { at, chunk: c },
-                    Bytes::new(),
-                )
-                .await
-                .map_err(NetError::into_pond)?;
-            removed += 1;
+            removed += self.sync_remove_if_absent(t, &addr, at, c).await?;
         }
         // 4. Done.
         if !still_current(self) {
@@ -2030,6 +2033,26 @@ impl Node {
             .await
             .map_err(NetError::into_pond)?;
         Ok((sent, removed))
+    }
+
+    /// Removes `c` on the syncing successor unless this target holds a committed version of
+    /// it (created meanwhile: it reached them as a full replace). Returns how many it removed.
+    async fn sync_remove_if_absent(
+        &self,
+        t: &Arc<Target>,
+        addr: &str,
+        at: ChainRef,
+        c: ChunkId,
+    ) -> Result<u64, PondError> {
+        let _g = t.lock(c).await;
+        if t.store.info(c).and_then(|i| i.committed).is_some() {
+            return Ok(0);
+        }
+        self.peers
+            .call(addr, DataRequest::SyncRemove { at, chunk: c }, Bytes::new())
+            .await
+            .map_err(NetError::into_pond)?;
+        Ok(1)
     }
 
     /// Applies GC tasks from meta for chains this node heads; finished ones are reported in

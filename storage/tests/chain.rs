@@ -1736,3 +1736,73 @@ async fn resync_settles_in_doubt_versions_before_it_copies() {
     assert_eq!(ok.version, ChunkVersion(2));
     assert_eq!(&bytes[..], &v2[..]);
 }
+
+/// A target that comes back full of chunks removed while it was away (a deleted file's,
+/// GC'd on the rest of the chain) has room for what it missed only once those are gone: the
+/// resync removes before it copies. Before, every retry of the copy failed with no space and
+/// the chain never healed (chaos seed 1: target stuck syncing, its successor waiting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resync_into_a_full_target_removes_stale_chunks_before_it_copies() {
+    // Node 3's target holds 16 blocks of 64 KiB; each chunk below takes 2.
+    let cl = Cluster::start([None, None, Some(16 * 65536)]).await;
+    let c = client();
+    let old = |i: u64| ChunkId::new(InodeId(9), i);
+    let new = |i: u64| ChunkId::new(InodeId(10), i);
+    let r = cl.routing();
+    let (addr, at) = head(&r);
+    for i in 0..6 {
+        c.write_chunk(
+            &addr,
+            at,
+            old(i),
+            0,
+            CHUNK_BYTES,
+            data(i, 100_000),
+            c.next_request_id(),
+        )
+        .await
+        .unwrap();
+    }
+    assert!(cl.store(3).info(old(5)).is_some());
+    // Node 3 goes away; the file is deleted and a new one written on the rest of the chain.
+    cl.set_state(tid(3), PublicState::Offline);
+    let r = cl.routing();
+    let (addr, at) = head(&r);
+    c.remove_chunks(&addr, at, InodeId(9), 0, c.next_request_id())
+        .await
+        .unwrap();
+    let mut written = Vec::new();
+    for i in 0..6 {
+        let d = data(100 + i, 100_000);
+        c.write_chunk(
+            &addr,
+            at,
+            new(i),
+            0,
+            CHUNK_BYTES,
+            d.clone(),
+            c.next_request_id(),
+        )
+        .await
+        .unwrap();
+        written.push(d);
+    }
+    // Copying the new chunks first needs 12 blocks where 4 are free.
+    assert!(cl.store(3).info(old(0)).is_some());
+    cl.set_state(tid(3), PublicState::Waiting);
+    cl.set_state(tid(3), PublicState::Syncing);
+    let node3 = cl.node(3).node.clone();
+    wait_for("resync into the full target", || {
+        node3.local_states()[0].1 == LocalState::UpToDate
+    })
+    .await;
+    for i in 0..6 {
+        assert!(cl.store(3).info(old(i)).is_none(), "stale chunk {i} left");
+    }
+    cl.set_state(tid(3), PublicState::Serving);
+    let r = cl.routing();
+    for (i, d) in written.iter().enumerate() {
+        let (_, got) = read_from(&c, &r, tid(3), new(i as u64)).await.unwrap();
+        assert_eq!(&got, d, "new chunk {i} on the resynced target");
+    }
+}
