@@ -26,6 +26,15 @@ if [ -z "${POND_PJDFSTEST:-}" ]; then
     fi
     export POND_PJDFSTEST
 fi
+# fsx (crates.io's Rust rewrite of the File System eXerciser) for the random-I/O data check in
+# tests/it/fuse.rs: built once into the target directory.
+if [ -z "${POND_FSX:-}" ]; then
+    POND_FSX="$target/fsx/bin/fsx"
+    if [ ! -x "$POND_FSX" ]; then
+        cargo install fsx --version 0.2.0 --locked --root "$target/fsx"
+    fi
+    export POND_FSX
+fi
 
 cargo nextest run --workspace --features pond-compute/duckdb "$@"
 

@@ -1194,3 +1194,100 @@ fn pjdfstest_posix_suite_passes_on_the_mount() {
         "only {passed} pjdfstest cases passed: {summary}"
     );
 }
+
+/// The fsx binary: `POND_FSX`, else `fsx` on PATH. `./test.sh` installs crates.io's `fsx` (the
+/// File System eXerciser's Rust rewrite) into the target directory and sets it.
+fn fsx_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("POND_FSX") {
+        return PathBuf::from(p);
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("fsx"))
+            .find(|p| p.is_file())
+    });
+    on_path.expect(
+        "fsx not found (POND_FSX or PATH): run ./test.sh, which installs it, or \
+         `cargo install fsx --version 0.2.0 --locked`; refusing to skip the fsx run",
+    )
+}
+
+/// fsx, an independent data checker: a seeded random sequence of pwrite, pread, mmap reads and
+/// writes (with msync), truncates up and down, close/reopen, fsync, fdatasync,
+/// posix_fallocate, hole punching, sendfile, posix_fadvise and copy_file_range on one file,
+/// every read compared with the model it keeps in memory, and the size checked after each
+/// step. Two runs at once through `pond mount` (the daemon as users run it): one with
+/// operations up to 1 MiB on a file up to 4 MiB (several chunks), one with small unaligned
+/// operations on a 256 KiB file, heavy on mmap. A storage node is killed with SIGKILL while
+/// they run and restarted (its targets resync behind the load): every byte must still match.
+#[test]
+fn fsx_random_io_matches_its_model_through_a_storage_restart() {
+    let fsx = fsx_bin();
+    let mut cluster = Cluster::start(BIN, small()).expect("start cluster");
+    let mp = cluster.path().join("fsx-mnt");
+    let arts = cluster.path().join("fsx-artifacts");
+    fs::create_dir_all(&arts).unwrap();
+    let all_ops = "[weights]\nclose_open = 2\nread = 10\nwrite = 10\nmapread = 6\nmapwrite = 6\n\
+                   invalidate = 1\ntruncate = 3\nfsync = 1\nfdatasync = 1\nposix_fallocate = 1\n\
+                   punch_hole = 1\nsendfile = 1\nposix_fadvise = 1\ncopy_file_range = 1\n";
+    let runs = [
+        (
+            "large",
+            format!("flen = 4194304\n[opsize]\nmax = 1048576\n{all_ops}"),
+            7u64,
+            1500u64,
+        ),
+        ("small", all_ops.to_string(), 11, 4000),
+    ];
+    let mut daemon = spawn_mount(&cluster, &mp);
+    let children: Vec<(&str, std::process::Child)> = runs
+        .iter()
+        .map(|(name, conf, seed, ops)| {
+            let conf_path = cluster.path().join(format!("fsx-{name}.toml"));
+            fs::write(&conf_path, conf).unwrap();
+            let out = fs::File::create(arts.join(format!("{name}.out"))).unwrap();
+            let child = std::process::Command::new(&fsx)
+                .arg("-f")
+                .arg(&conf_path)
+                .arg("-N")
+                .arg(ops.to_string())
+                .arg("-S")
+                .arg(seed.to_string())
+                .arg("-P")
+                .arg(&arts)
+                .arg(mp.join(format!("{name}.bin")))
+                .stdin(std::process::Stdio::null())
+                .stdout(out.try_clone().unwrap())
+                .stderr(out)
+                .spawn()
+                .unwrap_or_else(|e| panic!("run {}: {e}", fsx.display()));
+            (*name, child)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.kill9(Role::Storage(2)).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.restart(Role::Storage(2)).unwrap();
+    let mut failures = Vec::new();
+    for (name, mut child) in children {
+        let st = wait_exit(&mut child, Duration::from_secs(600));
+        let out = fs::read_to_string(arts.join(format!("{name}.out"))).unwrap_or_default();
+        if !st.success() || !out.contains("All operations completed A-OK!") {
+            let tail: Vec<&str> = out.lines().rev().take(40).collect();
+            failures.push(format!(
+                "fsx {name} ({st}); last lines, newest first:\n{}",
+                tail.join("\n")
+            ));
+        }
+    }
+    // SAFETY: plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) }, 0);
+    wait_exit(&mut daemon, Duration::from_secs(30));
+    assert!(
+        failures.is_empty(),
+        "fsx found a mismatch (artifacts in {}):\n{}\n--- cluster logs ---\n{}",
+        arts.display(),
+        failures.join("\n\n"),
+        cluster.tail_logs()
+    );
+}
