@@ -316,6 +316,8 @@ impl MetaCache {
                 drop_entry(&mut g, *dst_parent, dst_name);
             }
             MetaRequest::SetAttr { inode, .. }
+            | MetaRequest::SetXattr { inode, .. }
+            | MetaRequest::RemoveXattr { inode, .. }
             | MetaRequest::OpenWrite { inode, .. }
             | MetaRequest::ReportLength { inode, .. }
             | MetaRequest::CloseWrite { inode, .. } => {

@@ -19,6 +19,7 @@ use pond_proto::cluster::RoutingInfo;
 use pond_proto::layout::{DirLayout, PlacementHint, split_path, validate_name};
 use pond_proto::meta::{
     Caller, DirEntry, FileType, InodeAttr, MetaReply, MetaRequest, RenameMode, SetAttr, StatFs,
+    XattrSetMode,
 };
 use pond_proto::{ClientId, ErrorCode, InodeId, SessionId};
 use std::collections::HashMap;
@@ -791,6 +792,54 @@ impl Client {
             MetaReply::Link(t) => Ok(t),
             other => Err(unexpected("ReadLink", &other).into()),
         }
+    }
+
+    /// The value of extended attribute `name` (`NoData` when the inode has none by that
+    /// name). Stored namespaces: `user.` and `trusted.`.
+    pub async fn getxattr(&self, inode: InodeId, name: &str) -> Result<Vec<u8>> {
+        let req = MetaRequest::GetXattr {
+            inode,
+            name: name.to_string(),
+        };
+        match self.core.meta_op(req).await? {
+            MetaReply::Xattr(v) => Ok(v),
+            other => Err(unexpected("GetXattr", &other).into()),
+        }
+    }
+
+    /// The names of an inode's extended attributes, in byte order.
+    pub async fn listxattr(&self, inode: InodeId) -> Result<Vec<String>> {
+        match self.core.meta_op(MetaRequest::ListXattr { inode }).await? {
+            MetaReply::XattrNames(n) => Ok(n),
+            other => Err(unexpected("ListXattr", &other).into()),
+        }
+    }
+
+    /// Sets an extended attribute (`setxattr(2)`); returns the inode's attributes (ctime
+    /// moved).
+    pub async fn setxattr(
+        &self,
+        inode: InodeId,
+        name: &str,
+        value: &[u8],
+        mode: XattrSetMode,
+    ) -> Result<InodeAttr> {
+        let req = MetaRequest::SetXattr {
+            inode,
+            name: name.to_string(),
+            value: value.to_vec(),
+            mode,
+        };
+        self.attr_op("SetXattr", req).await
+    }
+
+    /// Removes an extended attribute (`NoData` if absent).
+    pub async fn removexattr(&self, inode: InodeId, name: &str) -> Result<InodeAttr> {
+        let req = MetaRequest::RemoveXattr {
+            inode,
+            name: name.to_string(),
+        };
+        self.attr_op("RemoveXattr", req).await
     }
 
     /// One page of entries after `after`, in name order; `more` tells whether more follow.

@@ -30,7 +30,9 @@ use futures::stream;
 use parking_lot::Mutex;
 use pond_client::{Client, ClientError, File, OpenMode};
 use pond_proto::layout::PlacementHint;
-use pond_proto::meta::{Caller, FileType as PondType, RenameMode, SetAttr as PondSetAttr};
+use pond_proto::meta::{
+    Caller, FileType as PondType, RenameMode, SetAttr as PondSetAttr, XattrSetMode,
+};
 use pond_proto::{ErrorCode, InodeId};
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -176,6 +178,30 @@ fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid,
         gid: req.gid,
+    }
+}
+
+impl PondFs {
+    /// ENOSYS when the mount serves no extended attributes (`MountOptions::xattr`).
+    fn xattr_enabled(&self) -> Result<()> {
+        if self.s.opts.xattr {
+            Ok(())
+        } else {
+            Err(libc::ENOSYS.into())
+        }
+    }
+}
+
+/// `getxattr`/`listxattr` answer: the size alone when the caller asked for it (`size` 0),
+/// ERANGE when its buffer is too small.
+fn xattr_reply(v: Vec<u8>, size: u32) -> Result<ReplyXAttr> {
+    let len = u32::try_from(v.len()).map_err(|_| Errno::from(libc::E2BIG))?;
+    if size == 0 {
+        Ok(ReplyXAttr::Size(len))
+    } else if len > size {
+        Err(libc::ERANGE.into())
+    } else {
+        Ok(ReplyXAttr::Data(Bytes::from(v)))
     }
 }
 
@@ -409,6 +435,89 @@ impl Filesystem for PondFs {
             ttl: self.s.opts.attr_ttl,
             attr: file_attr(&a),
         })
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, _req, value), fields(len = value.len()))]
+    async fn setxattr(
+        &self,
+        _req: Request,
+        inode: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: u32,
+        _position: u32,
+    ) -> Result<()> {
+        self.xattr_enabled()?;
+        self.check_writable()?;
+        let name = name_of(name)?;
+        let mode = match flags as i32 {
+            0 => XattrSetMode::Any,
+            libc::XATTR_CREATE => XattrSetMode::Create,
+            libc::XATTR_REPLACE => XattrSetMode::Replace,
+            _ => return Err(libc::EINVAL.into()),
+        };
+        self.s
+            .client
+            .setxattr(InodeId(inode), name, value, mode)
+            .await
+            .map_err(fail)?;
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, _req))]
+    async fn getxattr(
+        &self,
+        _req: Request,
+        inode: u64,
+        name: &OsStr,
+        size: u32,
+    ) -> Result<ReplyXAttr> {
+        self.xattr_enabled()?;
+        // The kernel asks for `security.capability` before every write (to drop file
+        // capabilities); pond stores no `security.` attributes, so that answer needs no
+        // request. Names that are not UTF-8 cannot have been stored either.
+        let Some(name) = name.to_str().filter(|n| !n.starts_with("security.")) else {
+            return Err(libc::ENODATA.into());
+        };
+        let v = self
+            .s
+            .client
+            .getxattr(InodeId(inode), name)
+            .await
+            .map_err(fail)?;
+        xattr_reply(v, size)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, _req))]
+    async fn listxattr(&self, _req: Request, inode: u64, size: u32) -> Result<ReplyXAttr> {
+        self.xattr_enabled()?;
+        let names = self
+            .s
+            .client
+            .listxattr(InodeId(inode))
+            .await
+            .map_err(fail)?;
+        let mut list = Vec::with_capacity(names.iter().map(|n| n.len() + 1).sum());
+        for n in names {
+            list.extend_from_slice(n.as_bytes());
+            list.push(0);
+        }
+        xattr_reply(list, size)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, _req))]
+    async fn removexattr(&self, _req: Request, inode: u64, name: &OsStr) -> Result<()> {
+        self.xattr_enabled()?;
+        self.check_writable()?;
+        let Some(name) = name.to_str() else {
+            return Err(libc::ENODATA.into());
+        };
+        self.s
+            .client
+            .removexattr(InodeId(inode), name)
+            .await
+            .map_err(fail)?;
+        Ok(())
     }
 
     async fn readlink(&self, _req: Request, inode: u64) -> Result<ReplyData> {

@@ -37,6 +37,9 @@ pub struct MountOptions {
     /// Largest write request the kernel sends (≥ 1 MiB; the kernel caps at its max_pages).
     pub max_write: u32,
     pub read_only: bool,
+    /// Serve extended attributes. Without, every xattr request is ENOSYS and the kernel
+    /// stops sending them (also the `security.capability` lookup before each write).
+    pub xattr: bool,
     /// Shown as the mount's source in /proc/mounts.
     pub fs_name: String,
     /// Kernel readahead for the mount (root only; `None` keeps the kernel's 128 KiB). Two
@@ -54,6 +57,7 @@ impl Default for MountOptions {
             entry_ttl: Duration::from_secs(1),
             max_write: 1 << 20,
             read_only: false,
+            xattr: true,
             fs_name: "pond".to_string(),
             read_ahead_kb: Some(8192),
         }

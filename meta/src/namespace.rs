@@ -187,13 +187,77 @@ pub fn read_dir<D: ReadableTable<&'static [u8], &'static [u8]>>(
     Ok((out, more))
 }
 
+/// A valid extended attribute name in a namespace pond stores (the kernel checks length
+/// and emptiness too, the client library may not have).
+pub fn check_xattr_name(name: &str) -> R<()> {
+    if name.is_empty() || name.len() > XATTR_NAME_BYTES_MAX {
+        return fail(
+            ErrorCode::OutOfRange,
+            format!("attribute name of {} bytes", name.len()),
+        );
+    }
+    match XATTR_NAMESPACES.iter().find(|p| name.starts_with(*p)) {
+        Some(p) if name.len() == p.len() => fail(
+            ErrorCode::InvalidArgument,
+            format!("attribute name {name:?} has nothing after its namespace"),
+        ),
+        Some(_) => Ok(()),
+        None => fail(
+            ErrorCode::NotSupported,
+            format!("attribute namespace of {name:?} is not stored (user. and trusted. are)"),
+        ),
+    }
+}
+
+/// An inode's extended attributes: (name, value length), in name order.
+pub fn list_xattrs<X: ReadableTable<&'static [u8], &'static [u8]>>(
+    xattrs: &X,
+    inode: InodeId,
+) -> R<Vec<(String, usize)>> {
+    let (lo, hi) = dir_range(inode);
+    let mut out = Vec::new();
+    for item in xattrs.range(lo.as_slice()..hi.as_slice())? {
+        let (k, v) = item?;
+        let name = std::str::from_utf8(&k.value()[8..])
+            .map_err(|_| corrupt(format!("xattr name of inode {inode}")))?
+            .to_string();
+        out.push((name, v.value().len()));
+    }
+    Ok(out)
+}
+
 /// Answer a read request from a consistent view.
-pub fn read<T, D>(inodes: &T, dirents: &D, cluster: &RoutingInfo, req: &MetaRequest) -> R<MetaReply>
+pub fn read<T, D, X>(
+    inodes: &T,
+    dirents: &D,
+    xattrs: &X,
+    cluster: &RoutingInfo,
+    req: &MetaRequest,
+) -> R<MetaReply>
 where
     T: ReadableTable<u64, &'static [u8]> + ReadableTableMetadata,
     D: ReadableTable<&'static [u8], &'static [u8]>,
+    X: ReadableTable<&'static [u8], &'static [u8]>,
 {
     match req {
+        MetaRequest::GetXattr { inode, name } => {
+            check_xattr_name(name)?;
+            need_inode(inodes, *inode)?;
+            match xattrs.get(xattr_key(*inode, name).as_slice())? {
+                Some(v) => Ok(MetaReply::Xattr(v.value().to_vec())),
+                None => fail(
+                    ErrorCode::NoData,
+                    format!("inode {inode} has no attribute {name:?}"),
+                ),
+            }
+        }
+        MetaRequest::ListXattr { inode } => {
+            need_inode(inodes, *inode)?;
+            let names = list_xattrs(xattrs, *inode)?;
+            Ok(MetaReply::XattrNames(
+                names.into_iter().map(|(n, _)| n).collect(),
+            ))
+        }
         MetaRequest::Lookup { parent, name } => {
             validate_name(name)?;
             need_dir(inodes, *parent)?;
@@ -332,6 +396,7 @@ pub struct Tx<'t> {
     pub leases: Table<'t, u64, &'static [u8]>,
     pub gc: Table<'t, u64, &'static [u8]>,
     pub trash: Table<'t, u64, ()>,
+    pub xattrs: Table<'t, &'static [u8], &'static [u8]>,
     pub dedup: Table<'t, &'static [u8], &'static [u8]>,
     pub dedup_order: Table<'t, u64, &'static [u8]>,
     pub meta: Table<'t, &'static str, &'static [u8]>,
@@ -367,6 +432,7 @@ impl<'t> Tx<'t> {
             leases: txn.open_table(LEASES)?,
             gc: txn.open_table(GC)?,
             trash: txn.open_table(TRASH)?,
+            xattrs: txn.open_table(XATTRS)?,
             dedup: txn.open_table(DEDUP)?,
             dedup_order: txn.open_table(DEDUP_ORDER)?,
             meta,
@@ -635,9 +701,97 @@ impl<'t> Tx<'t> {
         self.collect(rec)
     }
 
+    /// Remove an inode record and its extended attributes.
+    fn remove_inode(&mut self, inode: InodeId) -> R<()> {
+        self.inodes.remove(inode.0)?;
+        let (lo, hi) = dir_range(inode);
+        self.xattrs
+            .retain_in(lo.as_slice()..hi.as_slice(), |_, _| false)?;
+        Ok(())
+    }
+
+    fn set_xattr(
+        &mut self,
+        inode: InodeId,
+        name: &str,
+        value: &[u8],
+        mode: XattrSetMode,
+    ) -> R<MetaReply> {
+        check_xattr_name(name)?;
+        if value.len() > XATTR_VALUE_BYTES_MAX {
+            return fail(
+                ErrorCode::TooBig,
+                format!(
+                    "attribute value of {} bytes (at most {XATTR_VALUE_BYTES_MAX})",
+                    value.len()
+                ),
+            );
+        }
+        let mut rec = need_inode(&self.inodes, inode)?;
+        // As Linux: user attributes only on regular files and directories (the sticky-bit
+        // and ownership rules the kernel applies before it asks us).
+        if name.starts_with("user.") && !matches!(rec.attr.kind, FileType::File | FileType::Dir) {
+            return fail(
+                ErrorCode::NotPermitted,
+                format!(
+                    "user attributes only on files and directories, not {:?}",
+                    rec.attr.kind
+                ),
+            );
+        }
+        let key = xattr_key(inode, name);
+        let all = list_xattrs(&self.xattrs, inode)?;
+        let existing = all.iter().find(|(n, _)| n == name).map(|(_, l)| *l);
+        match (mode, existing) {
+            (XattrSetMode::Create, Some(_)) => {
+                return fail(ErrorCode::Exists, format!("attribute {name:?} exists"));
+            }
+            (XattrSetMode::Replace, None) => {
+                return fail(
+                    ErrorCode::NoData,
+                    format!("no attribute {name:?} to replace"),
+                );
+            }
+            _ => {}
+        }
+        let others: usize = all
+            .iter()
+            .filter(|(n, _)| n != name)
+            .map(|(n, l)| n.len() + l)
+            .sum();
+        if others + name.len() + value.len() > XATTR_INODE_BYTES_MAX {
+            return fail(
+                ErrorCode::NoSpace,
+                format!("inode {inode}'s attributes would exceed {XATTR_INODE_BYTES_MAX} bytes"),
+            );
+        }
+        self.xattrs.insert(key.as_slice(), value)?;
+        rec.attr.ctime = self.now;
+        self.put(&rec)?;
+        Ok(MetaReply::Attr(rec.attr))
+    }
+
+    fn remove_xattr(&mut self, inode: InodeId, name: &str) -> R<MetaReply> {
+        check_xattr_name(name)?;
+        let mut rec = need_inode(&self.inodes, inode)?;
+        if self
+            .xattrs
+            .remove(xattr_key(inode, name).as_slice())?
+            .is_none()
+        {
+            return fail(
+                ErrorCode::NoData,
+                format!("inode {inode} has no attribute {name:?}"),
+            );
+        }
+        rec.attr.ctime = self.now;
+        self.put(&rec)?;
+        Ok(MetaReply::Attr(rec.attr))
+    }
+
     /// Remove an unreferenced inode; files with chunks go to the garbage list.
     fn collect(&mut self, rec: InodeRec) -> R<()> {
-        self.inodes.remove(rec.attr.inode.0)?;
+        self.remove_inode(rec.attr.inode)?;
         if let Some(layout) = &rec.attr.layout {
             let mut pending: Vec<ChainId> = layout.chains.clone();
             pending.sort();
@@ -852,6 +1006,13 @@ impl<'t> Tx<'t> {
                 mode,
             } => self.rename(*src_parent, src_name, *dst_parent, dst_name, mode),
             MetaRequest::SetAttr { inode, set } => self.setattr(*inode, set),
+            MetaRequest::SetXattr {
+                inode,
+                name,
+                value,
+                mode,
+            } => self.set_xattr(*inode, name, value, *mode),
+            MetaRequest::RemoveXattr { inode, name } => self.remove_xattr(*inode, name),
             // A write session and a read session are the same record: either keeps an
             // unlinked file alive until it is closed.
             MetaRequest::OpenWrite {
@@ -1180,7 +1341,7 @@ impl<'t> Tx<'t> {
             return fail(ErrorCode::NotEmpty, format!("{name:?} is not empty"));
         }
         self.remove_entry(parent, name)?;
-        self.inodes.remove(child.0)?;
+        self.remove_inode(child)?;
         p.attr.nlink -= 1;
         self.touch_dir(&mut p);
         self.put(&p)?;
@@ -1270,7 +1431,7 @@ impl<'t> Tx<'t> {
         if let Some((d, dkind)) = victim {
             let drec = need_inode(&self.inodes, d)?;
             if dkind == FileType::Dir {
-                self.inodes.remove(d.0)?;
+                self.remove_inode(d)?;
                 // The victim dir's ".." link to dp goes away.
                 let mut dpr = need_inode(&self.inodes, dp)?;
                 dpr.attr.nlink -= 1;
@@ -1434,7 +1595,7 @@ impl<'t> Tx<'t> {
             )?;
             if entries.is_empty() {
                 self.trash.remove(dir.0)?;
-                self.inodes.remove(dir.0)?;
+                self.remove_inode(dir)?;
                 continue;
             }
             budget = budget.saturating_sub(entries.len());

@@ -6,7 +6,7 @@ use crate::limits::*;
 use crate::manager::Manager;
 use crate::namespace::{self, ApplyError};
 use crate::store::{self, Shared};
-use crate::tables::{DIRENTS, INODES};
+use crate::tables::{DIRENTS, INODES, XATTRS};
 use crate::types::{Batch, Op, OpReply, Origin, Raft, TypeConfig};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use pond_proto::meta::*;
@@ -287,7 +287,10 @@ pub fn read_local(shared: &Shared, req: &MetaRequest) -> Result<MetaReply, PondE
         let dirents = txn
             .open_table(DIRENTS)
             .map_err(|e| ApplyError::Store(e.into()))?;
-        namespace::read(&inodes, &dirents, &routing, req)
+        let xattrs = txn
+            .open_table(XATTRS)
+            .map_err(|e| ApplyError::Store(e.into()))?;
+        namespace::read(&inodes, &dirents, &xattrs, &routing, req)
     })();
     match res {
         Ok(v) => Ok(v),
@@ -314,9 +317,10 @@ fn answer_reads(shared: &Shared, batch: Vec<ReadReq>) {
         let txn = shared.db.begin_read()?;
         let inodes = txn.open_table(INODES)?;
         let dirents = txn.open_table(DIRENTS)?;
-        Ok((txn, inodes, dirents))
+        let xattrs = txn.open_table(XATTRS)?;
+        Ok((txn, inodes, dirents, xattrs))
     })();
-    let (_txn, inodes, dirents) = match view {
+    let (_txn, inodes, dirents, xattrs) = match view {
         Ok(v) => v,
         Err(e) => {
             tracing::error!(error = %e, "open read transaction");
@@ -328,7 +332,7 @@ fn answer_reads(shared: &Shared, batch: Vec<ReadReq>) {
         }
     };
     for r in batch {
-        let res = match namespace::read(&inodes, &dirents, &routing, &r.req) {
+        let res = match namespace::read(&inodes, &dirents, &xattrs, &routing, &r.req) {
             Ok(v) => Ok(v),
             Err(ApplyError::Op(e)) => Err(e),
             Err(ApplyError::Store(e)) => {

@@ -206,7 +206,7 @@ fn apply_cluster(tx: &mut Tx<'_>, cmd: ClusterCmd) -> Result<OpReply, ApplyError
 /// Tables copied into a snapshot, with their one-byte tags in the snapshot file.
 type BytesTable = TableDefinition<'static, &'static [u8], &'static [u8]>;
 type U64Table = TableDefinition<'static, u64, &'static [u8]>;
-const BYTES_TABLES: [(u8, BytesTable); 2] = [(2, DIRENTS), (6, DEDUP)];
+const BYTES_TABLES: [(u8, BytesTable); 3] = [(2, DIRENTS), (6, DEDUP), (11, XATTRS)];
 const U64_TABLES: [(u8, U64Table); 4] = [(1, INODES), (4, GC), (7, DEDUP_ORDER), (9, LEASES)];
 const TAG_CLIENT_SESSIONS: u8 = 10;
 const TAG_SESSIONS: u8 = 3;
@@ -321,6 +321,7 @@ fn load(
     txn.delete_table(LEASES)?;
     txn.delete_table(TRASH)?;
     txn.delete_table(META)?;
+    txn.delete_table(XATTRS)?;
     {
         let mut inodes = txn.open_table(INODES)?;
         let mut gc = txn.open_table(GC)?;
@@ -331,6 +332,7 @@ fn load(
         let mut client_sessions = txn.open_table(CLIENT_SESSIONS)?;
         let mut leases = txn.open_table(LEASES)?;
         let mut trash = txn.open_table(TRASH)?;
+        let mut xattrs = txn.open_table(XATTRS)?;
         let mut m = txn.open_table(META)?;
         loop {
             let mut tag = [0u8; 1];
@@ -357,6 +359,9 @@ fn load(
                 }
                 6 => {
                     dedup.insert(k.as_slice(), v.as_slice())?;
+                }
+                11 => {
+                    xattrs.insert(k.as_slice(), v.as_slice())?;
                 }
                 TAG_SESSIONS => {
                     sessions.insert(k.as_slice(), ())?;
@@ -431,6 +436,7 @@ impl StateStore {
             txn.open_table(TRASH)?;
             txn.open_table(DEDUP)?;
             txn.open_table(DEDUP_ORDER)?;
+            txn.open_table(XATTRS)?;
             txn.commit()?;
         }
         let snap_dir = dir.join("snapshots");

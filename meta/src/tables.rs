@@ -32,6 +32,9 @@ pub const LEASES: TableDefinition<u64, &[u8]> = TableDefinition::new("leases");
 pub const CLIENT_SESSIONS: TableDefinition<&[u8], ()> = TableDefinition::new("client_sessions");
 /// Scalar state: see the `K_*` keys.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Extended attributes: inode (8 bytes, big-endian) + name -> value. Added without a format
+/// bump: a state from an earlier build simply has none (the table is created at open).
+pub const XATTRS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("xattrs");
 
 pub const K_FORMAT: &str = "format";
 pub const K_LAST_APPLIED: &str = "last_applied";
@@ -67,7 +70,13 @@ pub fn dirent_key(parent: InodeId, name: &str) -> Vec<u8> {
     k
 }
 
-/// Key range of all entries of `dir`: `[dir, dir + 1)`.
+/// Key of one extended attribute: the same shape as a directory entry's.
+pub fn xattr_key(inode: InodeId, name: &str) -> Vec<u8> {
+    dirent_key(inode, name)
+}
+
+/// Key range of all entries of `dir` (or all extended attributes of an inode):
+/// `[dir, dir + 1)`.
 pub fn dir_range(dir: InodeId) -> ([u8; 8], [u8; 8]) {
     (dir.0.to_be_bytes(), (dir.0 + 1).to_be_bytes())
 }

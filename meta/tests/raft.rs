@@ -3,7 +3,7 @@
 
 use pond_client::meta_client::MetaClient;
 use pond_meta::namespace::read_dir;
-use pond_meta::tables::DIRENTS;
+use pond_meta::tables::{DIRENTS, XATTRS, xattr_key};
 use pond_meta::{MetaConfig, MetaNode, MetaPeer};
 use pond_proto::cluster::{GcTask, Heartbeat, LocalState, PublicState, TargetReport};
 use pond_proto::meta::*;
@@ -223,6 +223,16 @@ async fn snapshot_purge_restart_and_install() {
     let client = c.client();
     // Keep replica 3 down so it must catch up by snapshot.
     c.stop(2).await;
+    // An extended attribute travels in the snapshot too.
+    client
+        .op(MetaRequest::SetXattr {
+            inode: InodeId::ROOT,
+            name: "user.snap".into(),
+            value: b"in the snapshot".to_vec(),
+            mode: XattrSetMode::Create,
+        })
+        .await
+        .unwrap();
     for i in 0..150 {
         // Sequential: one entry each, so the log passes the snapshot threshold several times.
         mkdir(&client, &format!("s{i:04}")).await.unwrap();
@@ -239,6 +249,16 @@ async fn snapshot_purge_restart_and_install() {
     }
     c.restart(2).await;
     c.wait_names(2, 150).await;
+    {
+        let node = c.nodes[2].as_ref().unwrap();
+        let txn = node.shared.db.begin_read().unwrap();
+        let x = txn.open_table(XATTRS).unwrap();
+        let v = x
+            .get(xattr_key(InodeId::ROOT, "user.snap").as_slice())
+            .unwrap()
+            .expect("the attribute reached the replica that caught up by snapshot");
+        assert_eq!(v.value(), b"in the snapshot");
+    }
     // Whole-cluster restart keeps everything.
     for i in 0..3 {
         c.stop(i).await;

@@ -48,6 +48,13 @@ pub enum ErrorCode {
     Malformed,
     /// A bug or an unexpected failure inside the server.
     Internal,
+    // --- POSIX, added later (appended: codes are encoded by position) ---
+    /// No extended attribute by that name (ENODATA).
+    NoData,
+    /// A name or value outside what the operation accepts (ERANGE).
+    OutOfRange,
+    /// An argument larger than allowed (E2BIG), e.g. an extended attribute's value.
+    TooBig,
 }
 
 impl ErrorCode {
@@ -73,6 +80,9 @@ impl ErrorCode {
             FileTooBig => libc::EFBIG,
             NotSupported => libc::EOPNOTSUPP,
             Timeout => libc::ETIMEDOUT,
+            NoData => libc::ENODATA,
+            OutOfRange => libc::ERANGE,
+            TooBig => libc::E2BIG,
             Io | NotLeader | StaleChainVersion | TargetNotServing | VersionGap | Checksum
             | Unavailable | Internal => libc::EIO,
         }
@@ -118,6 +128,9 @@ impl ErrorCode {
             Unavailable => "unavailable",
             Malformed => "malformed request",
             Internal => "internal error",
+            NoData => "no data available",
+            OutOfRange => "numerical result out of range",
+            TooBig => "argument list too long",
         }
     }
 }

@@ -27,6 +27,16 @@ pub const LINKS_MAX: u32 = 65_000;
 pub const FILE_BYTES_MAX: u64 = i64::MAX as u64;
 /// Symlinks followed during one path resolution (Linux MAXSYMLINKS).
 pub const SYMLINK_FOLLOW_MAX: usize = 40;
+/// Longest extended attribute name, namespace prefix included (Linux XATTR_NAME_MAX).
+pub const XATTR_NAME_BYTES_MAX: usize = 255;
+/// Largest extended attribute value (Linux XATTR_SIZE_MAX).
+pub const XATTR_VALUE_BYTES_MAX: usize = 64 << 10;
+/// Extended attributes of one inode, names and values together: bounds a listing and what
+/// one inode can hold of the state machine (ext4 allows about one block; 1 MiB is generous).
+pub const XATTR_INODE_BYTES_MAX: usize = 1 << 20;
+/// Namespaces stored: `user.` (files and directories) and `trusted.` (the kernel admits only
+/// CAP_SYS_ADMIN callers). `security.` and `system.` (capabilities, ACLs) are refused.
+pub const XATTR_NAMESPACES: [&str; 2] = ["user.", "trusted."];
 
 const _: () = assert!(CHUNK_BYTES_MIN.is_power_of_two());
 const _: () = assert!(CHUNK_BYTES_MAX.is_power_of_two());

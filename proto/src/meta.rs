@@ -143,6 +143,15 @@ pub enum MetaRequest {
     GetDirLayout {
         dir: InodeId,
     },
+    /// The value of one extended attribute (`NoData` when the inode has none by that name).
+    GetXattr {
+        inode: InodeId,
+        name: String,
+    },
+    /// The names of an inode's extended attributes, in byte order.
+    ListXattr {
+        inode: InodeId,
+    },
     // --- writes ---
     Mkdir {
         parent: InodeId,
@@ -258,6 +267,31 @@ pub enum MetaRequest {
         rdev: u64,
         caller: Caller,
     },
+    /// Set an extended attribute (`setxattr(2)`; `mode` carries `XATTR_CREATE` /
+    /// `XATTR_REPLACE`). Names are `user.` or `trusted.`, at most `XATTR_NAME_BYTES_MAX`
+    /// bytes; values at most `XATTR_VALUE_BYTES_MAX`. Changes the inode's ctime.
+    SetXattr {
+        inode: InodeId,
+        name: String,
+        value: Vec<u8>,
+        mode: XattrSetMode,
+    },
+    /// Remove an extended attribute (`NoData` if absent). Changes the inode's ctime.
+    RemoveXattr {
+        inode: InodeId,
+        name: String,
+    },
+}
+
+/// `setxattr(2)` flags.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum XattrSetMode {
+    /// Create or replace.
+    Any,
+    /// `XATTR_CREATE`: `Exists` if the attribute is already there.
+    Create,
+    /// `XATTR_REPLACE`: `NoData` if it is not.
+    Replace,
 }
 
 impl MetaRequest {
@@ -290,6 +324,10 @@ impl MetaRequest {
             MetaRequest::RenewLease { .. } => "renew_lease",
             MetaRequest::EndLease { .. } => "end_lease",
             MetaRequest::Mknod { .. } => "mknod",
+            MetaRequest::GetXattr { .. } => "getxattr",
+            MetaRequest::ListXattr { .. } => "listxattr",
+            MetaRequest::SetXattr { .. } => "setxattr",
+            MetaRequest::RemoveXattr { .. } => "removexattr",
         }
     }
     pub fn is_read(&self) -> bool {
@@ -303,6 +341,8 @@ impl MetaRequest {
                 | MetaRequest::Resolve { .. }
                 | MetaRequest::StatFs
                 | MetaRequest::GetDirLayout { .. }
+                | MetaRequest::GetXattr { .. }
+                | MetaRequest::ListXattr { .. }
         )
     }
 }
@@ -330,6 +370,10 @@ pub enum MetaReply {
     StatFs(StatFs),
     DirLayout(DirLayout),
     Done,
+    /// Reply to `GetXattr`.
+    Xattr(Vec<u8>),
+    /// Reply to `ListXattr`.
+    XattrNames(Vec<String>),
 }
 
 pub type MetaResult = Result<MetaReply, PondError>;

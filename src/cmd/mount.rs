@@ -16,6 +16,11 @@ pub struct MountArgs {
     /// Mount read-only.
     #[arg(long)]
     pub read_only: bool,
+    /// Answer extended-attribute requests ENOSYS, as before pond stored them: the kernel
+    /// then stops asking, including the `security.capability` lookup it otherwise sends
+    /// before every write (docs/client.md, "Extended attributes").
+    #[arg(long)]
+    pub no_xattr: bool,
     /// Seconds the kernel may cache attributes and entries.
     #[arg(long, default_value_t = 1.0)]
     pub ttl_secs: f64,
@@ -59,6 +64,9 @@ pub fn mount(cluster: Option<&Path>, args: MountArgs) -> Result<()> {
         if args.read_only {
             cmd.arg("--read-only");
         }
+        if args.no_xattr {
+            cmd.arg("--no-xattr");
+        }
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -96,6 +104,7 @@ pub fn mount(cluster: Option<&Path>, args: MountArgs) -> Result<()> {
         let ttl = Duration::from_secs_f64(args.ttl_secs.max(0.0));
         let opts = pond_fuse::MountOptions {
             read_only: args.read_only,
+            xattr: !args.no_xattr,
             attr_ttl: ttl,
             entry_ttl: ttl,
             ..Default::default()

@@ -1291,3 +1291,154 @@ fn fsx_random_io_matches_its_model_through_a_storage_restart() {
         cluster.tail_logs()
     );
 }
+
+/// `getxattr(2)` into a buffer of `size` bytes (0: ask for the size): the bytes, or errno.
+fn getxattr(p: &Path, name: &str, size: usize) -> Result<Vec<u8>, i32> {
+    let (p, n) = (cstr(p), CString::new(name).unwrap());
+    let mut buf = vec![0u8; size];
+    // SAFETY: valid C strings; `buf` has `size` writable bytes (null when 0).
+    let r = unsafe {
+        libc::getxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            if size == 0 {
+                std::ptr::null_mut()
+            } else {
+                buf.as_mut_ptr().cast()
+            },
+            size,
+        )
+    };
+    if r < 0 {
+        return Err(last_errno(-1));
+    }
+    buf.truncate(if size == 0 { 0 } else { r as usize });
+    if size == 0 {
+        buf = (r as u64).to_le_bytes().to_vec();
+    }
+    Ok(buf)
+}
+
+fn setxattr(p: &Path, name: &str, value: &[u8], flags: i32) -> Result<(), i32> {
+    let (p, n) = (cstr(p), CString::new(name).unwrap());
+    // SAFETY: valid C strings and a readable value of `value.len()` bytes.
+    let r = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    };
+    if r < 0 { Err(last_errno(r)) } else { Ok(()) }
+}
+
+fn listxattr(p: &Path) -> Result<Vec<String>, i32> {
+    let p = cstr(p);
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: a valid C string and a writable buffer of its length.
+    let r = unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(last_errno(-1));
+    }
+    buf.truncate(r as usize);
+    Ok(buf
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8(s.to_vec()).unwrap())
+        .collect())
+}
+
+fn removexattr(p: &Path, name: &str) -> Result<(), i32> {
+    let (p, n) = (cstr(p), CString::new(name).unwrap());
+    // SAFETY: valid C strings.
+    let r = unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) };
+    if r < 0 { Err(last_errno(r)) } else { Ok(()) }
+}
+
+/// Extended attributes through the mount: set/get/list/remove with their flags and errnos,
+/// the size query and ERANGE, namespaces pond does not store, files and directories, and a
+/// second mount of the cluster seeing (and then not seeing) what the first set.
+#[test]
+fn extended_attributes_through_two_mounts() {
+    let cluster = Cluster::start(BIN, small()).expect("start cluster");
+    let a = Mounted::new(&cluster, "a", MountOptions::default());
+    let b = Mounted::new(&cluster, "b", MountOptions::default());
+    let f = a.p("f");
+    fs::write(&f, b"data").unwrap();
+    fs::create_dir(a.p("d")).unwrap();
+
+    assert_eq!(listxattr(&f), Ok(vec![]));
+    assert_eq!(getxattr(&f, "user.k", 64), Err(libc::ENODATA));
+    let ctime0 = fs::metadata(&f).unwrap().ctime_nsec();
+    let ctime0 = (fs::metadata(&f).unwrap().ctime(), ctime0);
+    std::thread::sleep(Duration::from_millis(20));
+    setxattr(&f, "user.k", b"v1", 0).unwrap();
+    let m = fs::metadata(&f).unwrap();
+    assert!((m.ctime(), m.ctime_nsec()) > ctime0, "setxattr moves ctime");
+    assert_eq!(getxattr(&f, "user.k", 0), Ok(2u64.to_le_bytes().to_vec()));
+    assert_eq!(getxattr(&f, "user.k", 1), Err(libc::ERANGE));
+    assert_eq!(getxattr(&f, "user.k", 64), Ok(b"v1".to_vec()));
+    assert_eq!(
+        setxattr(&f, "user.k", b"x", libc::XATTR_CREATE),
+        Err(libc::EEXIST)
+    );
+    assert_eq!(
+        setxattr(&f, "user.none", b"x", libc::XATTR_REPLACE),
+        Err(libc::ENODATA)
+    );
+    setxattr(&f, "user.k", b"value two", libc::XATTR_REPLACE).unwrap();
+    setxattr(&f, "user.empty", b"", libc::XATTR_CREATE).unwrap();
+    assert_eq!(getxattr(&f, "user.empty", 8), Ok(vec![]));
+    setxattr(&f, "trusted.t", &[0, 1, 255], 0).unwrap();
+    assert_eq!(
+        listxattr(&f),
+        Ok(vec![
+            "trusted.t".into(),
+            "user.empty".into(),
+            "user.k".into()
+        ])
+    );
+    // Namespaces pond does not store; what the kernel refuses before asking.
+    assert_eq!(setxattr(&f, "security.x", b"v", 0), Err(libc::EOPNOTSUPP));
+    assert_eq!(getxattr(&f, "security.capability", 64), Err(libc::ENODATA));
+    assert_eq!(setxattr(&f, "bogus.x", b"v", 0), Err(libc::EOPNOTSUPP));
+    let long = format!("user.{}", "n".repeat(251));
+    assert_eq!(setxattr(&f, &long, b"v", 0), Err(libc::ERANGE));
+    assert_eq!(
+        setxattr(&f, "user.big", &vec![7; 65537], 0),
+        Err(libc::E2BIG)
+    );
+    let biggest = vec![7u8; 65536];
+    setxattr(&f, "user.big", &biggest, 0).unwrap();
+    assert_eq!(getxattr(&f, "user.big", 65536), Ok(biggest));
+    assert_eq!(removexattr(&f, "user.none"), Err(libc::ENODATA));
+    // Directories carry them too; the file's bytes are untouched; writes still work.
+    setxattr(&a.p("d"), "user.dir", b"yes", 0).unwrap();
+    assert_eq!(getxattr(&a.p("d"), "user.dir", 16), Ok(b"yes".to_vec()));
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .unwrap()
+        .write_all(b"+more")
+        .unwrap();
+    assert_eq!(fs::read(&f).unwrap(), b"data+more");
+
+    // The other mount sees them, and their removal.
+    assert_eq!(getxattr(&b.p("f"), "user.k", 64), Ok(b"value two".to_vec()));
+    assert_eq!(getxattr(&b.p("d"), "user.dir", 16), Ok(b"yes".to_vec()));
+    removexattr(&f, "user.k").unwrap();
+    assert_eq!(getxattr(&b.p("f"), "user.k", 64), Err(libc::ENODATA));
+    assert_eq!(
+        listxattr(&b.p("f")),
+        Ok(vec![
+            "trusted.t".into(),
+            "user.big".into(),
+            "user.empty".into()
+        ])
+    );
+    // A hard link is the same inode: same attributes.
+    fs::hard_link(&f, a.p("f2")).unwrap();
+    assert_eq!(getxattr(&a.p("f2"), "user.empty", 8), Ok(vec![]));
+}

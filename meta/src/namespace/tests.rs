@@ -81,7 +81,8 @@ impl H {
         let txn = self.db.begin_read().unwrap();
         let i = txn.open_table(INODES).unwrap();
         let d = txn.open_table(DIRENTS).unwrap();
-        match read(&i, &d, &self.cluster.routing, &req) {
+        let x = txn.open_table(XATTRS).unwrap();
+        match read(&i, &d, &x, &self.cluster.routing, &req) {
             Ok(v) => Ok(v),
             Err(ApplyError::Op(e)) => Err(e),
             Err(ApplyError::Store(e)) => panic!("store: {e}"),
@@ -116,6 +117,10 @@ impl H {
         for it in txn.open_table(CLIENT_SESSIONS).unwrap().iter().unwrap() {
             let (k, _) = it.unwrap();
             out.push((10, k.value().to_vec(), vec![]));
+        }
+        for it in txn.open_table(XATTRS).unwrap().iter().unwrap() {
+            let (k, v) = it.unwrap();
+            out.push((11, k.value().to_vec(), v.value().to_vec()));
         }
         for it in txn.open_table(META).unwrap().iter().unwrap() {
             let (k, v) = it.unwrap();
@@ -1568,4 +1573,192 @@ fn setgid_directories_pass_their_group_on() {
         panic!("mkdir");
     };
     assert_eq!((x.gid, x.mode), (6, 0o755));
+}
+
+#[test]
+fn extended_attributes_set_get_list_remove_and_errnos() {
+    let mut h = H::new();
+    let f = h.create(InodeId::ROOT, "f").inode;
+    let set = |name: &str, value: &[u8], mode| MetaRequest::SetXattr {
+        inode: f,
+        name: name.into(),
+        value: value.to_vec(),
+        mode,
+    };
+    let get = |name: &str| MetaRequest::GetXattr {
+        inode: f,
+        name: name.into(),
+    };
+    let list = MetaRequest::ListXattr { inode: f };
+    let ctime0 = match h.r(MetaRequest::GetAttr { inode: f }) {
+        Ok(MetaReply::Attr(a)) => a.ctime,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(h.r(list.clone()), Ok(MetaReply::XattrNames(vec![])));
+    assert_eq!(h.r(get("user.a")).unwrap_err().code, ErrorCode::NoData);
+    let Ok(MetaReply::Attr(a)) = h.w(set("user.b", b"2", XattrSetMode::Any)) else {
+        panic!()
+    };
+    assert!(a.ctime > ctime0, "setxattr moves ctime");
+    h.w(set("user.a", b"", XattrSetMode::Create)).unwrap();
+    h.w(set("trusted.t", &[0, 255, 7], XattrSetMode::Any))
+        .unwrap();
+    assert_eq!(h.r(get("user.a")), Ok(MetaReply::Xattr(vec![])));
+    assert_eq!(h.r(get("trusted.t")), Ok(MetaReply::Xattr(vec![0, 255, 7])));
+    assert_eq!(
+        h.r(list.clone()),
+        Ok(MetaReply::XattrNames(vec![
+            "trusted.t".into(),
+            "user.a".into(),
+            "user.b".into()
+        ]))
+    );
+    h.w(set("user.b", b"22", XattrSetMode::Replace)).unwrap();
+    assert_eq!(h.r(get("user.b")), Ok(MetaReply::Xattr(b"22".to_vec())));
+    // Refused, state untouched.
+    h.refused(set("user.b", b"x", XattrSetMode::Create), ErrorCode::Exists);
+    h.refused(
+        set("user.zz", b"x", XattrSetMode::Replace),
+        ErrorCode::NoData,
+    );
+    h.refused(
+        set("security.selinux", b"x", XattrSetMode::Any),
+        ErrorCode::NotSupported,
+    );
+    h.refused(
+        set("system.posix_acl_access", b"x", XattrSetMode::Any),
+        ErrorCode::NotSupported,
+    );
+    h.refused(
+        set("user.", b"x", XattrSetMode::Any),
+        ErrorCode::InvalidArgument,
+    );
+    h.refused(set("", b"x", XattrSetMode::Any), ErrorCode::OutOfRange);
+    h.refused(
+        set(
+            &format!("user.{}", "n".repeat(251)),
+            b"x",
+            XattrSetMode::Any,
+        ),
+        ErrorCode::OutOfRange,
+    );
+    h.refused(
+        set(
+            "user.big",
+            &vec![1; XATTR_VALUE_BYTES_MAX + 1],
+            XattrSetMode::Any,
+        ),
+        ErrorCode::TooBig,
+    );
+    h.refused(
+        MetaRequest::RemoveXattr {
+            inode: f,
+            name: "user.zz".into(),
+        },
+        ErrorCode::NoData,
+    );
+    h.refused(
+        MetaRequest::SetXattr {
+            inode: InodeId(9999),
+            name: "user.a".into(),
+            value: vec![],
+            mode: XattrSetMode::Any,
+        },
+        ErrorCode::NotFound,
+    );
+    // The longest name is fine; an inode's attributes are bounded in total.
+    h.w(set(
+        &format!("user.{}", "n".repeat(250)),
+        b"x",
+        XattrSetMode::Any,
+    ))
+    .unwrap();
+    let value = vec![3u8; XATTR_VALUE_BYTES_MAX];
+    let mut k = 0;
+    loop {
+        match h.w(set(&format!("user.fill{k}"), &value, XattrSetMode::Any)) {
+            Ok(_) => k += 1,
+            Err(e) => {
+                assert_eq!(e.code, ErrorCode::NoSpace, "{e}");
+                break;
+            }
+        }
+        assert!(
+            k <= XATTR_INODE_BYTES_MAX / XATTR_VALUE_BYTES_MAX,
+            "no bound"
+        );
+    }
+    // Replacing a value with one of the same size still fits.
+    h.w(set("user.fill0", &value, XattrSetMode::Replace))
+        .unwrap();
+    // User attributes only on files and directories.
+    let l = match h.w(MetaRequest::Symlink {
+        parent: InodeId::ROOT,
+        name: "l".into(),
+        target: "f".into(),
+        caller: Caller::default(),
+    }) {
+        Ok(MetaReply::Attr(a)) => a.inode,
+        other => panic!("{other:?}"),
+    };
+    h.refused(
+        MetaRequest::SetXattr {
+            inode: l,
+            name: "user.a".into(),
+            value: vec![],
+            mode: XattrSetMode::Any,
+        },
+        ErrorCode::NotPermitted,
+    );
+    h.w(MetaRequest::RemoveXattr {
+        inode: f,
+        name: "user.a".into(),
+    })
+    .unwrap();
+    assert_eq!(h.r(get("user.a")).unwrap_err().code, ErrorCode::NoData);
+    // The last link gone, the inode's attributes go with it.
+    h.w(MetaRequest::Unlink {
+        parent: InodeId::ROOT,
+        name: "f".into(),
+    })
+    .unwrap();
+    let left: Vec<_> = h.dump().into_iter().filter(|(t, _, _)| *t == 11).collect();
+    assert!(
+        left.is_empty(),
+        "attributes of a removed inode: {}",
+        left.len()
+    );
+}
+
+#[test]
+fn removed_directories_take_their_extended_attributes() {
+    let mut h = H::new();
+    let d = h.mkdir(InodeId::ROOT, "d");
+    let sub = h.mkdir(d, "sub");
+    for (inode, name) in [(d, "user.d"), (sub, "user.sub")] {
+        h.w(MetaRequest::SetXattr {
+            inode,
+            name: name.into(),
+            value: b"v".to_vec(),
+            mode: XattrSetMode::Any,
+        })
+        .unwrap();
+    }
+    h.w(MetaRequest::Rmdir {
+        parent: d,
+        name: "sub".into(),
+    })
+    .unwrap();
+    h.w(MetaRequest::RemoveTree {
+        parent: InodeId::ROOT,
+        name: "d".into(),
+    })
+    .unwrap();
+    while h.with_tx(|tx| tx.expand_trash()) {}
+    let left: Vec<_> = h.dump().into_iter().filter(|(t, _, _)| *t == 11).collect();
+    assert!(
+        left.is_empty(),
+        "attributes of removed directories: {}",
+        left.len()
+    );
 }
