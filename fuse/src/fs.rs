@@ -474,9 +474,14 @@ impl Filesystem for PondFs {
     ) -> Result<ReplyXAttr> {
         self.xattr_enabled()?;
         // The kernel asks for `security.capability` before every write (to drop file
-        // capabilities); pond stores no `security.` attributes, so that answer needs no
-        // request. Names that are not UTF-8 cannot have been stored either.
-        let Some(name) = name.to_str().filter(|n| !n.starts_with("security.")) else {
+        // capabilities) and, on the host, for `system.posix_acl_access` in permission checks
+        // of callers other than the owner (an error other than ENODATA there fails the check
+        // itself). pond stores neither namespace, so those answers need no request. Names
+        // that are not UTF-8 cannot have been stored either.
+        let Some(name) = name
+            .to_str()
+            .filter(|n| !n.starts_with("security.") && !n.starts_with("system."))
+        else {
             return Err(libc::ENODATA.into());
         };
         let v = self

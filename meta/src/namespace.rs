@@ -241,8 +241,15 @@ where
 {
     match req {
         MetaRequest::GetXattr { inode, name } => {
-            check_xattr_name(name)?;
             need_inode(inodes, *inode)?;
+            // Nothing is stored outside the stored namespaces: ENODATA, as a filesystem
+            // without such attributes answers (ACL checks rely on it).
+            if let Err(ApplyError::Op(e)) = check_xattr_name(name)
+                && e.code == ErrorCode::NotSupported
+            {
+                return fail(ErrorCode::NoData, e.message);
+            }
+            check_xattr_name(name)?;
             match xattrs.get(xattr_key(*inode, name).as_slice())? {
                 Some(v) => Ok(MetaReply::Xattr(v.value().to_vec())),
                 None => fail(

@@ -1403,6 +1403,10 @@ fn extended_attributes_through_two_mounts() {
     // Namespaces pond does not store; what the kernel refuses before asking.
     assert_eq!(setxattr(&f, "security.x", b"v", 0), Err(libc::EOPNOTSUPP));
     assert_eq!(getxattr(&f, "security.capability", 64), Err(libc::ENODATA));
+    assert_eq!(
+        getxattr(&f, "system.posix_acl_access", 64),
+        Err(libc::ENODATA)
+    );
     assert_eq!(setxattr(&f, "bogus.x", b"v", 0), Err(libc::EOPNOTSUPP));
     let long = format!("user.{}", "n".repeat(251));
     assert_eq!(setxattr(&f, &long, b"v", 0), Err(libc::ERANGE));
