@@ -1117,21 +1117,29 @@ fn a_killed_daemon_leaves_enotconn_not_hangs_and_the_next_mount_replaces_it() {
     assert!(!in_mount_table(&mp), "no mount left behind");
 }
 
-/// The pjdfstest binary: `POND_PJDFSTEST`, else `pjdfstest` on PATH. `./test.sh` installs
-/// crates.io's `pjdfstest` (the suite's Rust rewrite) into the target directory and sets it.
-fn pjdfstest_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("POND_PJDFSTEST") {
+/// An external test tool: the path in `env`, else `name` on PATH; fails (never skips) when
+/// neither exists, saying how to install it. `./test.sh` installs the tools into the target
+/// directory and sets their variables.
+fn tool_bin(env: &str, name: &str, crate_version: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
     let on_path = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
-            .map(|d| d.join("pjdfstest"))
+            .map(|d| d.join(name))
             .find(|p| p.is_file())
     });
-    on_path.expect(
-        "pjdfstest not found (POND_PJDFSTEST or PATH): run ./test.sh, which installs it, or \
-         `cargo install pjdfstest --version 0.2.2 --locked`; refusing to skip the POSIX suite",
-    )
+    on_path.unwrap_or_else(|| {
+        panic!(
+            "{name} not found ({env} or PATH): run ./test.sh, which installs it, or \
+             `cargo install {name} --version {crate_version} --locked`; refusing to skip it"
+        )
+    })
+}
+
+/// crates.io's `pjdfstest` (the POSIX suite's Rust rewrite).
+fn pjdfstest_bin() -> PathBuf {
+    tool_bin("POND_PJDFSTEST", "pjdfstest", "0.2.2")
 }
 
 /// pjdfstest, an independent POSIX conformance suite (chmod, chown, link, mkdir, mkfifo,
@@ -1195,21 +1203,9 @@ fn pjdfstest_posix_suite_passes_on_the_mount() {
     );
 }
 
-/// The fsx binary: `POND_FSX`, else `fsx` on PATH. `./test.sh` installs crates.io's `fsx` (the
-/// File System eXerciser's Rust rewrite) into the target directory and sets it.
+/// crates.io's `fsx` (the File System eXerciser's Rust rewrite).
 fn fsx_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("POND_FSX") {
-        return PathBuf::from(p);
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("fsx"))
-            .find(|p| p.is_file())
-    });
-    on_path.expect(
-        "fsx not found (POND_FSX or PATH): run ./test.sh, which installs it, or \
-         `cargo install fsx --version 0.2.0 --locked`; refusing to skip the fsx run",
-    )
+    tool_bin("POND_FSX", "fsx", "0.2.0")
 }
 
 /// fsx, an independent data checker: a seeded random sequence of pwrite, pread, mmap reads and
