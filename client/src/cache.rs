@@ -18,7 +18,7 @@
 use crate::limits;
 use parking_lot::Mutex;
 use pond_proto::InodeId;
-use pond_proto::meta::{InodeAttr, MetaReply, MetaRequest};
+use pond_proto::meta::{FileType, InodeAttr, MetaReply, MetaRequest};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -248,6 +248,24 @@ impl MetaCache {
             return;
         }
         let mut g = self.inner.lock();
+        // A request that certainly made a new name in `parent` (exclusive creates, mkdir,
+        // symlink, mknod) changed the parent in a way its reply tells exactly: meta stamps the
+        // parent's mtime and ctime with the new node's ctime (one apply, one clock) and a
+        // mkdir adds a link. Keep the parent's cached attributes (with their original age) to
+        // patch below, instead of dropping them: the kernel asks for them right after every
+        // create (it invalidates the directory's attributes), and answering that here saves a
+        // meta round trip per create.
+        let parent_before = match req {
+            MetaRequest::Mkdir { parent, .. }
+            | MetaRequest::Symlink { parent, .. }
+            | MetaRequest::Mknod { parent, .. }
+            | MetaRequest::Create {
+                parent,
+                exclusive: true,
+                ..
+            } => g.attrs.get(parent).cloned(),
+            _ => None,
+        };
         // Mutations first: drop what they may have changed.
         let drop_entry = |g: &mut Inner, parent: InodeId, name: &str| {
             if let Some((child, _)) = g.entries.remove(&(parent, name.to_string())) {
@@ -351,6 +369,14 @@ impl MetaCache {
             ) => {
                 g.entries.insert((*parent, name.clone()), (a.inode, at));
                 g.attrs.insert(a.inode, (a.clone(), at));
+                if let Some((mut p, p_at)) = parent_before {
+                    p.mtime = a.ctime;
+                    p.ctime = a.ctime;
+                    if a.kind == FileType::Dir {
+                        p.nlink += 1;
+                    }
+                    g.attrs.insert(*parent, (p, p_at));
+                }
                 if matches!(req, MetaRequest::Mkdir { .. }) {
                     // A directory just made is empty: every lookup in it misses until this
                     // client (seen here) or another (within the TTL) adds a name.
@@ -633,5 +659,104 @@ mod tests {
         c.note_found_miss(InodeId(1));
         assert!(c.prefetch_due(InodeId(1)));
         assert!(!c.prefetch_due(InodeId(2)), "other directories untouched");
+    }
+}
+
+#[cfg(test)]
+mod parent_patch_tests {
+    use super::*;
+    use pond_proto::layout::PlacementHint;
+    use pond_proto::meta::{Caller, FileType, Timestamp};
+
+    fn dir_attr(inode: u64, nlink: u32, t: i64) -> InodeAttr {
+        InodeAttr {
+            inode: InodeId(inode),
+            kind: FileType::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            nlink,
+            size: 0,
+            atime: Timestamp { sec: t, nsec: 0 },
+            mtime: Timestamp { sec: t, nsec: 0 },
+            ctime: Timestamp { sec: t, nsec: 0 },
+            layout: None,
+            truncate_version: 0,
+            rdev: 0,
+        }
+    }
+
+    fn create(parent: u64, name: &str, exclusive: bool) -> MetaRequest {
+        MetaRequest::Create {
+            parent: InodeId(parent),
+            name: name.into(),
+            mode: 0o644,
+            caller: Caller::default(),
+            exclusive,
+            hint: PlacementHint::Any,
+            session: None,
+        }
+    }
+
+    #[test]
+    fn certain_creations_patch_the_cached_parent_others_drop_it() {
+        let c = MetaCache::new(Duration::from_secs(60));
+        // Fetched 30 s ago: a patched parent keeps that age (it must not live 60 s more).
+        let fetched = Instant::now() - Duration::from_secs(30);
+        c.observe(
+            &MetaRequest::GetAttr { inode: InodeId(5) },
+            Some(&MetaReply::Attr(dir_attr(5, 2, 100))),
+            c.generation(),
+            fetched,
+        );
+        // mkdir: times from the child, one more link; the parent keeps its age.
+        c.observe(
+            &MetaRequest::Mkdir {
+                parent: InodeId(5),
+                name: "d".into(),
+                mode: 0o755,
+                caller: Caller::default(),
+            },
+            Some(&MetaReply::Attr(dir_attr(6, 2, 200))),
+            c.generation(),
+            Instant::now(),
+        );
+        let (p, left) = c.attr(InodeId(5)).expect("parent kept");
+        assert_eq!(
+            (p.nlink, p.mtime.sec, p.ctime.sec, p.atime.sec),
+            (3, 200, 200, 100)
+        );
+        assert!(left <= Duration::from_secs(30), "{left:?}");
+        // An exclusive create: times only.
+        let mut f = dir_attr(7, 1, 300);
+        f.kind = FileType::File;
+        c.observe(
+            &create(5, "f", true),
+            Some(&MetaReply::Attr(f.clone())),
+            c.generation(),
+            Instant::now(),
+        );
+        let (p, _) = c.attr(InodeId(5)).expect("parent kept");
+        assert_eq!((p.nlink, p.mtime.sec, p.ctime.sec), (3, 300, 300));
+        // A non-exclusive create may have found an existing file: the parent is dropped.
+        c.observe(
+            &create(5, "g", false),
+            Some(&MetaReply::Attr(f.clone())),
+            c.generation(),
+            Instant::now(),
+        );
+        assert!(c.attr(InodeId(5)).is_none(), "parent dropped");
+        // A failed certain creation patches nothing (and drops the parent).
+        c.observe(
+            &MetaRequest::GetAttr { inode: InodeId(5) },
+            Some(&MetaReply::Attr(dir_attr(5, 3, 300))),
+            c.generation(),
+            Instant::now(),
+        );
+        c.observe(&create(5, "h", true), None, c.generation(), Instant::now());
+        assert!(
+            c.attr(InodeId(5)).is_none(),
+            "parent dropped after a failure"
+        );
     }
 }
