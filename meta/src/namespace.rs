@@ -302,15 +302,10 @@ where
             Ok(MetaReply::Attr(need_inode(inodes, id)?.attr))
         }
         MetaRequest::StatFs => {
-            let mut total = 0u64;
-            let mut used = 0u64;
-            for t in cluster.targets.values() {
-                total = total.saturating_add(t.capacity_bytes);
-                used = used.saturating_add(t.used_bytes);
-            }
+            let (total_bytes, free_bytes) = logical_space(cluster);
             Ok(MetaReply::StatFs(StatFs {
-                total_bytes: total,
-                free_bytes: total.saturating_sub(used),
+                total_bytes,
+                free_bytes,
                 inodes: inodes.len()?,
             }))
         }
@@ -374,6 +369,29 @@ where
 }
 
 /// Layout of directories without their own: the lowest chain table, default chunk size.
+/// Space a user can fill, as `(total, free)` bytes: every byte of a file is stored once per
+/// replica of its chain, so a chain holds what its smallest replica holds (capacity) and takes
+/// what its fullest replica still takes (free); the file system is the sum over chains.
+/// Targets in no chain hold no file data and count for nothing. Summing the targets instead
+/// (what this answered before) reported three times the space a 3-replica cluster can store.
+fn logical_space(cluster: &RoutingInfo) -> (u64, u64) {
+    let (mut total, mut free) = (0u64, 0u64);
+    for chain in cluster.chains.values() {
+        let replicas = chain.targets.iter().filter_map(|t| cluster.targets.get(t));
+        let (cap, left) = replicas.fold((u64::MAX, u64::MAX), |(cap, left), t| {
+            (
+                cap.min(t.capacity_bytes),
+                left.min(t.capacity_bytes.saturating_sub(t.used_bytes)),
+            )
+        });
+        if cap != u64::MAX {
+            total = total.saturating_add(cap);
+            free = free.saturating_add(left);
+        }
+    }
+    (total, free)
+}
+
 pub fn default_dir_layout(cluster: &RoutingInfo) -> Option<DirLayout> {
     let (id, t) = cluster.chain_tables.iter().next()?;
     Some(DirLayout {

@@ -502,7 +502,8 @@ async fn cluster_manager_registers_bootstraps_detects_failure_and_hands_out_gc()
     let Ok(MetaReply::StatFs(s)) = client.op(MetaRequest::StatFs).await else {
         panic!()
     };
-    assert_eq!(s.total_bytes, 6000);
+    // Two chains of three 1,000-byte targets: each byte is stored three times.
+    assert_eq!(s.total_bytes, 2000);
     let Ok(ClusterReply::MetaStatus {
         leader: Some(l),
         members,

@@ -1152,14 +1152,42 @@ fn remove_tree_detaches_then_collects_iteratively() {
 }
 
 #[test]
-fn statfs_sums_target_capacity() {
-    let h = H::with_chains();
-    let Ok(MetaReply::StatFs(s)) = h.r(MetaRequest::StatFs) else {
-        panic!()
+fn statfs_counts_each_chain_once_at_its_fullest_replica() {
+    let mut h = H::with_chains();
+    let statfs = |h: &H| match h.r(MetaRequest::StatFs) {
+        Ok(MetaReply::StatFs(s)) => s,
+        r => panic!("{r:?}"),
     };
-    assert_eq!(s.total_bytes, 6000);
-    assert_eq!(s.free_bytes, 5994);
-    assert_eq!(s.inodes, 1);
+    // Six targets of 1,000 bytes (1 used each) in two chains of three: what a user can store
+    // is two chains' worth, not six targets' worth.
+    let s = statfs(&h);
+    assert_eq!((s.total_bytes, s.free_bytes, s.inodes), (2000, 1998, 1));
+    // One replica fuller than its chain mates bounds its chain; a smaller one bounds the
+    // capacity.
+    let chains: Vec<Vec<TargetId>> = h
+        .cluster
+        .routing
+        .chains
+        .values()
+        .map(|c| c.targets.clone())
+        .collect();
+    let t = h.cluster.routing.targets.get_mut(&chains[0][1]).unwrap();
+    t.used_bytes = 400;
+    let t = h.cluster.routing.targets.get_mut(&chains[1][2]).unwrap();
+    t.capacity_bytes = 500;
+    let s = statfs(&h);
+    assert_eq!((s.total_bytes, s.free_bytes), (1000 + 500, 600 + 499));
+    // A target in no chain stores no file data.
+    h.cluster.routing.targets.insert(
+        TargetId(99),
+        pond_proto::cluster::TargetInfo {
+            id: TargetId(99),
+            chain: crate::cluster::NO_CHAIN,
+            capacity_bytes: 1 << 40,
+            ..h.cluster.routing.targets[&chains[0][0]].clone()
+        },
+    );
+    assert_eq!(statfs(&h).total_bytes, 1500);
 }
 
 #[test]
