@@ -402,6 +402,15 @@ impl Client {
     /// execute (as Linux does), unless the same call sets the mode.
     pub async fn setattr(&self, inode: InodeId, mut set: SetAttr) -> Result<InodeAttr> {
         let mut attr = None;
+        if (set.mtime.is_some() || set.atime.is_some())
+            && let Some(oi) = self.core.find_open(inode)
+        {
+            // Bytes this client wrote before the call but has not reported yet would make
+            // meta stamp the time of their later report (close, fsync) over the times set
+            // here: `tar -xp` writes a file, sets its archived mtime, then closes it. Report
+            // them first, as if the writes had reached meta when they were made.
+            oi.sync().await?;
+        }
         if let Some(size) = set.size.take() {
             let cur = self.getattr(inode).await?;
             match cur.kind {

@@ -464,6 +464,45 @@ async fn an_overwrite_in_place_moves_mtime() {
     assert!(a.mtime.sec > 1, "mtime moved: {:?}", a.mtime);
 }
 
+#[tokio::test]
+async fn times_set_while_writes_are_buffered_survive_the_close() {
+    // `tar -xp`: write the bytes, set the archived mtime on the open file, close. The close's
+    // length report must not stamp its own time over the one set.
+    let (c, meta, _storage) = testkit::client().await;
+    let f = c.create_file("/t").await.unwrap();
+    f.pwrite(0, &pattern(6, 3000)).await.unwrap();
+    let old = pond_proto::meta::Timestamp {
+        sec: 1_000_000_000,
+        nsec: 7,
+    };
+    let set = SetAttr {
+        mtime: Some(old),
+        ..Default::default()
+    };
+    c.setattr(f.inode(), set).await.unwrap();
+    f.close().await.unwrap();
+    let a = meta.attr(f.inode()).unwrap();
+    assert_eq!((a.size, a.mtime), (3000, old));
+    // Bytes written after the times were set move mtime again, as on any file system.
+    let f = c
+        .open(
+            "/t",
+            OpenOptions {
+                mode: OpenMode::WRITE,
+                create: false,
+                truncate: false,
+                ..OpenOptions::write()
+            },
+        )
+        .await
+        .unwrap();
+    f.pwrite(3000, b"more").await.unwrap();
+    f.close().await.unwrap();
+    let a = meta.attr(f.inode()).unwrap();
+    assert_eq!(a.size, 3004);
+    assert!(a.mtime.sec > old.sec, "{:?}", a.mtime);
+}
+
 /// Waits (real time, bounded) until `cond` holds.
 async fn eventually(what: &str, cond: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

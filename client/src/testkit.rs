@@ -405,7 +405,10 @@ impl FakeMeta {
                     .get_mut(&inode)
                     .ok_or_else(|| PondError::new(ErrorCode::NotFound, "inode"))?;
                 if n.attr.truncate_version == truncate_version && length > n.attr.size {
+                    // As meta does: a length that grows stamps the time of the report.
                     n.attr.size = length;
+                    n.attr.mtime = wall_clock();
+                    n.attr.ctime = n.attr.mtime;
                 }
                 Ok(MetaReply::Attr(n.attr.clone()))
             }
@@ -420,7 +423,10 @@ impl FakeMeta {
                     .get_mut(&inode)
                     .ok_or_else(|| PondError::new(ErrorCode::NotFound, "inode"))?;
                 if n.attr.truncate_version == truncate_version && length > n.attr.size {
+                    // As meta does: a length that grows stamps the time of the report.
                     n.attr.size = length;
+                    n.attr.mtime = wall_clock();
+                    n.attr.ctime = n.attr.mtime;
                 }
                 let a = n.attr.clone();
                 let s = st
@@ -696,4 +702,14 @@ pub async fn client_of(meta: &Arc<FakeMeta>, storage: &Arc<FakeStorage>) -> crat
     crate::Client::with_parts(meta.clone(), storage.data_client(), opts)
         .await
         .expect("fake client")
+}
+
+fn wall_clock() -> Timestamp {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        sec: d.as_secs() as i64,
+        nsec: d.subsec_nanos(),
+    }
 }
