@@ -14,6 +14,26 @@ fn p50(v: &mut [Duration]) -> f64 {
     v[v.len() / 2].as_secs_f64() * 1e3
 }
 
+/// A FUSE-style create: exclusive, with a write session (what `open(O_CREAT|O_EXCL)` sends).
+async fn create_one(
+    client: &pond_client::Client,
+    parent: pond_proto::InodeId,
+    name: &str,
+) -> pond_client::Result<pond_client::File> {
+    let (_, f) = client
+        .create_open(
+            parent,
+            name,
+            0o644,
+            Caller::default(),
+            true,
+            PlacementHint::Any,
+            OpenMode::WRITE,
+        )
+        .await?;
+    Ok(f)
+}
+
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let cluster = args.next().ok_or_else(|| anyhow::anyhow!("cluster file"))?;
@@ -34,17 +54,7 @@ fn main() -> anyhow::Result<()> {
                     let mut lat = Vec::with_capacity(n);
                     for i in 0..n {
                         let t = Instant::now();
-                        let (_, f) = client
-                            .create_open(
-                                parent,
-                                &format!("t{k}-{i}"),
-                                0o644,
-                                Caller::default(),
-                                true,
-                                PlacementHint::Any,
-                                OpenMode::WRITE,
-                            )
-                            .await?;
+                        let f = create_one(&client, parent, &format!("t{k}-{i}")).await?;
                         f.close().await?;
                         lat.push(t.elapsed());
                     }
@@ -71,17 +81,7 @@ fn main() -> anyhow::Result<()> {
             look.push(t.elapsed());
             assert!(missing, "{name} exists");
             let t = Instant::now();
-            let (_, f) = client
-                .create_open(
-                    parent,
-                    &name,
-                    0o644,
-                    Caller::default(),
-                    true,
-                    PlacementHint::Any,
-                    OpenMode::WRITE,
-                )
-                .await?;
+            let f = create_one(&client, parent, &name).await?;
             create.push(t.elapsed());
             let t = Instant::now();
             f.close().await?;

@@ -95,6 +95,14 @@ impl OpenOptions {
         }
     }
 
+    /// An existing file, neither created nor truncated (`open(2)` without `O_CREAT|O_TRUNC`).
+    pub fn existing(mode: OpenMode) -> OpenOptions {
+        OpenOptions {
+            mode,
+            ..Default::default()
+        }
+    }
+
     pub fn from_flags(flags: i32, perm: u32) -> OpenOptions {
         OpenOptions {
             mode: OpenMode::from_flags(flags),

@@ -53,16 +53,6 @@ enum Dispatch {
     Closing,
 }
 
-fn now() -> pond_proto::meta::Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    pond_proto::meta::Timestamp {
-        sec: d.as_secs() as i64,
-        nsec: d.subsec_nanos(),
-    }
-}
-
 /// How a handle was opened.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct OpenMode {
@@ -632,7 +622,7 @@ impl OpenInode {
             }
         } else if modified {
             let set = SetAttr {
-                mtime: Some(now()),
+                mtime: Some(pond_proto::meta::Timestamp::now()),
                 ..Default::default()
             };
             MetaRequest::SetAttr {

@@ -55,15 +55,7 @@ async fn random_operations_match_a_byte_model() {
         .await
         .unwrap();
     let b = c
-        .open(
-            "/r",
-            OpenOptions {
-                mode: OpenMode::READ_WRITE,
-                create: false,
-                truncate: false,
-                ..OpenOptions::write()
-            },
-        )
+        .open("/r", OpenOptions::existing(OpenMode::READ_WRITE))
         .await
         .unwrap();
     assert!(
@@ -268,15 +260,7 @@ async fn truncate_trims_chunks_and_extends_with_zeros() {
     let data = pattern(8, 5 * TEST_CHUNK as usize);
     c.write_file("/t", &data).await.unwrap();
     let f = c
-        .open(
-            "/t",
-            OpenOptions {
-                mode: OpenMode::READ_WRITE,
-                create: false,
-                truncate: false,
-                ..Default::default()
-            },
-        )
+        .open("/t", OpenOptions::existing(OpenMode::READ_WRITE))
         .await
         .unwrap();
     let cut = TEST_CHUNK as u64 + 5;
@@ -446,15 +430,7 @@ async fn an_overwrite_in_place_moves_mtime() {
     let ino = c.stat("/m").await.unwrap().inode;
     meta.set_mtime(ino, pond_proto::meta::Timestamp { sec: 1, nsec: 0 });
     let f = c
-        .open(
-            "/m",
-            OpenOptions {
-                mode: OpenMode::WRITE,
-                create: false,
-                truncate: false,
-                ..OpenOptions::write()
-            },
-        )
+        .open("/m", OpenOptions::existing(OpenMode::WRITE))
         .await
         .unwrap();
     f.pwrite(0, b"xyz").await.unwrap();
@@ -485,15 +461,7 @@ async fn times_set_while_writes_are_buffered_survive_the_close() {
     assert_eq!((a.size, a.mtime), (3000, old));
     // Bytes written after the times were set move mtime again, as on any file system.
     let f = c
-        .open(
-            "/t",
-            OpenOptions {
-                mode: OpenMode::WRITE,
-                create: false,
-                truncate: false,
-                ..OpenOptions::write()
-            },
-        )
+        .open("/t", OpenOptions::existing(OpenMode::WRITE))
         .await
         .unwrap();
     f.pwrite(3000, b"more").await.unwrap();
@@ -662,15 +630,7 @@ async fn random_reads_and_writable_handles_do_not_read_ahead() {
     f.close().await.unwrap();
     // A handle that may write reads without read-ahead (per-read freshness across clients).
     let rw = c
-        .open(
-            "/rnd",
-            OpenOptions {
-                mode: OpenMode::READ_WRITE,
-                create: false,
-                truncate: false,
-                ..OpenOptions::write()
-            },
-        )
+        .open("/rnd", OpenOptions::existing(OpenMode::READ_WRITE))
         .await
         .unwrap();
     assert!(read_sequentially(&rw, 0, 1 << 20).await == data);
@@ -693,15 +653,7 @@ async fn writes_and_truncates_of_another_handle_are_never_hidden_by_read_ahead()
     c.write_file("/ow", &model).await.unwrap();
     let r = c.open("/ow", OpenOptions::read()).await.unwrap();
     let w = c
-        .open(
-            "/ow",
-            OpenOptions {
-                mode: OpenMode::WRITE,
-                create: false,
-                truncate: false,
-                ..OpenOptions::write()
-            },
-        )
+        .open("/ow", OpenOptions::existing(OpenMode::WRITE))
         .await
         .unwrap();
     let check = |at: usize, b: &[u8], model: &[u8]| {

@@ -399,36 +399,19 @@ impl FakeMeta {
                 inode,
                 length,
                 truncate_version,
-            } => {
-                let n = st
-                    .inodes
-                    .get_mut(&inode)
-                    .ok_or_else(|| PondError::new(ErrorCode::NotFound, "inode"))?;
-                if n.attr.truncate_version == truncate_version && length > n.attr.size {
-                    // As meta does: a length that grows stamps the time of the report.
-                    n.attr.size = length;
-                    n.attr.mtime = wall_clock();
-                    n.attr.ctime = n.attr.mtime;
-                }
-                Ok(MetaReply::Attr(n.attr.clone()))
-            }
+            } => Ok(MetaReply::Attr(adopt_length(
+                st,
+                inode,
+                length,
+                truncate_version,
+            )?)),
             MetaRequest::CloseWrite {
                 inode,
                 length,
                 truncate_version,
                 ..
             } => {
-                let n = st
-                    .inodes
-                    .get_mut(&inode)
-                    .ok_or_else(|| PondError::new(ErrorCode::NotFound, "inode"))?;
-                if n.attr.truncate_version == truncate_version && length > n.attr.size {
-                    // As meta does: a length that grows stamps the time of the report.
-                    n.attr.size = length;
-                    n.attr.mtime = wall_clock();
-                    n.attr.ctime = n.attr.mtime;
-                }
-                let a = n.attr.clone();
+                let a = adopt_length(st, inode, length, truncate_version)?;
                 let s = st
                     .sessions
                     .get_mut(&inode)
@@ -704,12 +687,22 @@ pub async fn client_of(meta: &Arc<FakeMeta>, storage: &Arc<FakeStorage>) -> crat
         .expect("fake client")
 }
 
-fn wall_clock() -> Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp {
-        sec: d.as_secs() as i64,
-        nsec: d.subsec_nanos(),
+/// `ReportLength` / `CloseWrite` as meta applies them: a larger length of the current truncate
+/// version is adopted and stamps the time of the report.
+fn adopt_length(
+    st: &mut MetaState,
+    inode: InodeId,
+    length: u64,
+    truncate_version: u64,
+) -> Result<InodeAttr, PondError> {
+    let n = st
+        .inodes
+        .get_mut(&inode)
+        .ok_or_else(|| PondError::new(ErrorCode::NotFound, "inode"))?;
+    if n.attr.truncate_version == truncate_version && length > n.attr.size {
+        n.attr.size = length;
+        n.attr.mtime = Timestamp::now();
+        n.attr.ctime = n.attr.mtime;
     }
+    Ok(n.attr.clone())
 }

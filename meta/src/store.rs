@@ -703,11 +703,5 @@ impl RaftStateMachine<TypeConfig> for StateStore {
 
 /// Now as a `Timestamp` (leader side only; apply never calls this).
 pub fn now() -> Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp {
-        sec: d.as_secs() as i64,
-        nsec: d.subsec_nanos(),
-    }
+    Timestamp::now()
 }

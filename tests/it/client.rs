@@ -328,15 +328,7 @@ async fn read_ahead_serves_sequential_readers_without_hiding_writes() {
     // A handle of the same client overwrites bytes the reader has read ahead (or is reading
     // ahead): the reader must see them as soon as the write returned.
     let w = c
-        .open(
-            "/ra.bin",
-            OpenOptions {
-                mode: OpenMode::WRITE,
-                create: false,
-                truncate: false,
-                ..OpenOptions::write()
-            },
-        )
+        .open("/ra.bin", OpenOptions::existing(OpenMode::WRITE))
         .await
         .unwrap();
     let mine = pattern(32, mib + mib / 2);
@@ -347,15 +339,7 @@ async fn read_ahead_serves_sequential_readers_without_hiding_writes() {
     let old = model.clone();
     let theirs = pattern(33, mib);
     let o = other
-        .open(
-            "/ra.bin",
-            OpenOptions {
-                mode: OpenMode::WRITE,
-                create: false,
-                truncate: false,
-                ..OpenOptions::write()
-            },
-        )
+        .open("/ra.bin", OpenOptions::existing(OpenMode::WRITE))
         .await
         .unwrap();
     o.pwrite(16 * mib as u64, &theirs).await.unwrap();

@@ -758,32 +758,19 @@ fn random_operations_match_a_local_directory() {
         "at least a quarter of the steps must succeed ({succeeded})"
     );
     // The whole trees end up identical.
-    fn tree(root: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
-        let mut out = BTreeMap::new();
-        let mut todo = vec![root.to_path_buf()];
-        while let Some(d) = todo.pop() {
-            for e in fs::read_dir(&d).unwrap() {
-                let e = e.unwrap();
-                let md = fs::symlink_metadata(e.path()).unwrap();
-                let rel = e
-                    .path()
-                    .strip_prefix(root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
+    let tree = |root: &Path| -> BTreeMap<String, (u32, Vec<u8>)> {
+        walk(root)
+            .into_iter()
+            .map(|(rel, (p, md))| {
                 let body = if md.is_file() {
-                    fs::read(e.path()).unwrap()
+                    fs::read(p).unwrap()
                 } else {
                     Vec::new()
                 };
-                if md.is_dir() {
-                    todo.push(e.path());
-                }
-                out.insert(rel, (md.mode(), body));
-            }
-        }
-        out
-    }
+                (rel, (md.mode(), body))
+            })
+            .collect()
+    };
     assert!(
         tree(&m.dir) == tree(&oracle),
         "final trees differ (seed {seed})"
@@ -1465,17 +1452,12 @@ fn sh(dir: &Path, argv: &[&str]) -> String {
 /// Everything `tar -p` keeps of a tree, by relative path: kind, mode, owner, size, mtime
 /// (seconds), link count, bytes or symlink target.
 fn tree_facts(root: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let m = fs::symlink_metadata(&p).unwrap();
-            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+    walk(root)
+        .into_iter()
+        .map(|(rel, (p, m))| {
             let body = if m.file_type().is_symlink() {
                 format!("-> {}", fs::read_link(&p).unwrap().display())
             } else if m.is_dir() {
-                stack.push(p.clone());
                 String::new()
             } else {
                 use std::hash::{Hash, Hasher};
@@ -1486,18 +1468,33 @@ fn tree_facts(root: &Path) -> BTreeMap<String, String> {
             // Directory mtimes move when tar adds entries after restoring them, and whether a
             // symlink's own time is restored is tar's choice: files' times are compared.
             let mtime = if m.is_file() { m.mtime() } else { 0 };
-            out.insert(
-                rel,
-                format!(
-                    "mode {:o} uid {} gid {} size {} mtime {} nlink {} {body}",
-                    m.mode(),
-                    m.uid(),
-                    m.gid(),
-                    if m.is_dir() { 0 } else { m.size() },
-                    mtime,
-                    m.nlink()
-                ),
+            let facts = format!(
+                "mode {:o} uid {} gid {} size {} mtime {} nlink {} {body}",
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                if m.is_dir() { 0 } else { m.size() },
+                mtime,
+                m.nlink()
             );
+            (rel, facts)
+        })
+        .collect()
+}
+
+/// Every entry under `root` (not following symlinks), by path relative to it.
+fn walk(root: &Path) -> BTreeMap<String, (PathBuf, fs::Metadata)> {
+    let mut out = BTreeMap::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let md = fs::symlink_metadata(&p).unwrap();
+            if md.is_dir() {
+                todo.push(p.clone());
+            }
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            out.insert(rel, (p, md));
         }
     }
     out
