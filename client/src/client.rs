@@ -407,7 +407,8 @@ impl Client {
 
     /// Changes attributes. A size change truncates through the data plane first. A change of
     /// owner or group of a non-directory clears set-user-ID, and set-group-ID when the group may
-    /// execute (as Linux does), unless the same call sets the mode.
+    /// execute (as Linux does), unless the same call sets the mode: meta applies that rule
+    /// against the inode as its log orders it, so no read of the inode precedes the change.
     pub async fn setattr(&self, inode: InodeId, mut set: SetAttr) -> Result<InodeAttr> {
         let mut attr = None;
         if (set.mtime.is_some() || set.atime.is_some())
@@ -443,21 +444,6 @@ impl Client {
             let r = oi.truncate(size).await;
             f.close().await?;
             attr = Some(r?);
-        }
-        if (set.uid.is_some() || set.gid.is_some()) && set.mode.is_none() {
-            let cur = match &attr {
-                Some(a) => a.clone(),
-                None => self.getattr(inode).await?,
-            };
-            if cur.kind != FileType::Dir {
-                let mut mode = cur.mode & !libc::S_ISUID;
-                if cur.mode & libc::S_IXGRP != 0 {
-                    mode &= !libc::S_ISGID;
-                }
-                if mode != cur.mode {
-                    set.mode = Some(mode);
-                }
-            }
         }
         if set == SetAttr::default() {
             return match attr {

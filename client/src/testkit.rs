@@ -365,6 +365,12 @@ impl FakeMeta {
                 }
                 if let Some(m) = set.mode {
                     n.attr.mode = m;
+                } else if (set.uid.is_some() || set.gid.is_some()) && n.attr.kind != FileType::Dir {
+                    // As meta does (`namespace::chown_kill_priv`).
+                    n.attr.mode &= !libc::S_ISUID;
+                    if n.attr.mode & libc::S_IXGRP != 0 {
+                        n.attr.mode &= !libc::S_ISGID;
+                    }
                 }
                 if let Some(u) = set.uid {
                     n.attr.uid = u;

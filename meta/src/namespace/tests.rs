@@ -751,7 +751,52 @@ fn setattr_rules() {
         panic!()
     };
     assert_eq!((a.atime, a.mtime), (ts, ts));
+    // chown without a mode clears set-user-ID, and set-group-ID if the group may execute;
+    // with a mode, or on a directory, the mode stays as given.
+    let chown = |h: &mut H, inode, mode: Option<u32>| {
+        let Ok(MetaReply::Attr(a)) = h.w(MetaRequest::SetAttr {
+            inode,
+            set: SetAttr {
+                mode,
+                uid: Some(3),
+                ..Default::default()
+            },
+        }) else {
+            panic!()
+        };
+        a.mode
+    };
+    let chmod = |h: &mut H, inode, mode| {
+        h.w(MetaRequest::SetAttr {
+            inode,
+            set: SetAttr {
+                mode: Some(mode),
+                ..Default::default()
+            },
+        })
+        .unwrap();
+    };
+    chmod(&mut h, f, 0o6755);
+    assert_eq!(chown(&mut h, f, None), 0o0755);
+    chmod(&mut h, f, 0o6745);
+    assert_eq!(
+        chown(&mut h, f, None),
+        0o2745,
+        "sgid without group execute stays"
+    );
+    chmod(&mut h, f, 0o6755);
+    assert_eq!(
+        chown(&mut h, f, Some(0o6755)),
+        0o6755,
+        "the call's own mode wins"
+    );
     let d = h.mkdir(ROOT, "d");
+    chmod(&mut h, d, 0o6755);
+    assert_eq!(
+        chown(&mut h, d, None),
+        0o6755,
+        "directories keep their bits"
+    );
     h.refused(
         MetaRequest::SetAttr {
             inode: d,
