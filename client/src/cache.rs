@@ -334,6 +334,7 @@ impl MetaCache {
                 drop_entry(&mut g, *dst_parent, dst_name);
             }
             MetaRequest::SetAttr { inode, .. }
+            | MetaRequest::SetAttrReport { inode, .. }
             | MetaRequest::SetXattr { inode, .. }
             | MetaRequest::RemoveXattr { inode, .. }
             | MetaRequest::OpenWrite { inode, .. }
@@ -398,6 +399,7 @@ impl MetaCache {
             (
                 MetaRequest::GetAttr { .. }
                 | MetaRequest::SetAttr { .. }
+                | MetaRequest::SetAttrReport { .. }
                 | MetaRequest::OpenWrite { .. }
                 | MetaRequest::ReportLength { .. }
                 | MetaRequest::CloseWrite { .. },

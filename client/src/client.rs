@@ -417,8 +417,15 @@ impl Client {
             // Bytes this client wrote before the call but has not reported yet would make
             // meta stamp the time of their later report (close, fsync) over the times set
             // here: `tar -xp` writes a file, sets its archived mtime, then closes it. Report
-            // them first, as if the writes had reached meta when they were made.
-            oi.sync().await?;
+            // them first, as if the writes had reached meta when they were made: in the same
+            // request when the call sets nothing but times, owner and mode.
+            if set.size.is_none() {
+                if let Some(a) = oi.setattr_reporting(&set).await? {
+                    return Ok(a);
+                }
+            } else {
+                oi.sync().await?;
+            }
         }
         if let Some(size) = set.size.take() {
             let cur = self.getattr(inode).await?;

@@ -579,6 +579,53 @@ impl OpenInode {
         self.sync_report(false).await.map(|_| ())
     }
 
+    /// For a `SetAttr` of times (no size) on this inode: flushes buffered writes and, when
+    /// they grew the file past what meta has, sends the length report and `set` as one
+    /// `SetAttrReport` (one commit; the report's mtime stamp is applied first, so the times
+    /// set win) and returns meta's answer. Otherwise syncs as `sync` does and returns `None`:
+    /// the caller sends `set` itself.
+    pub(crate) async fn setattr_reporting(
+        self: &Arc<Self>,
+        set: &SetAttr,
+    ) -> Result<Option<InodeAttr>> {
+        debug_assert!(set.size.is_none(), "a size change truncates first");
+        self.flush().await?;
+        let guard = self.session_lock.lock().await;
+        let grows = {
+            let mut st = self.st.lock();
+            let grows = st.written_end > st.reported_end && st.written_end > st.meta_size;
+            grows.then(|| {
+                let m = std::mem::take(&mut st.modified);
+                (st.written_end, st.truncate_version, m)
+            })
+        };
+        let Some((end, tv, modified)) = grows else {
+            drop(guard);
+            return self.sync_report(false).await.map(|_| None);
+        };
+        let req = MetaRequest::SetAttrReport {
+            inode: self.inode,
+            set: set.clone(),
+            length: end,
+            truncate_version: tv,
+        };
+        let reply = match self.core.meta_op(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.st.lock().modified |= modified;
+                return Err(e);
+            }
+        };
+        let mut attr = expect_attr("SetAttrReport", reply)?;
+        {
+            let mut st = self.st.lock();
+            st.reported_end = st.reported_end.max(end);
+        }
+        drop(guard);
+        self.overlay(&mut attr);
+        Ok(Some(attr))
+    }
+
     /// `sync`, and with `end_session` also closes the write session in the same request when
     /// no other writer or pin needs it (`CloseWrite` carries the length): what `close(2)`
     /// needs, in one meta round trip. Returns the attributes meta answered with, if it was

@@ -455,7 +455,18 @@ async fn times_set_while_writes_are_buffered_survive_the_close() {
         mtime: Some(old),
         ..Default::default()
     };
-    c.setattr(f.inode(), set).await.unwrap();
+    let ops = meta.ops.load(std::sync::atomic::Ordering::Relaxed);
+    let a = c.setattr(f.inode(), set).await.unwrap();
+    assert_eq!(
+        (a.size, a.mtime),
+        (3000, old),
+        "length and time in one answer"
+    );
+    assert_eq!(
+        meta.ops.load(std::sync::atomic::Ordering::Relaxed) - ops,
+        1,
+        "the length report rides in the SetAttr"
+    );
     f.close().await.unwrap();
     let a = meta.attr(f.inode()).unwrap();
     assert_eq!((a.size, a.mtime), (3000, old));

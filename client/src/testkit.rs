@@ -354,34 +354,15 @@ impl FakeMeta {
                 }
                 Ok(MetaReply::Done)
             }
-            MetaRequest::SetAttr { inode, set } => {
-                let n = st
-                    .inodes
-                    .get_mut(&inode)
-                    .ok_or_else(|| PondError::new(ErrorCode::NotFound, "inode"))?;
-                if let Some(s) = set.size {
-                    n.attr.size = s;
-                    n.attr.truncate_version += 1;
-                }
-                if let Some(m) = set.mode {
-                    n.attr.mode = m;
-                } else if (set.uid.is_some() || set.gid.is_some()) && n.attr.kind != FileType::Dir {
-                    // As meta does (`namespace::chown_kill_priv`).
-                    n.attr.mode &= !libc::S_ISUID;
-                    if n.attr.mode & libc::S_IXGRP != 0 {
-                        n.attr.mode &= !libc::S_ISGID;
-                    }
-                }
-                if let Some(u) = set.uid {
-                    n.attr.uid = u;
-                }
-                if let Some(g) = set.gid {
-                    n.attr.gid = g;
-                }
-                if let Some(t) = set.mtime {
-                    n.attr.mtime = t;
-                }
-                Ok(MetaReply::Attr(n.attr.clone()))
+            MetaRequest::SetAttr { inode, set } => set_attr(st, inode, set),
+            MetaRequest::SetAttrReport {
+                inode,
+                set,
+                length,
+                truncate_version,
+            } => {
+                adopt_length(st, inode, length, truncate_version)?;
+                set_attr(st, inode, set)
             }
             MetaRequest::CloseSession { inode, .. } => {
                 let s = st
@@ -691,6 +672,37 @@ pub async fn client_of(meta: &Arc<FakeMeta>, storage: &Arc<FakeStorage>) -> crat
     crate::Client::with_parts(meta.clone(), storage.data_client(), opts)
         .await
         .expect("fake client")
+}
+
+/// `SetAttr` as meta applies it (the parts the client tests rely on).
+fn set_attr(st: &mut MetaState, inode: InodeId, set: SetAttr) -> Result<MetaReply, PondError> {
+    let n = st
+        .inodes
+        .get_mut(&inode)
+        .ok_or_else(|| PondError::new(ErrorCode::NotFound, "inode"))?;
+    if let Some(s) = set.size {
+        n.attr.size = s;
+        n.attr.truncate_version += 1;
+    }
+    if let Some(m) = set.mode {
+        n.attr.mode = m;
+    } else if (set.uid.is_some() || set.gid.is_some()) && n.attr.kind != FileType::Dir {
+        // As meta does (`namespace::chown_kill_priv`).
+        n.attr.mode &= !libc::S_ISUID;
+        if n.attr.mode & libc::S_IXGRP != 0 {
+            n.attr.mode &= !libc::S_ISGID;
+        }
+    }
+    if let Some(u) = set.uid {
+        n.attr.uid = u;
+    }
+    if let Some(g) = set.gid {
+        n.attr.gid = g;
+    }
+    if let Some(t) = set.mtime {
+        n.attr.mtime = t;
+    }
+    Ok(MetaReply::Attr(n.attr.clone()))
 }
 
 /// `ReportLength` / `CloseWrite` as meta applies them: a larger length of the current truncate

@@ -1031,6 +1031,25 @@ impl<'t> Tx<'t> {
                 mode,
             } => self.rename(*src_parent, src_name, *dst_parent, dst_name, mode),
             MetaRequest::SetAttr { inode, set } => self.setattr(*inode, set),
+            MetaRequest::SetAttrReport {
+                inode,
+                set,
+                length,
+                truncate_version,
+            } => {
+                // With no size in `set`, nothing in `setattr` can refuse a file after the
+                // report was applied: the op applies whole or not at all.
+                if set.size.is_some() {
+                    return fail(
+                        ErrorCode::InvalidArgument,
+                        "a length report cannot carry a size change (truncate first)",
+                    );
+                }
+                let mut rec = self.need_file(*inode)?;
+                self.adopt_length(&mut rec, *length, *truncate_version)?;
+                self.put(&rec)?;
+                self.setattr(*inode, set)
+            }
             MetaRequest::SetXattr {
                 inode,
                 name,

@@ -294,6 +294,16 @@ pub enum MetaRequest {
         inode: InodeId,
         name: String,
     },
+    /// `ReportLength` then `SetAttr` of a file, as one operation: what setting the times of a
+    /// file with unreported writes needs (the length report's mtime stamp comes first, the
+    /// times set win), in one commit instead of two. Appended last: postcard numbers variants
+    /// by position, so logs and dedup records written before it still decode.
+    SetAttrReport {
+        inode: InodeId,
+        set: SetAttr,
+        length: u64,
+        truncate_version: u64,
+    },
 }
 
 /// `setxattr(2)` flags.
@@ -341,6 +351,7 @@ impl MetaRequest {
             MetaRequest::ListXattr { .. } => "listxattr",
             MetaRequest::SetXattr { .. } => "setxattr",
             MetaRequest::RemoveXattr { .. } => "removexattr",
+            MetaRequest::SetAttrReport { .. } => "setattr_report",
         }
     }
     pub fn is_read(&self) -> bool {

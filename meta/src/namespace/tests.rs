@@ -721,6 +721,74 @@ fn write_sessions_and_lengths() {
 }
 
 #[test]
+fn setattr_report_adopts_the_length_then_sets_the_times() {
+    let mut h = H::new();
+    let f = h.create(ROOT, "f").inode;
+    let ts = Timestamp { sec: 5, nsec: 6 };
+    let times = SetAttr {
+        atime: Some(ts),
+        mtime: Some(ts),
+        ..Default::default()
+    };
+    let Ok(MetaReply::Attr(a)) = h.w(MetaRequest::SetAttrReport {
+        inode: f,
+        set: times.clone(),
+        length: 3000,
+        truncate_version: 0,
+    }) else {
+        panic!()
+    };
+    assert_eq!(
+        (a.size, a.mtime, a.atime),
+        (3000, ts, ts),
+        "the times set win"
+    );
+    // A report from before a truncate is refused as ReportLength refuses it; the times apply.
+    let Ok(MetaReply::Attr(t)) = h.w(MetaRequest::SetAttr {
+        inode: f,
+        set: SetAttr {
+            size: Some(10),
+            ..Default::default()
+        },
+    }) else {
+        panic!()
+    };
+    let Ok(MetaReply::Attr(a)) = h.w(MetaRequest::SetAttrReport {
+        inode: f,
+        set: times.clone(),
+        length: 5000,
+        truncate_version: t.truncate_version - 1,
+    }) else {
+        panic!()
+    };
+    assert_eq!((a.size, a.mtime), (10, ts));
+    let d = h.mkdir(ROOT, "d");
+    h.refused(
+        MetaRequest::SetAttrReport {
+            inode: d,
+            set: times,
+            length: 1,
+            truncate_version: 0,
+        },
+        ErrorCode::IsDir,
+    );
+    assert_eq!(h.attr(d).size, 0, "a refused request changes nothing");
+    h.refused(
+        MetaRequest::SetAttrReport {
+            inode: f,
+            set: SetAttr {
+                size: Some(1),
+                ..Default::default()
+            },
+            length: 20_000,
+            truncate_version: t.truncate_version,
+        },
+        ErrorCode::InvalidArgument,
+    );
+    assert_eq!(h.attr(f).size, 10, "a refused request changes nothing");
+}
+
+#[test]
 fn setattr_rules() {
     let mut h = H::new();
     let f = h.create(ROOT, "f").inode;
