@@ -7,15 +7,33 @@ use pond_proto::RoutingVersion;
 use pond_proto::cluster::RoutingInfo;
 use pond_proto::meta::{ClusterReply, ClusterRequest, MetaMember};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 pub struct Snapshot {
     pub leader: Option<u64>,
     pub members: Vec<MetaMember>,
+    /// Per member: its last applied log index if it answered `MetaStatus` itself within
+    /// `PROBE_DEADLINE`, `None` if it did not (down, or cut off). Membership alone cannot say:
+    /// a dead replica stays a member.
+    pub answered: BTreeMap<u64, Option<u64>>,
     pub routing: RoutingInfo,
 }
 
-pub async fn fetch(client: &MetaClient) -> Result<Snapshot> {
+/// How long `status` waits for each meta member's own answer.
+const PROBE_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Asks the member at `addr` itself (no failover to the others) for its status.
+async fn probe(addr: &str, token: &str) -> Option<u64> {
+    let c = MetaClient::connect(vec![addr.to_string()], token.to_string()).ok()?;
+    match tokio::time::timeout(PROBE_DEADLINE, c.cluster(ClusterRequest::MetaStatus)).await {
+        Ok(Ok(ClusterReply::MetaStatus { last_applied, .. })) => Some(last_applied),
+        _ => None,
+    }
+}
+
+pub async fn fetch(client: &MetaClient, token: &str) -> Result<Snapshot> {
     let (leader, members) = match client
         .cluster(ClusterRequest::MetaStatus)
         .await
@@ -36,11 +54,35 @@ pub async fn fetch(client: &MetaClient) -> Result<Snapshot> {
         ClusterReply::Routing(r) => r.unwrap_or_default(),
         other => anyhow::bail!("unexpected reply to GetRouting: {other:?}"),
     };
+    let probes: Vec<_> = members
+        .iter()
+        .map(|m| {
+            let (addr, token) = (m.addr.clone(), token.to_string());
+            (
+                m.id,
+                tokio::spawn(async move { probe(&addr, &token).await }),
+            )
+        })
+        .collect();
+    let mut answered = BTreeMap::new();
+    for (id, p) in probes {
+        answered.insert(id, p.await.ok().flatten());
+    }
     Ok(Snapshot {
         leader,
         members,
+        answered,
         routing,
     })
+}
+
+/// "leader", "follower", or "down" for a member that did not answer for itself.
+fn role(s: &Snapshot, id: u64) -> &'static str {
+    match s.answered.get(&id) {
+        Some(None) => "down",
+        _ if s.leader == Some(id) => "leader",
+        _ => "follower",
+    }
 }
 
 pub fn to_json(cf: &ClusterFile, s: &Snapshot) -> Value {
@@ -52,7 +94,8 @@ pub fn to_json(cf: &ClusterFile, s: &Snapshot) -> Value {
             json!({
                 "id": m.id,
                 "addr": m.addr,
-                "role": if s.leader == Some(m.id) { "leader" } else { "follower" },
+                "role": role(s, m.id),
+                "last_applied": s.answered.get(&m.id).copied().flatten(),
                 "pid": pid,
             })
         })
@@ -124,15 +167,19 @@ pub fn print_table(cf: &ClusterFile, s: &Snapshot) {
     );
     for m in &s.members {
         let pid = cf.meta.iter().find(|e| e.id == m.id).and_then(|e| e.pid);
+        let applied = match s.answered.get(&m.id).copied().flatten() {
+            Some(a) => format!("applied {a}"),
+            None => format!("no answer in {} s", PROBE_DEADLINE.as_secs()),
+        };
         println!(
-            "  {:>3}  {:<21} {:<8} {}",
+            "  {:>3}  {:<21} {:<8} {:<20} {}",
             m.id,
             m.addr,
-            if s.leader == Some(m.id) {
-                "leader"
-            } else {
-                "follower"
+            match role(s, m.id) {
+                "down" => "DOWN",
+                r => r,
             },
+            applied,
             pid.map(|p| format!("pid {p}")).unwrap_or_default()
         );
     }
@@ -198,7 +245,7 @@ pub fn status(cluster: Option<&Path>, json_out: bool) -> Result<()> {
     let snap = rt.block_on(async {
         let client = MetaClient::connect(cf.meta_addrs(), cf.token.clone())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        fetch(&client).await
+        fetch(&client, &cf.token).await
     });
     let snap = match snap {
         Ok(s) => s,

@@ -1,7 +1,7 @@
 //! The `pond` command line against a real cluster: status JSON keys, unreachable cluster,
 //! shell tools with coreutils-style exit codes, and `pond up` restart keeping every byte.
 
-use pond_tests::{Cluster, Opts};
+use pond_tests::{Cluster, Opts, Role};
 use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pond");
@@ -52,6 +52,28 @@ fn status_json_keys_tools_and_restart_keep_bytes() {
             "pond up started it, so pid is known: {m}"
         );
     }
+    assert!(
+        meta.iter().all(|m| m["last_applied"].is_u64()),
+        "every member answered for itself: {meta:?}"
+    );
+    // A killed follower is shown down (it stays a member), the others as before.
+    let follower = meta
+        .iter()
+        .find(|m| m["role"] == "follower")
+        .and_then(|m| m["id"].as_u64())
+        .expect("a follower");
+    cluster.kill9(Role::Meta(follower)).unwrap();
+    let v2: serde_json::Value =
+        serde_json::from_str(&ok(&pond(&cluster, &["status", "--json"]))).expect("status JSON");
+    let meta2 = v2["meta"].as_array().expect("meta array");
+    for m in meta2 {
+        let dead = m["id"].as_u64() == Some(follower);
+        assert_eq!(m["role"] == "down", dead, "{m}");
+        assert_eq!(m["last_applied"].is_null(), dead, "{m}");
+    }
+    let table = ok(&pond(&cluster, &["status"]));
+    assert!(table.contains("DOWN"), "{table}");
+    cluster.restart(Role::Meta(follower)).unwrap();
     let storage = v["storage"].as_array().expect("storage array");
     assert_eq!(storage.len(), 3);
     for s in storage {
