@@ -419,12 +419,11 @@ impl Client {
             // here: `tar -xp` writes a file, sets its archived mtime, then closes it. Report
             // them first, as if the writes had reached meta when they were made: in the same
             // request when the call sets nothing but times, owner and mode.
-            if set.size.is_none() {
-                if let Some(a) = oi.setattr_reporting(&set).await? {
-                    return Ok(a);
-                }
-            } else {
+            if set.size.is_some() {
                 oi.sync().await?;
+            } else if let Some(a) = oi.sync_report(false, Some(&set)).await? {
+                // `set` went with the report (always asked when `set` is given).
+                return Ok(a);
             }
         }
         if let Some(size) = set.size.take() {

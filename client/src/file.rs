@@ -576,64 +576,29 @@ impl OpenInode {
     /// Flush, then tell meta: the length if it grew (meta stamps mtime), else the new mtime if
     /// bytes were overwritten.
     pub async fn sync(self: &Arc<Self>) -> Result<()> {
-        self.sync_report(false).await.map(|_| ())
-    }
-
-    /// For a `SetAttr` of times (no size) on this inode: flushes buffered writes and, when
-    /// they grew the file past what meta has, sends the length report and `set` as one
-    /// `SetAttrReport` (one commit; the report's mtime stamp is applied first, so the times
-    /// set win) and returns meta's answer. Otherwise syncs as `sync` does and returns `None`:
-    /// the caller sends `set` itself.
-    pub(crate) async fn setattr_reporting(
-        self: &Arc<Self>,
-        set: &SetAttr,
-    ) -> Result<Option<InodeAttr>> {
-        debug_assert!(set.size.is_none(), "a size change truncates first");
-        self.flush().await?;
-        let guard = self.session_lock.lock().await;
-        let grows = {
-            let mut st = self.st.lock();
-            let grows = st.written_end > st.reported_end && st.written_end > st.meta_size;
-            grows.then(|| {
-                let m = std::mem::take(&mut st.modified);
-                (st.written_end, st.truncate_version, m)
-            })
-        };
-        let Some((end, tv, modified)) = grows else {
-            drop(guard);
-            return self.sync_report(false).await.map(|_| None);
-        };
-        let req = MetaRequest::SetAttrReport {
-            inode: self.inode,
-            set: set.clone(),
-            length: end,
-            truncate_version: tv,
-        };
-        let reply = match self.core.meta_op(req).await {
-            Ok(r) => r,
-            Err(e) => {
-                self.st.lock().modified |= modified;
-                return Err(e);
-            }
-        };
-        let mut attr = expect_attr("SetAttrReport", reply)?;
-        {
-            let mut st = self.st.lock();
-            st.reported_end = st.reported_end.max(end);
-        }
-        drop(guard);
-        self.overlay(&mut attr);
-        Ok(Some(attr))
+        self.sync_report(false, None).await.map(|_| ())
     }
 
     /// `sync`, and with `end_session` also closes the write session in the same request when
     /// no other writer or pin needs it (`CloseWrite` carries the length): what `close(2)`
-    /// needs, in one meta round trip. Returns the attributes meta answered with, if it was
-    /// asked at all (nothing written and no session: no request).
+    /// needs, in one meta round trip. With `set` (a `SetAttr` without a size, from
+    /// `Client::setattr`), the same single request also applies `set`, after the length
+    /// report's mtime stamp, so times set there win (`SetAttrReport`; tar sets the archived
+    /// mtime right after writing). Returns the attributes meta answered with, if it was asked
+    /// at all (nothing written, no session and no `set`: no request).
     pub(crate) async fn sync_report(
         self: &Arc<Self>,
         end_session: bool,
+        set: Option<&SetAttr>,
     ) -> Result<Option<InodeAttr>> {
+        debug_assert!(
+            !(end_session && set.is_some()),
+            "a close sets no attributes"
+        );
+        debug_assert!(
+            set.is_none_or(|s| s.size.is_none()),
+            "a size change truncates first"
+        );
         self.flush().await?;
         let _g = self.session_lock.lock().await;
         let (end, reported, tv, modified, meta_size, session, sole) = {
@@ -653,6 +618,7 @@ impl OpenInode {
         // send the mtime themselves.
         let grows = end > reported && end > meta_size;
         let close = session.filter(|_| end_session && sole && (grows || !modified));
+        let now = || Some(pond_proto::meta::Timestamp::now());
         let req = if let Some(s) = close {
             MetaRequest::CloseWrite {
                 inode: self.inode,
@@ -662,16 +628,25 @@ impl OpenInode {
                 truncate_version: tv,
             }
         } else if grows {
-            MetaRequest::ReportLength {
-                inode: self.inode,
-                length: end,
-                truncate_version: tv,
+            match set {
+                Some(set) => MetaRequest::SetAttrReport {
+                    inode: self.inode,
+                    set: set.clone(),
+                    length: end,
+                    truncate_version: tv,
+                },
+                None => MetaRequest::ReportLength {
+                    inode: self.inode,
+                    length: end,
+                    truncate_version: tv,
+                },
             }
-        } else if modified {
-            let set = SetAttr {
-                mtime: Some(pond_proto::meta::Timestamp::now()),
-                ..Default::default()
-            };
+        } else if modified || set.is_some() {
+            // Overwritten bytes move mtime to now, unless `set` gives one.
+            let mut set = set.cloned().unwrap_or_default();
+            if modified && set.mtime.is_none() {
+                set.mtime = now();
+            }
             MetaRequest::SetAttr {
                 inode: self.inode,
                 set,
@@ -858,7 +833,7 @@ impl OpenInode {
     /// write session with the final length, others report the length.
     pub(crate) async fn handle_closed(self: &Arc<Self>, write: bool) -> Result<()> {
         let flushed = if write {
-            self.sync_report(true).await.map(|_| ())
+            self.sync_report(true, None).await.map(|_| ())
         } else {
             Ok(())
         };
@@ -1268,7 +1243,7 @@ impl File {
         if !self.mode.write {
             return Ok(None);
         }
-        self.oi.sync_report(true).await
+        self.oi.sync_report(true, None).await
     }
 
     /// Flushes and closes the handle (the last writer closes the write session). Returns the

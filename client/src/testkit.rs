@@ -684,15 +684,7 @@ fn set_attr(st: &mut MetaState, inode: InodeId, set: SetAttr) -> Result<MetaRepl
         n.attr.size = s;
         n.attr.truncate_version += 1;
     }
-    if let Some(m) = set.mode {
-        n.attr.mode = m;
-    } else if (set.uid.is_some() || set.gid.is_some()) && n.attr.kind != FileType::Dir {
-        // As meta does (`namespace::chown_kill_priv`).
-        n.attr.mode &= !libc::S_ISUID;
-        if n.attr.mode & libc::S_IXGRP != 0 {
-            n.attr.mode &= !libc::S_ISGID;
-        }
-    }
+    n.attr.mode = set.mode_after(n.attr.kind, n.attr.mode);
     if let Some(u) = set.uid {
         n.attr.uid = u;
     }

@@ -1567,11 +1567,7 @@ impl<'t> Tx<'t> {
                 return fail(ErrorCode::FileTooBig, format!("size {size}"));
             }
         }
-        if let Some(m) = set.mode {
-            rec.attr.mode = m & 0o7777;
-        } else if (set.uid.is_some() || set.gid.is_some()) && rec.attr.kind != FileType::Dir {
-            rec.attr.mode = chown_kill_priv(rec.attr.mode);
-        }
+        rec.attr.mode = set.mode_after(rec.attr.kind, rec.attr.mode);
         if let Some(u) = set.uid {
             rec.attr.uid = u;
         }
@@ -1703,18 +1699,3 @@ pub fn shuffled(chains: &[ChainId], seed: ChainTableId) -> Vec<ChainId> {
 
 #[cfg(test)]
 mod tests;
-
-/// The mode after a change of owner or group of a non-directory that does not set the mode
-/// itself: set-user-ID cleared, and set-group-ID when the group may execute (without group
-/// execute it marks mandatory locking, which Linux keeps), as Linux's `chown` does. Applied
-/// here, against the mode as the log orders it, so a client needs no read of the inode first.
-pub(crate) fn chown_kill_priv(mode: u32) -> u32 {
-    const SUID: u32 = 0o4000;
-    const SGID: u32 = 0o2000;
-    const XGRP: u32 = 0o010;
-    let mut m = mode & !SUID;
-    if m & XGRP != 0 {
-        m &= !SGID;
-    }
-    m
-}

@@ -88,6 +88,28 @@ pub struct SetAttr {
     pub mtime: Option<Timestamp>,
 }
 
+impl SetAttr {
+    /// The permission bits an inode of `kind` with `mode` has after this change: the mode
+    /// set (its permission bits), else, for a change of owner or group of a non-directory,
+    /// `mode` without set-user-ID, and without set-group-ID when the group may execute
+    /// (without group execute it marks mandatory locking, which Linux keeps) — Linux's chown
+    /// rule. Meta applies it against the mode as its log orders it, so a client needs no read
+    /// of the inode before a chown.
+    pub fn mode_after(&self, kind: FileType, mode: u32) -> u32 {
+        const SUID: u32 = 0o4000;
+        const SGID: u32 = 0o2000;
+        const XGRP: u32 = 0o010;
+        if let Some(m) = self.mode {
+            return m & 0o7777;
+        }
+        if (self.uid.is_none() && self.gid.is_none()) || kind == FileType::Dir {
+            return mode;
+        }
+        let m = mode & !SUID;
+        if m & XGRP != 0 { m & !SGID } else { m }
+    }
+}
+
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct DirEntry {
     pub name: String,
